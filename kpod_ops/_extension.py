@@ -1,0 +1,34 @@
+"""Loading the compiled extension ``kpod_ops._C`` (torch.ops.kpod.*), degrading gracefully.
+
+As torchao does, a missing or broken build never breaks ``import kpod_ops``: the public API then
+runs the pure-PyTorch reference and :func:`fused_available` says why.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_LOAD_ERROR: str | None = None
+
+try:  # the shared object registers its ops with the dispatcher when it is imported
+    from . import _C  # noqa: F401
+except Exception as exc:  # ImportError, undefined symbols from a torch/ABI mismatch, ...
+    _LOAD_ERROR = f"{type(exc).__name__}: {exc}"
+
+
+def fused_available(device: torch.device | str | None = None) -> tuple[bool, str]:
+    """Whether the fused kernels can run (on ``device`` if given), and why not if they cannot."""
+    if _LOAD_ERROR is not None:
+        return False, f"the compiled extension kpod_ops._C did not load ({_LOAD_ERROR}); using the PyTorch reference"
+    if device is None:
+        return True, "kpod_ops._C is loaded"
+    dev = torch.device(device)
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(dev.type)
+    if key is None or not torch._C._dispatch_has_kernel_for_dispatch_key("kpod::kce_forward", key):
+        return False, f"kpod_ops._C has no kernel for device type {dev.type!r} (built without it); using the PyTorch reference"
+    return True, f"kpod_ops._C has a {key} kernel"
+
+
+def cuda_kernels_built() -> bool:
+    """Whether this build of ``_C`` registered CUDA kernels."""
+    return _LOAD_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key("kpod::kce_forward", "CUDA")

@@ -1,0 +1,230 @@
+"""Public API of the fused keypoint-weighted, step-truncated cross-entropy."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .._extension import fused_available
+from ..errors import bad_input
+from . import registration
+from .inputs import (
+    RowPlan,
+    accumulation_dtype,
+    check_arguments,
+    denominator,
+    plan_rows,
+    safe_divide,
+    validate_values,
+)
+from .reference import keypoint_cross_entropy_reference
+
+IMPLS = ("auto", "fused", "reference")
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+class _FusedScalarLoss(torch.autograd.Function):
+    """Scalar reductions with the logits gradient produced in the forward pass (one read per row).
+
+    ``weights_eff`` is ω on active rows and 0 elsewhere (detached); ``den`` the reduction's divisor.
+    The gradient w.r.t. the caller's ``token_weights`` is returned through ``weights_in``.
+    """
+
+    @staticmethod
+    def forward(ctx, logits3, weights_in, target, weights_eff, den, label_smoothing, reduction, inplace):
+        acc = weights_eff.dtype
+        if den is None:
+            inv = torch.ones((), dtype=acc, device=logits3.device)
+        else:
+            inv = torch.where(den == 0, torch.zeros_like(den), 1.0 / torch.where(den == 0, torch.ones_like(den), den))
+        row_scale = (weights_eff * inv).contiguous()
+        if inplace:
+            nll = torch.ops.kpod.kce_forward_backward_inplace(logits3, target, row_scale, label_smoothing)
+            grad = logits3
+            ctx.mark_dirty(logits3)
+        else:
+            nll, grad = torch.ops.kpod.kce_forward_backward(logits3, target, row_scale, label_smoothing)
+        use = weights_eff != 0
+        loss = torch.where(use, weights_eff * nll, torch.zeros((), dtype=acc, device=nll.device)).sum() * inv
+        ctx.save_for_backward(grad, nll, target, inv, loss)
+        ctx.reduction = reduction
+        ctx.weights_den = den is not None and reduction == "weighted_mean" and ctx.needs_input_grad[1]
+        ctx.inplace = inplace
+        ctx.weights_dtype = None if weights_in is None else weights_in.dtype
+        if inplace:
+            return loss, logits3
+        return loss, None
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_logits_out):
+        grad, nll, target, inv, loss = ctx.saved_tensors
+        grad_logits = grad_weights = None
+        if ctx.needs_input_grad[0]:
+            g = grad_loss.to(torch.float32).reshape(())
+            torch.ops.kpod.scale_(grad, g)
+            grad_logits = grad
+        if ctx.needs_input_grad[1]:
+            active = target >= 0
+            term = nll - loss if ctx.weights_den else nll
+            grad_weights = torch.where(active, term, torch.zeros_like(term)) * inv * grad_loss
+            grad_weights = grad_weights.to(ctx.weights_dtype)
+        return grad_logits, grad_weights, None, None, None, None, None, None
+
+
+def _fused(
+    plan: RowPlan,
+    token_weights: torch.Tensor | None,
+    reduction: str,
+    num_items_in_batch: object,
+    label_smoothing: float,
+    inplace_backward: bool,
+) -> torch.Tensor:
+    logits3 = plan.logits3
+    acc = accumulation_dtype(logits3)
+    weights = None if plan.weights is None else plan.weights.to(acc)
+    ones = weights is None
+    if ones:
+        weights = torch.ones(plan.active.shape, dtype=acc, device=logits3.device)
+    weights_need_grad = token_weights is not None and token_weights.requires_grad and torch.is_grad_enabled()
+    logits_need_grad = logits3.requires_grad and torch.is_grad_enabled()
+    # rows that must be read: active, and either weighted or needed for the weights' gradient
+    needed = plan.active if (ones or weights_need_grad) else plan.active & (weights != 0)
+    target = torch.where(needed, plan.labels, torch.full_like(plan.labels, -1)).contiguous()
+    zero = torch.zeros((), dtype=acc, device=logits3.device)
+    if reduction != "none" and logits_need_grad and not _compiling():
+        weights_eff = torch.where(plan.active, weights.detach(), zero)
+        den = denominator(plan, weights_eff, reduction, num_items_in_batch, acc)
+        loss, _ = _FusedScalarLoss.apply(
+            logits3, plan.weights if weights_need_grad else None, target, weights_eff, den,
+            float(label_smoothing), reduction, inplace_backward,
+        )
+        return loss
+    nll, _lse = torch.ops.kpod.kce_forward(logits3, target, float(label_smoothing))
+    use = plan.active & (weights != 0)
+    contribution = torch.where(use, weights * nll, zero)
+    if reduction == "none":
+        return plan.to_label_positions(contribution)
+    total = contribution.sum()
+    if reduction == "sum":
+        return total
+    return safe_divide(total, denominator(plan, weights, reduction, num_items_in_batch, acc))
+
+
+def keypoint_cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    token_weights: torch.Tensor | None = None,
+    loss_start: torch.Tensor | None = None,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    num_items_in_batch: int | torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+    shift: bool = False,
+    validate: bool = True,
+    inplace_backward: bool = False,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Keypoint-weighted, step-truncated cross-entropy, fused (C++/CUDA) with a PyTorch fallback.
+
+    Position ``t`` of sequence ``b`` is *active* when ``labels[b, t] != ignore_index`` and
+    ``t >= loss_start[b]`` (and ``t >= 1`` under ``shift``). Its loss is
+    ``ℓ = lse(z) − (1−ε)·z_y − (ε/V)·Σ_v z_v`` (torch's label smoothing ε) and its contribution
+    ``c = ω·ℓ``; inactive positions and ``ω = 0`` contribute exactly 0 whatever their logits hold.
+
+    Args:
+        logits: ``[B, T, V]`` or ``[N, V]``, float32/bfloat16/float16 (float64 for gradcheck);
+            any strides with the vocabulary dimension contiguous (``logits[:, :-1]`` is free).
+        labels: int64 of the leading shape, indexed by *label position* (also under ``shift``).
+        token_weights: per-position weights ω of the leading shape, any sign; None means 1.
+            Their gradient is exact (the paper treats them as constants; you may learn them).
+        loss_start: int64 ``[B]``, label position of the first token whose loss counts (the first
+            token of step ``c_i + 1``). Only with 3-D logits.
+        reduction: ``"none"`` (fp32 per position), ``"sum"``, ``"mean"`` (÷ active positions) or
+            ``"weighted_mean"`` (÷ Σ active ω, which needs ω ≥ 0).
+        num_items_in_batch: replaces the divisor of ``"mean"``/``"weighted_mean"`` (Hugging Face's
+            gradient-accumulation / DDP convention). A zero divisor gives 0 with zero gradient.
+        shift: causal-LM convention (logits at ``t−1`` predict label ``t``), done without copies.
+        validate: check that active labels lie in ``[0, V)`` (and ω ≥ 0 for ``weighted_mean``);
+            one device→host synchronisation on CUDA. ``False`` skips it (CUDA graphs).
+        inplace_backward: eager, scalar reductions: the gradient is computed in the forward pass
+            and written over ``logits`` (no extra ``N×V`` memory). **The logits must not be used
+            afterwards**; autograd's version counter makes any saved use fail loudly. Falls back
+            to the functional op under ``torch.compile``.
+        impl: ``"auto"`` (fused where a kernel exists for the device), ``"fused"`` or
+            ``"reference"``.
+    """
+    check_arguments(logits, labels, token_weights, loss_start, reduction, num_items_in_batch, label_smoothing, shift)
+    if impl not in IMPLS:
+        raise bad_input("impl", f"one of {IMPLS}", repr(impl))
+    if inplace_backward and reduction == "none":
+        raise bad_input("inplace_backward", "False with reduction='none' (it needs a scalar reduction)", True)
+    ok, why = fused_available(logits.device)
+    if impl == "fused" and not ok:
+        raise RuntimeError(f"impl='fused' requested but {why}")
+    if impl == "reference" or not ok or not registration.REGISTERED:
+        return keypoint_cross_entropy_reference(
+            logits, labels, token_weights, loss_start, ignore_index=ignore_index, reduction=reduction,
+            num_items_in_batch=num_items_in_batch, label_smoothing=label_smoothing, shift=shift, validate=validate,
+        )
+    plan = plan_rows(logits, labels, token_weights, loss_start, ignore_index, shift)
+    if validate:
+        validate_values(plan, reduction, ignore_index)
+    inplace = bool(inplace_backward) and logits.requires_grad and torch.is_grad_enabled() and not _compiling()
+    if inplace and (logits.is_leaf or plan.logits3.data_ptr() != logits.data_ptr() or not logits.is_contiguous()):
+        raise bad_input(
+            "inplace_backward",
+            "contiguous logits produced by an op (e.g. the lm_head output): autograd forbids writing into a leaf "
+            "tensor that requires grad; pass inplace_backward=False for this input",
+            "a leaf tensor" if logits.is_leaf else "a non-contiguous tensor",
+        )
+    if inplace and logits.dim() == 2:
+        plan.logits3 = logits.view(1, *logits.shape)
+    return _fused(plan, token_weights, reduction, num_items_in_batch, label_smoothing, inplace)
+
+
+class KeypointCrossEntropy(nn.Module):
+    """``nn.Module`` form of :func:`keypoint_cross_entropy` with the options fixed at construction."""
+
+    def __init__(
+        self,
+        *,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        shift: bool = False,
+        validate: bool = True,
+        inplace_backward: bool = False,
+        impl: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.label_smoothing = label_smoothing
+        self.shift = shift
+        self.validate = validate
+        self.inplace_backward = inplace_backward
+        self.impl = impl
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        token_weights: torch.Tensor | None = None,
+        loss_start: torch.Tensor | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return keypoint_cross_entropy(
+            logits, labels, token_weights, loss_start, ignore_index=self.ignore_index, reduction=self.reduction,
+            num_items_in_batch=num_items_in_batch, label_smoothing=self.label_smoothing, shift=self.shift,
+            validate=self.validate, inplace_backward=self.inplace_backward, impl=self.impl,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, "
+            f"shift={self.shift}, inplace_backward={self.inplace_backward}, impl={self.impl!r}"
+        )
