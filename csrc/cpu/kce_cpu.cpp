@@ -1,0 +1,208 @@
+// Torch glue of the CPU kernels: argument checks, output allocation, parallelism over rows.
+// Row math lives in kce_cpu_kernel.h. Semantics: kpod_ops/losses/registration.py.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <vector>
+
+#include "cpu/kce_cpu_kernel.h"
+
+namespace kpod {
+namespace {
+
+// Rows per task: enough V-sized rows that a task is worth scheduling.
+int64_t grain_for(int64_t V) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(V, 1)); }
+
+void check_logits(const at::Tensor& logits, const char* op) {
+  TORCH_CHECK(logits.device().is_cpu(), op, ": logits must be a CPU tensor, got ", logits.device());
+  TORCH_CHECK(logits.dim() == 3, op, ": logits must be [B, T, V], got shape ", logits.sizes());
+  TORCH_CHECK(logits.size(2) <= 1 || logits.stride(2) == 1, op,
+              ": the vocabulary dimension of logits must be contiguous, got strides ", logits.strides());
+  const auto dt = logits.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf || dt == at::kDouble, op,
+              ": logits dtype must be float32, bfloat16, float16 or float64, got ", dt);
+}
+
+at::ScalarType acc_type(const at::Tensor& logits) {
+  return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_rowwise(const at::Tensor& t, const at::Tensor& logits, const char* op, const char* name,
+                   c10::optional<at::ScalarType> dtype) {
+  TORCH_CHECK(t.device() == logits.device(), op, ": ", name, " must be on ", logits.device(), ", got ", t.device());
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == logits.size(0) && t.size(1) == logits.size(1), op, ": ", name,
+              " must have shape [", logits.size(0), ", ", logits.size(1), "], got ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
+  if (dtype) TORCH_CHECK(t.scalar_type() == *dtype, op, ": ", name, " must have dtype ", *dtype, ", got ", t.scalar_type());
+}
+
+// Calls f(row, pointer to the row's logits) for every row in parallel; rows are (b, t) pairs.
+template <typename scalar_t, typename F>
+void for_each_row(const at::Tensor& logits, F&& f) {
+  const int64_t B = logits.size(0), T = logits.size(1), V = logits.size(2);
+  const int64_t sB = logits.stride(0), sT = logits.stride(1);
+  scalar_t* base = logits.data_ptr<scalar_t>();
+  at::parallel_for(0, B * T, grain_for(V), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / T, t = r - b * T;
+      f(r, base + b * sB + t * sT);
+    }
+  });
+}
+
+void raise_bad_targets(const std::atomic<int64_t>& bad_row, const at::Tensor& target, int64_t V, const char* op) {
+  const int64_t r = bad_row.load();
+  if (r >= 0) {
+    TORCH_CHECK(false, op, ": target ", target.data_ptr<int64_t>()[r], " at row ", r, " is outside [0, ", V,
+                ") (use -1 to skip a row)");
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> kce_forward_cpu(const at::Tensor& logits, const at::Tensor& target,
+                                                   double label_smoothing) {
+  const char* op = "kpod::kce_forward";
+  check_logits(logits, op);
+  check_rowwise(target, logits, op, "target", at::kLong);
+  const int64_t V = logits.size(2);
+  auto nll = at::zeros(target.sizes(), logits.options().dtype(acc_type(logits)));
+  auto lse = at::zeros_like(nll);
+  const int64_t* tgt = target.data_ptr<int64_t>();
+  std::atomic<int64_t> bad_row{-1};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "kce_forward_cpu", [&] {
+    using acc_t = typename cpu::Acc<scalar_t>::type;
+    acc_t* nll_p = nll.data_ptr<acc_t>();
+    acc_t* lse_p = lse.data_ptr<acc_t>();
+    for_each_row<scalar_t>(logits, [&](int64_t r, const scalar_t* z) {
+      const int64_t y = tgt[r];
+      if (y < 0 && y != -1) { bad_row = r; return; }
+      if (y == -1) return;  // skipped: never read
+      if (y >= V) { bad_row = r; return; }
+      cpu::row_forward<scalar_t>(z, V, y, label_smoothing, nll_p + r, lse_p + r);
+    });
+  });
+  raise_bad_targets(bad_row, target, V, op);
+  return {nll, lse};
+}
+
+at::Tensor kce_backward_cpu(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
+                            const at::Tensor& grad_nll, const at::Tensor& grad_lse, double label_smoothing) {
+  const char* op = "kpod::kce_backward";
+  check_logits(logits, op);
+  const auto acc = acc_type(logits);
+  check_rowwise(target, logits, op, "target", at::kLong);
+  check_rowwise(lse, logits, op, "lse", acc);
+  check_rowwise(grad_nll, logits, op, "grad_nll", acc);
+  check_rowwise(grad_lse, logits, op, "grad_lse", acc);
+  const int64_t B = logits.size(0), T = logits.size(1), V = logits.size(2);
+  auto grad = at::empty({B, T, V}, logits.options().memory_format(at::MemoryFormat::Contiguous));
+  const int64_t* tgt = target.data_ptr<int64_t>();
+  std::atomic<int64_t> bad_row{-1};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "kce_backward_cpu", [&] {
+    using acc_t = typename cpu::Acc<scalar_t>::type;
+    const acc_t* lse_p = lse.data_ptr<acc_t>();
+    const acc_t* gn = grad_nll.data_ptr<acc_t>();
+    const acc_t* gl = grad_lse.data_ptr<acc_t>();
+    scalar_t* out = grad.data_ptr<scalar_t>();
+    for_each_row<scalar_t>(logits, [&](int64_t r, const scalar_t* z) {
+      scalar_t* o = out + r * V;
+      const int64_t y = tgt[r];
+      if (y == -1 || (gn[r] == acc_t(0) && gl[r] == acc_t(0))) {
+        cpu::row_zero(o, V);  // nothing flows into this row: zeros without reading it
+        return;
+      }
+      if (y < 0 || y >= V) { bad_row = r; cpu::row_zero(o, V); return; }
+      cpu::row_backward<scalar_t>(z, o, V, y, label_smoothing, lse_p[r], gn[r], gl[r]);
+    });
+  });
+  raise_bad_targets(bad_row, target, V, op);
+  return grad;
+}
+
+// Shared body of the two forward+backward variants (out == logits for the in-place one).
+template <typename scalar_t>
+void forward_backward_rows(const at::Tensor& logits, scalar_t* out_base, bool out_is_logits, const int64_t* tgt,
+                           const typename cpu::Acc<scalar_t>::type* scale,
+                           typename cpu::Acc<scalar_t>::type* nll_p, double eps, std::atomic<int64_t>& bad_row) {
+  using acc_t = typename cpu::Acc<scalar_t>::type;
+  const int64_t B = logits.size(0), T = logits.size(1), V = logits.size(2);
+  const int64_t sB = logits.stride(0), sT = logits.stride(1);
+  scalar_t* base = logits.data_ptr<scalar_t>();
+  at::parallel_for(0, B * T, grain_for(V), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf(static_cast<size_t>(V));  // the row's exp values, cache-resident
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / T, t = r - b * T;
+      scalar_t* z = base + b * sB + t * sT;
+      scalar_t* o = out_is_logits ? z : out_base + r * V;
+      const int64_t y = tgt[r];
+      if (y == -1) { cpu::row_zero(o, V); continue; }
+      if (y < 0 || y >= V) { bad_row = r; cpu::row_zero(o, V); continue; }
+      const acc_t s = scale[r];
+      if (s == acc_t(0)) {
+        acc_t lse_unused;
+        cpu::row_forward<scalar_t>(z, V, y, eps, nll_p + r, &lse_unused);
+        cpu::row_zero(o, V);
+        continue;
+      }
+      cpu::row_forward_backward<scalar_t>(z, o, V, y, eps, static_cast<double>(s), buf.data(), nll_p + r);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> kce_forward_backward_cpu(const at::Tensor& logits, const at::Tensor& target,
+                                                            const at::Tensor& row_scale, double label_smoothing) {
+  const char* op = "kpod::kce_forward_backward";
+  check_logits(logits, op);
+  check_rowwise(target, logits, op, "target", at::kLong);
+  check_rowwise(row_scale, logits, op, "row_scale", acc_type(logits));
+  const int64_t B = logits.size(0), T = logits.size(1), V = logits.size(2);
+  auto nll = at::zeros(target.sizes(), logits.options().dtype(acc_type(logits)));
+  auto grad = at::empty({B, T, V}, logits.options().memory_format(at::MemoryFormat::Contiguous));
+  std::atomic<int64_t> bad_row{-1};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "kce_forward_backward_cpu", [&] {
+    using acc_t = typename cpu::Acc<scalar_t>::type;
+    forward_backward_rows<scalar_t>(logits, grad.data_ptr<scalar_t>(), false, target.data_ptr<int64_t>(),
+                                    row_scale.data_ptr<acc_t>(), nll.data_ptr<acc_t>(), label_smoothing, bad_row);
+  });
+  raise_bad_targets(bad_row, target, V, op);
+  return {nll, grad};
+}
+
+at::Tensor kce_forward_backward_inplace_cpu(at::Tensor logits, const at::Tensor& target, const at::Tensor& row_scale,
+                                            double label_smoothing) {
+  const char* op = "kpod::kce_forward_backward_inplace";
+  check_logits(logits, op);
+  check_rowwise(target, logits, op, "target", at::kLong);
+  check_rowwise(row_scale, logits, op, "row_scale", acc_type(logits));
+  const int64_t V = logits.size(2);
+  auto nll = at::zeros(target.sizes(), logits.options().dtype(acc_type(logits)));
+  std::atomic<int64_t> bad_row{-1};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "kce_fb_inplace_cpu", [&] {
+    using acc_t = typename cpu::Acc<scalar_t>::type;
+    forward_backward_rows<scalar_t>(logits, nullptr, true, target.data_ptr<int64_t>(), row_scale.data_ptr<acc_t>(),
+                                    nll.data_ptr<acc_t>(), label_smoothing, bad_row);
+  });
+  raise_bad_targets(bad_row, target, V, op);
+  return nll;
+}
+
+void scale_cpu(at::Tensor x, const at::Tensor& scale) {
+  TORCH_CHECK(scale.numel() == 1, "kpod::scale_: scale must have one element, got shape ", scale.sizes());
+  const double s = scale.item<double>();  // a CPU read: no device synchronisation involved
+  if (s == 1.0) return;
+  x.mul_(s);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kpod, CPU, m) {
+  m.impl("kce_forward", &kce_forward_cpu);
+  m.impl("kce_backward", &kce_backward_cpu);
+  m.impl("kce_forward_backward", &kce_forward_backward_cpu);
+  m.impl("kce_forward_backward_inplace", &kce_forward_backward_inplace_cpu);
+  m.impl("scale_", &scale_cpu);
+}
+
+}  // namespace kpod
