@@ -1,0 +1,153 @@
+"""``arith-cot``: procedural multi-step arithmetic word problems with teacher-style rationales.
+
+Small enough for a tiny student to learn on a 2-core CPU within minutes: operands of 1–2 digits,
+results below 1000, 2–5 steps (one per line, each step's result feeding the next), filler words
+around the keypoint numbers and operations, and 1–2 distractor numbers in the question that do not
+affect the answer (listed in ``metadata["distractors"]``). Splits are decided by a hash of the
+question: test, the ``arith-text`` warm-up pool and train are pairwise disjoint.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from .example import CoTExample
+from .splits import bucket, check_count, check_split
+
+NAMES = (
+    ("Tom", "he"),
+    ("Anna", "she"),
+    ("Ben", "he"),
+    ("Mia", "she"),
+    ("Sam", "he"),
+    ("Lily", "she"),
+    ("Max", "he"),
+    ("Emma", "she"),
+)
+ITEMS = ("apple", "pencil", "marble", "sticker", "cookie", "book", "card", "stone")
+FRIENDS = ("Leo", "Zoe", "Kai", "Ivy")
+FILLERS = ("Then", "Next", "After that", "Later")
+_TEST, _TEXT = range(0, 20), range(20, 40)
+
+
+def _pools(split: str) -> range:
+    return _TEST if split == "test" else _TEXT if split == "text" else range(40, 100)
+
+
+def _op(rng: random.Random, cur: int) -> tuple[str, int, int] | None:
+    choices = ["add", "sub", "mul", "div"]
+    rng.shuffle(choices)
+    for op in choices:
+        if op == "add" and cur + 1 < 1000:
+            x = rng.randint(1, min(20, 999 - cur))
+            return op, x, cur + x
+        if op == "sub" and cur >= 2:
+            x = rng.randint(1, min(cur - 1, 20))
+            return op, x, cur - x
+        if op == "mul" and cur * 2 < 1000 and cur <= 99:
+            x = rng.randint(2, min(4, 999 // cur))
+            return op, x, cur * x
+        if op == "div":
+            divisors = [d for d in (2, 3, 4, 5) if cur % d == 0 and cur // d >= 1]
+            if divisors:
+                x = rng.choice(divisors)
+                return op, x, cur // x
+    return None
+
+
+def _sentences(op: str, x: int, cur: int, new: int, who: str, pron: str, item: str, friend: str, filler: str) -> tuple[str, str]:
+    """(question sentence, rationale step) for one operation."""
+    p = pron.capitalize()
+    if op == "add":
+        return (f"{p} buys {x} more {item}s.", f"{filler}, {pron} buys {x} more, so {pron} has {cur} + {x} = {new} {item}s.")
+    if op == "sub":
+        return (
+            f"{p} gives {x} {item}s to {friend}.",
+            f"{filler}, {pron} gives away {x}, so {pron} has {cur} - {x} = {new} {item}s.",
+        )
+    if op == "mul":
+        return (
+            f"{p} then gets {x} times as many {item}s as {pron} has.",
+            f"{filler}, {pron} gets {x} times as many, so {pron} has {cur} * {x} = {new} {item}s.",
+        )
+    return (
+        f"{p} splits the {item}s into {x} equal bags and keeps one bag.",
+        f"{filler}, {pron} keeps one of {x} equal bags, so {pron} has {cur} / {x} = {new} {item}s.",
+    )
+
+
+def make_problem(rng: random.Random) -> tuple[str, str, str, dict[str, Any]]:
+    """One problem: (question, rationale, answer, metadata)."""
+    who, pron = rng.choice(NAMES)
+    item = rng.choice(ITEMS)
+    other = rng.choice([i for i in ITEMS if i != item])
+    friend = rng.choice(FRIENDS)
+    n_steps = rng.randint(2, 5)
+    start = rng.randint(2, 20)
+    cur = start
+    q_parts, steps, ops, operands, results = [], [], [], [], []
+    for k in range(n_steps):
+        op, x, new = _op(rng, cur)  # cur >= 1 always, so "add" is always possible
+        filler = "First" if k == 0 else rng.choice(FILLERS)
+        q, s = _sentences(op, x, cur, new, who, pron, item, friend, filler)
+        q_parts.append(q)
+        steps.append(s)
+        ops.append(op)
+        operands.append(x)
+        results.append(new)
+        cur = new
+    distractor_sentences = [
+        lambda d: f"{who} is {d} years old.",
+        lambda d: f"{pron.capitalize()} also has {d} {other}s.",
+        lambda d: f"{friend} has {d} {item}s at home.",
+    ]
+    rng.shuffle(distractor_sentences)
+    distractors = []
+    for make in distractor_sentences[: rng.randint(1, 2)]:
+        d = rng.randint(2, 60)
+        distractors.append(d)
+        q_parts.insert(rng.randint(0, len(q_parts)), make(d))
+    question = f"{who} has {start} {item}s. " + " ".join(q_parts) + f" How many {item}s does {who} have now?"
+    metadata = {
+        "distractors": distractors,
+        "start": start,
+        "operations": ops,
+        "operands": operands,
+        "step_results": results,
+    }
+    return question, "\n".join(steps), str(cur), metadata
+
+
+def _generate(pool: range, n: int, seed: int, split_name: str) -> list[tuple[str, str, str, dict[str, Any]]]:
+    rng = random.Random(f"arith-cot/{seed}")
+    out, seen = [], set()
+    tries = 0
+    while len(out) < n:
+        tries += 1
+        if tries > 200 * n + 10_000:
+            raise RuntimeError(f"arith-cot: could not draw {n} distinct {split_name} problems")
+        problem = make_problem(rng)
+        question = problem[0]
+        if question in seen or bucket(question, "arith-cot") not in pool:
+            continue
+        seen.add(question)
+        out.append(problem)
+    return out
+
+
+def load_arith_cot(split: str = "train", n: int = 1000, seed: int = 0) -> list[CoTExample]:
+    """``n`` arith-cot examples of ``split``; deterministic by ``seed`` (a larger ``n`` extends a smaller one)."""
+    check_split(split)
+    check_count(n)
+    problems = _generate(_pools(split), n, seed, split)
+    return [CoTExample(f"arith-cot-{split}-{seed}-{i}", q, r, a, m) for i, (q, r, a, m) in enumerate(problems)]
+
+
+def load_arith_text(n: int = 1000, seed: int = 0) -> list[str]:
+    """``n`` plain texts (story, solution lines, answer sentence) for a small student's LM warm-up.
+
+    Drawn from a pool of problems disjoint from both arith-cot splits.
+    """
+    check_count(n)
+    return [f"{q}\n{r}\nSo the answer is {a}." for q, r, a, _ in _generate(_TEXT, n, seed, "text")]

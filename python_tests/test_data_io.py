@@ -1,0 +1,176 @@
+"""CoTExample, JSONL reading/validation, answers and the built-in datasets."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from kpod_ops.data import (
+    CoTExample,
+    answers_match,
+    extract_answer,
+    load_builtin,
+    parse_number,
+    read_jsonl,
+    write_jsonl,
+)
+from kpod_ops.errors import KPODInputError
+from kpod_ops.steps import split_steps
+
+
+def _write(tmp_path, lines):
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+GOOD = {"id": "a", "question": "How many?", "rationale": "2+3=5.\nThen 5*2=10.\n#### 10", "answer": "10"}
+
+
+def test_read_jsonl_roundtrip_and_marker(tmp_path):
+    path = _write(tmp_path, [GOOD, "", {**GOOD, "id": "b", "rationale": "So 4. Therefore, the answer is 4.", "answer": "4"}])
+    got = read_jsonl(path)
+    assert [e.id for e in got] == ["a", "b"]
+    assert got[0].rationale == "2+3=5.\nThen 5*2=10." and got[1].rationale == "So 4."
+    out = tmp_path / "out.jsonl"
+    write_jsonl(got, out)
+    assert read_jsonl(out) == got
+
+
+def test_read_raw_gsm8k_with_field_mapping(tmp_path):
+    path = _write(tmp_path, [{"question": "Q?", "answer": "Half is 48/2=<<48/2=24>>24.\n#### 24"}])
+    (ex,) = read_jsonl(path, fields={"id": None, "rationale": "answer", "answer": None}, strip_calculator=True)
+    assert (ex.id, ex.rationale, ex.answer) == ("line-1", "Half is 48/2=24.", "24")
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"id": "x", "question": ', r"data.jsonl:2: expected a JSON object, got invalid JSON"),
+        ("[1, 2]", r"data.jsonl:2: expected a JSON object, got list"),
+        (
+            {"id": "x", "rationale": "r", "answer": "1"},
+            r"data.jsonl:2: field 'question' \(question\): expected a string, got nothing",
+        ),
+        ({**GOOD, "id": "x", "answer": 10}, r"data.jsonl:2: field 'answer' \(answer\): expected a string, got int"),
+        ({**GOOD, "id": "x", "rationale": "   "}, r"data.jsonl:2: field 'rationale' \(rationale\): expected a non-empty string"),
+        (
+            {**GOOD, "id": "x", "rationale": "#### 10"},
+            r"data.jsonl:2: field 'rationale' \(rationale\): expected a non-empty string",
+        ),
+        (GOOD, r"data.jsonl:2: field 'id': expected a unique id, got 'a' again \(first on line 1\)"),
+    ],
+)
+def test_read_jsonl_errors_name_file_and_line(tmp_path, line, message):
+    path = _write(tmp_path, [GOOD, line])
+    with pytest.raises(KPODInputError, match=message):
+        read_jsonl(path)
+    got = read_jsonl(path, on_error="skip")
+    assert [e.id for e in got] == ["a"] and [s[0] for s in got.skipped] == [2]
+
+
+def test_read_jsonl_bad_arguments(tmp_path):
+    with pytest.raises(KPODInputError, match="path: expected an existing JSONL file"):
+        read_jsonl(tmp_path / "missing.jsonl")
+    path = _write(tmp_path, [GOOD])
+    with pytest.raises(KPODInputError, match="on_error"):
+        read_jsonl(path, on_error="ignore")
+    with pytest.raises(KPODInputError, match="fields"):
+        read_jsonl(path, fields={"solution": "x"})
+    with pytest.raises(KPODInputError, match="answer marker"):
+        read_jsonl(_write(tmp_path, [{**GOOD, "rationale": "no marker"}]), fields={"answer": None})
+
+
+def test_filter_wrong_answers(tmp_path):
+    wrong = {**GOOD, "id": "w", "rationale": "2+3=5.\n#### 5"}
+    no_marker = {**GOOD, "id": "n", "rationale": "5*2 = 10 apples."}
+    got = read_jsonl(_write(tmp_path, [GOOD, wrong, no_marker]), filter_wrong_answers=True)
+    assert [e.id for e in got] == ["a", "n"] and got.filtered == ["w"]
+    assert len(read_jsonl(_write(tmp_path, [GOOD, wrong]))) == 2  # off by default
+
+
+def test_cot_example_validation():
+    with pytest.raises(KPODInputError, match="CoTExample.answer: expected a str, got int"):
+        CoTExample("a", "q", "r", 3)
+    with pytest.raises(KPODInputError, match="CoTExample.rationale: expected a non-empty string"):
+        CoTExample("a", "q", " ", "3")
+
+
+def test_answers():
+    assert extract_answer("So 3+4=7.\n#### 1,234") == "1234"
+    assert extract_answer("Therefore, the answer is $1.50.") == "1.5"
+    assert extract_answer("left 10-5 then -3 is wrong; it is 2") == "2"
+    assert extract_answer("the value is -5.") == "-5"
+    assert extract_answer("no number") is None
+    assert answers_match("1,234", "1234.0") and answers_match(" 72 ", 72) and not answers_match("71", "72")
+    assert not answers_match(None, "1") and answers_match("yes", "Yes")
+    assert parse_number("$1,000.50") == 1000.5 and parse_number("abc") is None and parse_number(True) is None
+
+
+def _check_disjoint_and_deterministic(name, n):
+    train = load_builtin(name, "train", n=n, seed=1)
+    test = load_builtin(name, "test", n=n, seed=1)
+    assert len(train) == len(test) == n
+    assert not {e.question for e in train} & {e.question for e in test}
+    assert len({e.question for e in train}) == n
+    assert load_builtin(name, "train", n=n, seed=1) == train
+    assert load_builtin(name, "train", n=n, seed=2) != train
+    return train
+
+
+def test_arith_cot():
+    train = _check_disjoint_and_deterministic("arith-cot", 300)
+    assert load_builtin("arith-cot", "train", n=50, seed=1) == train[:50]  # a larger n extends a smaller one
+    for ex in train:
+        lines = ex.rationale.split("\n")
+        assert 2 <= len(lines) <= 5 and split_steps(ex.rationale) == [lines[0]] + ["\n" + s for s in lines[1:]]
+        cur = ex.metadata["start"]
+        for line, result in zip(lines, ex.metadata["step_results"]):
+            a, op, b, c = re.search(r"(\d+) ([-+*/]) (\d+) = (\d+)", line).groups()
+            assert int(a) == cur and eval(f"{a} {op} {b}") == int(c) == result  # each step feeds the next
+            assert int(b) < 100 and int(c) < 1000
+            cur = int(c)
+        assert str(cur) == ex.answer
+        question_numbers = [int(x) for x in re.findall(r"\d+", ex.question)]
+        assert sorted(question_numbers) == sorted([ex.metadata["start"], *ex.metadata["operands"], *ex.metadata["distractors"]])
+        assert 1 <= len(ex.metadata["distractors"]) <= 2
+
+
+def test_arith_text_pool_is_disjoint():
+    texts = load_builtin("arith-text", n=200, seed=1)
+    assert isinstance(texts, list) and all(isinstance(t, str) and "answer is" in t for t in texts)
+    questions = {t.split("\n")[0] for t in texts}
+    both = load_builtin("arith-cot", "train", n=400, seed=1) + load_builtin("arith-cot", "test", n=400, seed=1)
+    assert not questions & {e.question for e in both}
+
+
+def test_gsm_symbolic():
+    train = _check_disjoint_and_deterministic("gsm-symbolic", 60)
+    for ex in train:
+        assert "####" not in ex.rationale and parse_number(ex.answer) is not None
+        assert not ex.question.endswith("Do not include units.")
+
+
+def test_gsm8k_fixture():
+    train, test = load_builtin("gsm8k-fixture"), load_builtin("gsm8k-fixture", "test")
+    assert len(train) >= 20 and len(test) >= 6 and not {e.id for e in train} & {e.id for e in test}
+    for ex in train + test:
+        assert "<<" not in ex.rationale and answers_match(extract_answer(ex.rationale), ex.answer)
+    assert load_builtin("gsm8k-fixture", n=5, seed=3) == load_builtin("gsm8k-fixture", seed=3)[:5]
+    with pytest.raises(KPODInputError, match="n: expected at most"):
+        load_builtin("gsm8k-fixture", "test", n=100)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"name": "gsm8k"}, "name"),
+        ({"name": "arith-cot", "split": "dev"}, "split"),
+        ({"name": "arith-cot", "n": 0}, "n: expected a positive int"),
+    ],
+)
+def test_load_builtin_bad_input(kwargs, message):
+    with pytest.raises(KPODInputError, match=message):
+        load_builtin(**kwargs)
