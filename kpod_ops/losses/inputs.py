@@ -38,6 +38,8 @@ def check_arguments(
         raise bad_input("logits", "a [B, T, V] or [N, V] tensor", _describe(logits))
     if logits.dtype not in LOGIT_DTYPES:
         raise bad_input("logits", "dtype float32, bfloat16, float16 or float64", _describe(logits))
+    if logits.shape[-1] < 1:
+        raise bad_input("logits", "a vocabulary (last) dimension of size >= 1", _describe(logits))
     if not isinstance(labels, torch.Tensor):
         raise bad_input("labels", "a torch.Tensor", type(labels).__name__)
     lead = tuple(logits.shape[:-1])
@@ -102,7 +104,7 @@ class RowPlan:
 
     def to_label_positions(self, per_row: torch.Tensor) -> torch.Tensor:
         """Map a ``[B, T]`` per-row tensor back to label positions (leading shape of the input)."""
-        if self.shift:
+        if self.shift and per_row.shape[1] > 0:
             per_row = torch.cat([per_row.new_zeros(per_row.shape[0], 1), per_row[:, :-1]], dim=1)
         return per_row.reshape(self.lead_shape)
 
@@ -124,7 +126,7 @@ def plan_rows(
     weights2 = None if token_weights is None else token_weights.reshape(logits3.shape[:2])
     B, T = labels2.shape
     position = torch.arange(T, device=labels.device)
-    if shift:
+    if shift and T > 0:
         fill = torch.full((B, 1), ignore_index, dtype=labels2.dtype, device=labels2.device)
         labels2 = torch.cat([labels2[:, 1:], fill], dim=1)
         if weights2 is not None:

@@ -26,55 +26,96 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
-class _FusedScalarLoss(torch.autograd.Function):
-    """Scalar reductions with the logits gradient produced in the forward pass (one read per row).
+class _InplaceGradient(torch.autograd.Function):
+    """Writes the logits gradient over the logits (one read, one write per row) and marks them dirty.
 
-    ``weights_eff`` is ω on active rows and 0 elsewhere (detached); ``den`` the reduction's divisor.
-    The gradient w.r.t. the caller's ``token_weights`` is returned through ``weights_in``.
+    It returns only the (now gradient-holding) logits, as autograd requires of a Function that
+    modifies a view in place; the per-row losses travel to :class:`_ScalarLossFromGradient` through
+    ``holder``. Its backward passes the incoming gradient through unchanged.
     """
 
     @staticmethod
-    def forward(ctx, logits3, weights_in, target, weights_eff, den, label_smoothing, reduction, inplace):
-        acc = weights_eff.dtype
-        if den is None:
-            inv = torch.ones((), dtype=acc, device=logits3.device)
-        else:
-            inv = torch.where(den == 0, torch.zeros_like(den), 1.0 / torch.where(den == 0, torch.ones_like(den), den))
-        row_scale = (weights_eff * inv).contiguous()
-        if inplace:
-            nll = torch.ops.kpod.kce_forward_backward_inplace(logits3, target, row_scale, label_smoothing)
-            grad = logits3
-            ctx.mark_dirty(logits3)
-        else:
-            nll, grad = torch.ops.kpod.kce_forward_backward(logits3, target, row_scale, label_smoothing)
-        use = weights_eff != 0
-        loss = torch.where(use, weights_eff * nll, torch.zeros((), dtype=acc, device=nll.device)).sum() * inv
-        ctx.save_for_backward(grad, nll, target, inv, loss)
-        ctx.reduction = reduction
-        ctx.weights_den = den is not None and reduction == "weighted_mean" and ctx.needs_input_grad[1]
-        ctx.inplace = inplace
-        ctx.weights_dtype = None if weights_in is None else weights_in.dtype
-        if inplace:
-            return loss, logits3
-        return loss, None
+    def forward(ctx, logits, target, row_scale, label_smoothing, holder):
+        logits3 = logits if logits.dim() == 3 else logits.unsqueeze(0)
+        holder.append(torch.ops.kpod.kce_forward_backward_inplace(logits3, target, row_scale, label_smoothing))
+        ctx.mark_dirty(logits)
+        return logits
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_logits_out):
-        grad, nll, target, inv, loss = ctx.saved_tensors
+    def backward(ctx, grad):
+        return grad, None, None, None, None
+
+
+class _ScalarLossFromGradient(torch.autograd.Function):
+    """A scalar reduction whose logits gradient was already produced in the forward pass.
+
+    ``grad_buffer`` holds ``row_scale·(softmax − (1−ε)·onehot − ε/V)``; backward scales it by the
+    upstream gradient on the device (untouched when that is 1) and hands it to ``logits``.
+    ``weights_eff`` is ω on active rows and 0 elsewhere (detached); the gradient w.r.t. the caller's
+    weights is returned through ``weights_in``.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, weights_in, grad_buffer, nll, target, active, weights_eff, inv, den_is_weight_sum):
+        use = weights_eff != 0
+        zero = torch.zeros((), dtype=nll.dtype, device=nll.device)
+        loss = torch.where(use, weights_eff * nll, zero).sum() * inv
+        ctx.save_for_backward(grad_buffer, nll, target, active, inv, loss)
+        ctx.den_is_weight_sum = den_is_weight_sum
+        ctx.logits_shape = logits.shape
+        ctx.weights_dtype = None if weights_in is None else weights_in.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad, nll, target, active, inv, loss = ctx.saved_tensors
         grad_logits = grad_weights = None
         if ctx.needs_input_grad[0]:
-            g = grad_loss.to(torch.float32).reshape(())
-            torch.ops.kpod.scale_(grad, g)
-            grad_logits = grad
+            torch.ops.kpod.scale_(grad, grad_loss.to(torch.float32).reshape(()))
+            grad_logits = grad.view(ctx.logits_shape)
         if ctx.needs_input_grad[1]:
-            active = target >= 0
-            term = nll - loss if ctx.weights_den else nll
-            grad_weights = torch.where(active, term, torch.zeros_like(term)) * inv * grad_loss
-            grad_weights = grad_weights.to(ctx.weights_dtype)
-        return grad_logits, grad_weights, None, None, None, None, None, None
+            # d/dω of where(ω != 0, ω·ℓ, 0) is ℓ where ω != 0 and 0 where ω == 0 (the masked definition);
+            # weighted_mean adds -L/Σω on every active row through its divisor
+            term = torch.where(target >= 0, nll, torch.zeros_like(nll))
+            if ctx.den_is_weight_sum:
+                term = term - torch.where(active, loss, torch.zeros_like(loss))
+            grad_weights = (term * inv * grad_loss).to(ctx.weights_dtype)
+        return grad_logits, grad_weights, None, None, None, None, None, None, None
+
+
+def _fused_scalar_with_gradient(
+    logits: torch.Tensor,
+    plan: RowPlan,
+    weights_in: torch.Tensor | None,
+    target: torch.Tensor,
+    weights_eff: torch.Tensor,
+    den: torch.Tensor | None,
+    label_smoothing: float,
+    den_is_weight_sum: bool,
+    inplace: bool,
+) -> torch.Tensor:
+    """Scalar reduction with the logits gradient produced in the same pass as the loss."""
+    acc = weights_eff.dtype
+    if den is None:
+        inv = torch.ones((), dtype=acc, device=logits.device)
+    else:
+        zero = den == 0
+        inv = torch.where(zero, torch.zeros_like(den), 1.0 / torch.where(zero, torch.ones_like(den), den))
+    row_scale = (weights_eff * inv).contiguous()
+    if inplace:
+        holder: list[torch.Tensor] = []
+        logits = _InplaceGradient.apply(logits, target, row_scale, label_smoothing, holder)
+        nll, grad = holder[0], logits.detach()
+    else:
+        with torch.no_grad():
+            nll, grad = torch.ops.kpod.kce_forward_backward(plan.logits3, target, row_scale, label_smoothing)
+    return _ScalarLossFromGradient.apply(
+        logits, weights_in, grad, nll, target, plan.active, weights_eff, inv, den_is_weight_sum
+    )
 
 
 def _fused(
+    logits: torch.Tensor,
     plan: RowPlan,
     token_weights: torch.Tensor | None,
     reduction: str,
@@ -89,19 +130,19 @@ def _fused(
     if ones:
         weights = torch.ones(plan.active.shape, dtype=acc, device=logits3.device)
     weights_need_grad = token_weights is not None and token_weights.requires_grad and torch.is_grad_enabled()
-    logits_need_grad = logits3.requires_grad and torch.is_grad_enabled()
-    # rows that must be read: active, and either weighted or needed for the weights' gradient
-    needed = plan.active if (ones or weights_need_grad) else plan.active & (weights != 0)
+    logits_need_grad = logits.requires_grad and torch.is_grad_enabled()
+    # rows that must be read: active with ω != 0 (ω = 0 rows have zero loss and, by the masked
+    # definition, zero gradient for both logits and weights)
+    needed = plan.active if ones else plan.active & (weights != 0)
     target = torch.where(needed, plan.labels, torch.full_like(plan.labels, -1)).contiguous()
     zero = torch.zeros((), dtype=acc, device=logits3.device)
     if reduction != "none" and logits_need_grad and not _compiling():
         weights_eff = torch.where(plan.active, weights.detach(), zero)
         den = denominator(plan, weights_eff, reduction, num_items_in_batch, acc)
-        loss, _ = _FusedScalarLoss.apply(
-            logits3, plan.weights if weights_need_grad else None, target, weights_eff, den,
-            float(label_smoothing), reduction, inplace_backward,
+        return _fused_scalar_with_gradient(
+            logits, plan, plan.weights if weights_need_grad else None, target, weights_eff, den,
+            float(label_smoothing), reduction == "weighted_mean" and num_items_in_batch is None, inplace_backward,
         )
-        return loss
     nll, _lse = torch.ops.kpod.kce_forward(logits3, target, float(label_smoothing))
     use = plan.active & (weights != 0)
     contribution = torch.where(use, weights * nll, zero)
@@ -174,6 +215,7 @@ def keypoint_cross_entropy(
     if validate:
         validate_values(plan, reduction, ignore_index)
     inplace = bool(inplace_backward) and logits.requires_grad and torch.is_grad_enabled() and not _compiling()
+    inplace = inplace and logits.numel() > 0  # nothing to write into an empty tensor
     if inplace and (logits.is_leaf or plan.logits3.data_ptr() != logits.data_ptr() or not logits.is_contiguous()):
         raise bad_input(
             "inplace_backward",
@@ -181,9 +223,7 @@ def keypoint_cross_entropy(
             "tensor that requires grad; pass inplace_backward=False for this input",
             "a leaf tensor" if logits.is_leaf else "a non-contiguous tensor",
         )
-    if inplace and logits.dim() == 2:
-        plan.logits3 = logits.view(1, *logits.shape)
-    return _fused(plan, token_weights, reduction, num_items_in_batch, label_smoothing, inplace)
+    return _fused(logits, plan, token_weights, reduction, num_items_in_batch, label_smoothing, inplace)
 
 
 class KeypointCrossEntropy(nn.Module):

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from .inputs import accumulation_dtype, check_arguments, safe_divide
-from .inputs import validate_values as _validate_values
 from .inputs import plan_rows as _plan_rows
+from .inputs import validate_values as _validate_values
 
 
 def keypoint_cross_entropy_reference(
@@ -58,7 +58,7 @@ def keypoint_cross_entropy_reference(
             zf.reshape(-1, V), target.reshape(-1), reduction="none", label_smoothing=float(label_smoothing)
         ).reshape(B, T)
     else:
-        ell = torch.zeros((B, T), dtype=acc, device=z.device)
+        ell = zf.sum(-1)  # empty, but still connected to the logits for autograd
     use = active & (w != 0)
     contribution = torch.where(use, w * ell, torch.zeros((), dtype=acc, device=z.device))
     if reduction == "none":

@@ -1,0 +1,111 @@
+"""Fused keypoint cross-entropy vs its PyTorch reference, on random inputs (hypothesis)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from loss_helpers import GradProbe, check_against_reference, fused, reference, run
+
+import kpod_ops
+
+pytestmark = pytest.mark.skipif(not kpod_ops.fused_available("cpu")[0], reason="kpod_ops._C not built")
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+REDUCTIONS = ["none", "sum", "mean", "weighted_mean"]
+
+
+@st.composite
+def problems(draw, max_v=50_257):
+    """A random problem: shapes, dtype, labels with ignored rows, weights of any sign, starts."""
+    V = draw(st.one_of(st.integers(1, 70), st.integers(71, 4099), st.sampled_from([31_999, 50_257]).filter(lambda v: v <= max_v)))
+    budget = max(1, 200_000 // V)  # keep B·T·V small enough for a fast test
+    B = draw(st.integers(0, 3))
+    T = draw(st.integers(0, max(0, min(9, budget // max(B, 1)))))
+    dtype = draw(st.sampled_from(DTYPES))
+    reduction = draw(st.sampled_from(REDUCTIONS))
+    shift = draw(st.booleans())
+    two_d = draw(st.booleans()) and not shift
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    scale = draw(st.sampled_from([1.0, 4.0, 20.0]))
+    pad = draw(st.sampled_from([0, 3]))  # pad > 0: row-strided (non-contiguous) logits
+    full = torch.randn(B, T, V + pad, generator=g) * scale
+    logits = full[..., :V].to(dtype)
+    labels = torch.randint(0, V, (B, T), generator=g)
+    ignored = torch.rand(B, T, generator=g) < draw(st.sampled_from([0.0, 0.3, 1.0]))
+    labels = torch.where(ignored, torch.full_like(labels, -100), labels)
+    weight_kind = draw(st.sampled_from(["none", "positive", "any", "zeros"]))
+    weights = None
+    if weight_kind == "positive" or (weight_kind == "any" and reduction == "weighted_mean"):
+        weights = torch.rand(B, T, generator=g) * 2
+        weights = torch.where(torch.rand(B, T, generator=g) < 0.2, torch.zeros_like(weights), weights)
+    elif weight_kind == "any":
+        weights = torch.randn(B, T, generator=g)
+    elif weight_kind == "zeros":
+        weights = torch.zeros(B, T)
+    loss_start = None
+    if draw(st.booleans()) and not two_d:
+        loss_start = torch.randint(0, T + 3, (B,), generator=g)
+    # non-finite logits on rows that are inactive must not leak into anything
+    if B * T > 0 and V > 0 and draw(st.booleans()):
+        logits = logits.clone()
+        t = torch.arange(T).unsqueeze(0).expand(B, T)
+        start = torch.zeros(B, 1, dtype=torch.long) if loss_start is None else loss_start.unsqueeze(1)
+        if shift:  # row t predicts label position t + 1
+            nxt = torch.cat([labels[:, 1:], torch.full((B, 1), -100)], dim=1)
+            used = (t + 1 < T) & (nxt != -100) & (t + 1 >= start)
+        else:
+            used = (labels != -100) & (t >= start)
+        unused = ~used
+        logits[unused] = torch.tensor(float("nan"), dtype=dtype)
+        if unused.any():
+            b0, t0 = unused.nonzero()[0].tolist()
+            logits[b0, t0, 0] = float("inf")
+    smoothing = draw(st.sampled_from([0.0, 0.0, 0.1]))
+    num_items = None
+    if reduction in ("mean", "weighted_mean") and draw(st.booleans()):
+        num_items = draw(st.sampled_from([0, 7, torch.tensor(5.0)]))
+    if two_d:
+        logits = logits.reshape(B * T, V)
+        labels = labels.reshape(B * T)
+        weights = None if weights is None else weights.reshape(B * T)
+    kwargs = dict(reduction=reduction, shift=shift, label_smoothing=smoothing, num_items_in_batch=num_items)
+    return logits, labels, weights, loss_start, kwargs
+
+
+@given(problems())
+def test_fused_matches_reference(problem):
+    logits, labels, weights, loss_start, kwargs = problem
+    check_against_reference(logits, labels, weights, loss_start, **kwargs)
+
+
+@given(problems(max_v=4099), st.sampled_from(["sum", "mean", "weighted_mean"]))
+@settings(max_examples=25)
+def test_inplace_matches_functional(problem, reduction):
+    logits, labels, weights, loss_start, kwargs = problem
+    kwargs["reduction"] = reduction
+    if reduction == "sum":
+        kwargs["num_items_in_batch"] = None
+    if weights is not None and reduction == "weighted_mean":
+        weights = weights.abs()
+    ref = run(fused, logits, labels, weights, loss_start, **kwargs)
+    x = GradProbe.apply(torch.zeros((), requires_grad=True), logits.detach().contiguous())
+    w = None if weights is None else weights.clone().requires_grad_(True)
+    loss = kpod_ops.keypoint_cross_entropy(x, labels, w, loss_start, inplace_backward=True, impl="fused", **kwargs)
+    loss.backward()
+    torch.testing.assert_close(loss.detach(), ref[0], rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(GradProbe.captured.reshape(ref[1].shape), ref[1], rtol=0, atol=0, equal_nan=True)
+    if w is not None:
+        torch.testing.assert_close(w.grad, ref[2], rtol=0, atol=0, equal_nan=True)
+
+
+@given(problems(max_v=4099))
+@settings(max_examples=25)
+def test_no_grad_forward_matches_reference(problem):
+    logits, labels, weights, loss_start, kwargs = problem
+    with torch.no_grad():
+        got = kpod_ops.keypoint_cross_entropy(logits, labels, weights, loss_start, impl="fused", **kwargs)
+        ref = reference(logits.double(), labels, None if weights is None else weights.double(), loss_start, **kwargs)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-3 if logits.dtype != torch.float32 else 1e-4, equal_nan=True)
