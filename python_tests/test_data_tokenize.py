@@ -1,0 +1,155 @@
+"""Tokenisation into prompt / step spans / answer for both architectures (S2, §10 items 16–17)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_data_helpers import bpe_tokenizer, smollm2_tokenizer
+
+from kpod_ops.data import (
+    CoTExample,
+    load_builtin,
+    tokenize_example,
+    tokenize_examples,
+    validate_tokenized,
+)
+from kpod_ops.errors import KPODInputError
+
+
+def _examples():
+    return load_builtin("gsm8k-fixture")[:10] + load_builtin("arith-cot", n=10, seed=3)
+
+
+def _check_partition(te, ex):
+    validate_tokenized(te)  # S2: non-empty, contiguous, ordered, partition [prompt_len, answer_start)
+    assert "".join(te.steps) == ex.rationale
+    assert te.n_steps == len(te.steps) >= 1
+    assert te.input_ids[-1] == te_eos(te)
+
+
+def te_eos(te):
+    return te.answer_ids[-1]
+
+
+@pytest.mark.parametrize("kind", ["bytelevel", "metaspace"])
+def test_decoder_ids_are_the_full_text_and_spans_follow_offsets(kind):
+    tok = bpe_tokenizer(kind)
+    examples = _examples()
+    for ex, te in zip(examples, tokenize_examples(examples, tok)):
+        _check_partition(te, ex)
+        assert te.input_ids[-1] == tok.eos_token_id and te.architecture == "decoder"
+        full = f"Q: {ex.question}\nA: Let's think step by step.\n" + ex.rationale + f"\nTherefore, the answer is {ex.answer}."
+        assert list(te.input_ids[:-1]) == tok(full, add_special_tokens=False)["input_ids"]  # no boundary artefacts
+        if kind == "bytelevel":  # byte-level tokens cover the text exactly, so every span decodes to its step
+            for (a, b), step in zip(te.step_spans, te.steps):
+                assert tok.decode(te.input_ids[a:b]) == step
+            assert tok.decode(te.answer_ids, skip_special_tokens=True) == f"\nTherefore, the answer is {ex.answer}."
+
+
+@pytest.mark.parametrize("kind", ["bytelevel", "metaspace"])
+def test_encoder_decoder_tokenises_each_step_alone(kind):
+    tok = bpe_tokenizer(kind)
+    examples = _examples()
+    for ex, te in zip(examples, tokenize_examples(examples, tok, architecture="encoder-decoder")):
+        _check_partition(te, ex)
+        assert te.architecture == "encoder-decoder"
+        for (a, b), step in zip(te.step_spans, te.steps):
+            assert list(te.input_ids[a:b]) == tok(step, add_special_tokens=False)["input_ids"]
+
+
+rationales = st.lists(
+    st.tuples(
+        st.sampled_from(["Tom has 3.5 apples", "so 17 + 4 = 21", "Mr. Lee pays $1.50", "e.g. 110*.3=33", "then"]),
+        st.sampled_from([". ", ".\n", " ", "\n\n  "]),
+    ),
+    min_size=1,
+    max_size=8,
+).map(lambda parts: "".join(a + b for a, b in parts).strip())
+
+
+@settings(max_examples=60, deadline=None)
+@given(rationales, st.sampled_from(["decoder", "encoder-decoder"]), st.sampled_from(["bytelevel", "metaspace"]))
+def test_spans_partition_for_random_rationales(rationale, architecture, kind):
+    ex = CoTExample("x", "How many apples?", rationale, "21")
+    te = tokenize_example(ex, bpe_tokenizer(kind), architecture=architecture)
+    _check_partition(te, ex)
+
+
+def test_step_without_tokens_is_merged():
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    # A word-level tokenizer whose token "ab. c." crosses the boundary between steps "ab." and " c.".
+    raw = Tokenizer(models.WordLevel({"<unk>": 0, "<eos>": 1, "ab. c.": 2, "x": 3}, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Split(Regex(r"ab\. c\.|\s+|\S+"), behavior="isolated")
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<eos>", unk_token="<unk>")
+    ex = CoTExample("m", "x", "ab. c.", "1")
+    te = tokenize_example(ex, tok)
+    assert te.rationale_ids == (2,)
+    assert te.steps == ("ab. c.",) and te.step_spans == ((te.prompt_len, te.prompt_len + 1),)
+    assert tokenize_example(ex, tok, architecture="encoder-decoder").n_steps == 2  # tokenised alone: no merge
+
+
+def test_templates_and_options():
+    tok = bpe_tokenizer("bytelevel")
+    ex = CoTExample("t", "How many?", "So 3. Then 4.", "4")
+    te = tokenize_example(ex, tok, template="Question: {question}\n", answer_template="{sep}The answer is {answer}.")
+    assert tok.decode(te.prompt_ids) == "Question: How many?\n"
+    assert tok.decode(te.answer_ids, skip_special_tokens=True) == " The answer is 4."  # period rule -> space separator
+    assert tokenize_example(ex, tok, step_rule="newline").n_steps == 1
+    assert tokenize_example(ex, tok).n_steps == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"architecture": "gpt"}, "architecture"),
+        ({"template": "no question here"}, "template"),
+        ({"answer_template": "done"}, "answer_template"),
+        ({"template": "chat"}, "template: expected 'chat' only with a tokenizer that has a chat template"),
+        ({"add_bos": True}, "add_bos"),
+    ],
+)
+def test_tokenize_bad_input(kwargs, message):
+    with pytest.raises(KPODInputError, match=message):
+        tokenize_example(CoTExample("t", "q", "r.", "1"), bpe_tokenizer("bytelevel"), **kwargs)
+
+
+def test_tokenize_needs_eos_and_respects_max_length():
+    from transformers import PreTrainedTokenizerFast
+
+    tok = bpe_tokenizer("bytelevel")
+    no_eos = PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer)
+    ex = CoTExample("t", "q", "r.", "1")
+    with pytest.raises(KPODInputError, match="tokenizer: expected a tokenizer with an EOS token"):
+        tokenize_example(ex, no_eos)
+    with pytest.raises(KPODInputError, match="example 't': sequence length: expected at most max_length=5"):
+        tokenize_examples([ex], tok, max_length=5)
+    assert tokenize_examples([ex], tok, max_length=5, on_too_long="skip") == []
+    with pytest.raises(KPODInputError, match="example: expected a CoTExample"):
+        tokenize_examples([{"id": "t"}], tok)
+
+
+@pytest.fixture(scope="module")
+def smollm2(request):
+    return smollm2_tokenizer(str(request.config.cache.mkdir("kpod_smollm2_tokenizer")))
+
+
+def test_smollm2_alignment(smollm2):
+    examples = load_builtin("gsm-symbolic", n=40, seed=5) + load_builtin("gsm8k-fixture")
+    for architecture in ("decoder", "encoder-decoder"):
+        for ex, te in zip(examples, tokenize_examples(examples, smollm2, architecture=architecture)):
+            _check_partition(te, ex)
+            assert te.input_ids[-1] == smollm2.eos_token_id
+            for (a, b), step in zip(te.step_spans, te.steps):
+                assert smollm2.decode(te.input_ids[a:b]) == step
+
+
+def test_smollm2_chat_template(smollm2):
+    ex = load_builtin("gsm8k-fixture")[0]
+    te = tokenize_example(ex, smollm2, template="chat")
+    prompt = smollm2.decode(te.prompt_ids)
+    assert prompt.startswith("<|im_start|>") and prompt.endswith("<|im_start|>assistant\n") and ex.question in prompt
+    assert "".join(te.steps) == ex.rationale and smollm2.decode(te.rationale_ids) == ex.rationale
+    assert te.input_ids[-1] == smollm2.eos_token_id
