@@ -15,7 +15,8 @@ from .base import EMPTY
 class BruteForce:
     """The optimum over all 2^n subsets (guarantee 1). Refuses more than ``max_items`` items.
 
-    ΔD ≤ 0 selects nothing (invariant C5). Ties go to the subset with the smallest bitmask.
+    ΔD ≤ 0 selects nothing (invariant C5). Ties go to the subset with the smallest bitmask, to which
+    every zero-cost item is added (f is monotone, so the result stays optimal, as with the other solvers).
     """
 
     max_items: int = 18
@@ -39,4 +40,4 @@ class BruteForce:
         value = cost + problem.beta * np.sqrt(bits @ onehot).sum(axis=1)
         value[cost > problem.budget] = -np.inf
         best = int(np.argmax(value))
-        return np.flatnonzero((best >> np.arange(n)) & 1).astype(np.int64)
+        return np.flatnonzero(((best >> np.arange(n)) & 1).astype(bool) | (problem.costs == 0)).astype(np.int64)
