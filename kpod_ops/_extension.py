@@ -16,19 +16,29 @@ except Exception as exc:  # ImportError, undefined symbols from a torch/ABI mism
     _LOAD_ERROR = f"{type(exc).__name__}: {exc}"
 
 
+def _kernel_table() -> dict[str, bool]:
+    if _LOAD_ERROR is not None:
+        return {}
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    return {"cpu": has("kpod::kce_forward", "CPU"), "cuda": has("kpod::kce_forward", "CUDA")}
+
+
+# computed once at import, so that the check is a plain dict lookup under torch.compile
+_KERNELS = _kernel_table()
+
+
 def fused_available(device: torch.device | str | None = None) -> tuple[bool, str]:
     """Whether the fused kernels can run (on ``device`` if given), and why not if they cannot."""
     if _LOAD_ERROR is not None:
         return False, f"the compiled extension kpod_ops._C did not load ({_LOAD_ERROR}); using the PyTorch reference"
     if device is None:
         return True, "kpod_ops._C is loaded"
-    dev = torch.device(device)
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(dev.type)
-    if key is None or not torch._C._dispatch_has_kernel_for_dispatch_key("kpod::kce_forward", key):
-        return False, f"kpod_ops._C has no kernel for device type {dev.type!r} (built without it); using the PyTorch reference"
-    return True, f"kpod_ops._C has a {key} kernel"
+    kind = device.type if isinstance(device, torch.device) else torch.device(device).type
+    if not _KERNELS.get(kind, False):
+        return False, f"kpod_ops._C has no kernel for device type {kind!r} (built without it); using the PyTorch reference"
+    return True, f"kpod_ops._C has a {kind.upper()} kernel"
 
 
 def cuda_kernels_built() -> bool:
     """Whether this build of ``_C`` registered CUDA kernels."""
-    return _LOAD_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key("kpod::kce_forward", "CUDA")
+    return _KERNELS.get("cuda", False)

@@ -51,15 +51,15 @@ def keypoint_cross_entropy_reference(
         active = active & (t >= 1)
         # prediction for label position t is logits row t-1; position 0 gets a dummy row
         z = torch.cat([z[:, :1], z[:, :-1]], dim=1) if T > 0 else z
-    zf = torch.where(active.unsqueeze(-1), z.to(acc), torch.zeros((), dtype=acc, device=z.device))
-    target = torch.where(active, y, torch.zeros_like(y))
+    use = active & (w != 0)  # rows whose loss counts; all others are masked out before the softmax
+    zf = torch.where(use.unsqueeze(-1), z.to(acc), torch.zeros((), dtype=acc, device=z.device))
+    target = torch.where(use, y, torch.zeros_like(y))
     if zf.numel() > 0:
         ell = F.cross_entropy(
             zf.reshape(-1, V), target.reshape(-1), reduction="none", label_smoothing=float(label_smoothing)
         ).reshape(B, T)
     else:
         ell = zf.sum(-1)  # empty, but still connected to the logits for autograd
-    use = active & (w != 0)
     contribution = torch.where(use, w * ell, torch.zeros((), dtype=acc, device=z.device))
     if reduction == "none":
         return contribution.reshape(lead)

@@ -1,0 +1,361 @@
+"""The op's contract: registration (opcheck, gradcheck, torch.compile), invariants K1–K9 of
+kpod-method.md §11 as DESIGN.md qualifies them, edge cases and bad-input errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from loss_helpers import GradProbe
+
+import kpod_ops
+from kpod_ops import KeypointCrossEntropy, KPODInputError, keypoint_cross_entropy
+
+FUSED = kpod_ops.fused_available("cpu")[0]
+needs_fused = pytest.mark.skipif(not FUSED, reason="kpod_ops._C not built")
+IMPLS = ["fused", "reference"] if FUSED else ["reference"]
+
+
+def _problem(B=2, T=6, V=11, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, T, V, generator=g).to(dtype)
+    labels = torch.randint(0, V, (B, T), generator=g)
+    labels[0, 1] = -100
+    weights = torch.rand(B, T, generator=g) + 0.1
+    start = torch.tensor([2, 0])[:B]
+    return logits, labels, weights, start
+
+
+# ---------------------------------------------------------------- registration
+
+
+@needs_fused
+def test_opcheck_all_ops():
+    logits, labels, weights, _ = _problem(V=37)
+    target = torch.where(labels < 0, torch.full_like(labels, -1), labels)
+    scale = torch.rand(2, 6)
+    scale[1, 2] = 0
+    for requires_grad in (False, True):
+        x = logits.clone().requires_grad_(requires_grad)
+        torch.library.opcheck(torch.ops.kpod.kce_forward.default, (x, target, 0.1))
+    nll, lse = torch.ops.kpod.kce_forward(logits, target, 0.0)
+    torch.library.opcheck(torch.ops.kpod.kce_backward.default, (logits, target, lse, torch.rand(2, 6), torch.zeros(2, 6), 0.0))
+    torch.library.opcheck(torch.ops.kpod.kce_forward_backward.default, (logits, target, scale, 0.1))
+    torch.library.opcheck(torch.ops.kpod.kce_forward_backward_inplace.default, (logits.clone(), target, scale, 0.0))
+    torch.library.opcheck(torch.ops.kpod.scale_.default, (logits.clone(), torch.tensor(0.5)))
+    # strided (row-padded) logits and an all-skipped batch
+    wide = torch.randn(2, 6, 40)[..., :37]
+    torch.library.opcheck(torch.ops.kpod.kce_forward.default, (wide.requires_grad_(), target, 0.0))
+    torch.library.opcheck(torch.ops.kpod.kce_forward.default, (logits, torch.full_like(target, -1), 0.0))
+
+
+@needs_fused
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean", "weighted_mean"])
+@pytest.mark.parametrize("shift", [False, True])
+def test_gradcheck_float64(reduction, shift):
+    logits, labels, weights, start = _problem(V=13, dtype=torch.float64)
+    x = logits.clone().requires_grad_(True)
+    w = weights.double().requires_grad_(True)
+
+    def f(x, w):
+        return keypoint_cross_entropy(x, labels, w, start, reduction=reduction, shift=shift, label_smoothing=0.1, impl="fused")
+
+    assert torch.autograd.gradcheck(f, (x, w), eps=1e-6, atol=1e-6)
+
+
+@needs_fused
+def test_gradcheck_through_registered_backward():
+    """reduction='none' and the lse output go through kce_backward (the 3-pass path)."""
+    logits, labels, _, _ = _problem(V=9, dtype=torch.float64)
+    target = torch.where(labels < 0, torch.full_like(labels, -1), labels)
+
+    def f(x):
+        nll, lse = torch.ops.kpod.kce_forward(x, target, 0.2)
+        return nll * 1.5 + lse * 0.5
+
+    assert torch.autograd.gradcheck(f, (logits.clone().requires_grad_(True),), eps=1e-6, atol=1e-6)
+
+
+@needs_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torch_compile_fullgraph(dtype):
+    logits, labels, weights, start = _problem(B=2, T=5, V=33, dtype=dtype)
+    loss_fn = KeypointCrossEntropy(reduction="mean", shift=True, validate=False)
+
+    def step(x, w):
+        return loss_fn(x, labels, w, start)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    outs = []
+    for fn in (step, compiled):
+        x = logits.clone().requires_grad_(True)
+        w = weights.clone().requires_grad_(True)
+        loss = fn(x, w)
+        loss.backward()
+        outs.append((loss.detach(), x.grad, w.grad))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-5, atol=1e-6)
+
+
+@needs_fused
+def test_torch_compile_inductor_forward_backward():
+    logits, labels, weights, start = _problem(V=17)
+    compiled = torch.compile(lambda x, w: keypoint_cross_entropy(x, labels, w, start, reduction="sum", validate=False), fullgraph=True)
+    x = logits.clone().requires_grad_(True)
+    loss = compiled(x, weights)
+    loss.backward()
+    ref_x = logits.clone().requires_grad_(True)
+    ref = kpod_ops.keypoint_cross_entropy_reference(ref_x, labels, weights, start, reduction="sum")
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-5, atol=1e-6)
+
+
+@needs_fused
+def test_autocast_bf16_logits_accepted():
+    lin = torch.nn.Linear(8, 19)
+    h = torch.randn(2, 5, 8)
+    labels = torch.randint(0, 19, (2, 5))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = lin(h)
+        assert logits.dtype == torch.bfloat16
+        loss = keypoint_cross_entropy(logits, labels, impl="fused")
+    loss.backward()
+    assert torch.isfinite(lin.weight.grad).all() and lin.weight.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- invariants K1–K9
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_k1_unit_weights_equal_token_ce(impl):
+    """ω ≡ 1, start at the first rationale token: the 'sum' loss is plain token-level CE (Eq. 1)."""
+    logits, labels, _, _ = _problem(B=2, T=8, V=50)
+    labels[:] = torch.randint(0, 50, labels.shape)
+    start = torch.tensor([3, 5])
+    got = keypoint_cross_entropy(logits, labels, None, start, reduction="sum", impl=impl)
+    masked = labels.clone()
+    for b, s in enumerate(start.tolist()):
+        masked[b, :s] = -100
+    want = F.cross_entropy(logits.reshape(-1, 50), masked.reshape(-1), reduction="sum")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_k3_inactive_rows_exactly_zero(impl):
+    logits, labels, weights, start = _problem(V=21)
+    logits[0, :2] = float("nan")  # before loss_start
+    logits[0, 1] = float("inf")  # ignored label
+    weights[1, 3] = 0.0
+    logits[1, 3] = float("nan")  # zero weight
+    x = logits.clone().requires_grad_(True)
+    per = keypoint_cross_entropy(x, labels, weights, start, reduction="none", impl=impl)
+    assert torch.isfinite(per).all()
+    assert per[0, :2].eq(0).all() and per[1, 3].eq(0)
+    per.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert x.grad[0, :2].eq(0).all() and x.grad[1, 3].eq(0).all()
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.floats(-3, 3), st.floats(-3, 3), st.integers(0, 1000))
+def test_k4_linear_in_weights(a, b, seed):
+    logits, labels, _, start = _problem(V=29, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    w1, w2 = torch.rand(2, 6, generator=g), torch.randn(2, 6, generator=g)
+    L = lambda w: keypoint_cross_entropy(logits, labels, w, start, reduction="sum")  # noqa: E731
+    torch.testing.assert_close(L(a * w1 + b * w2), a * L(w1) + b * L(w2), rtol=1e-4, atol=1e-4)
+    assert L(torch.zeros(2, 6)).item() == 0.0
+    assert L(w1).item() >= 0.0
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_k5_gradient_formula_and_rows_sum_to_zero(impl):
+    logits, labels, weights, start = _problem(V=23)
+    x = logits.clone().requires_grad_(True)
+    keypoint_cross_entropy(x, labels, weights, start, reduction="sum", impl=impl).backward()
+    active = (labels != -100) & (torch.arange(6).unsqueeze(0) >= start.unsqueeze(1))
+    expected = weights.unsqueeze(-1) * (torch.softmax(logits, -1) - F.one_hot(labels.clamp(min=0), 23))
+    expected = torch.where(active.unsqueeze(-1), expected, torch.zeros(()))
+    torch.testing.assert_close(x.grad, expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(x.grad.sum(-1), torch.zeros(2, 6), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_k6_shift_invariance(impl):
+    logits, labels, weights, start = _problem(V=31)
+    base = keypoint_cross_entropy(logits, labels, weights, start, reduction="none", impl=impl)
+    moved = keypoint_cross_entropy(logits + torch.randn(2, 6, 1) * 5, labels, weights, start, reduction="none", impl=impl)
+    torch.testing.assert_close(base, moved, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_k7_earlier_start_never_decreases_loss(impl):
+    logits, labels, weights, _ = _problem(B=2, T=9, V=17)
+    losses = [
+        keypoint_cross_entropy(logits, labels, weights, torch.tensor([c, c]), reduction="sum", shift=True, impl=impl).item()
+        for c in range(10, -1, -1)
+    ]
+    assert all(b >= a - 1e-6 for a, b in zip(losses, losses[1:]))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_k8_reductions_consistent(impl):
+    logits, labels, weights, start = _problem(V=19)
+    kw = dict(impl=impl)
+    s = keypoint_cross_entropy(logits, labels, weights, start, reduction="sum", **kw)
+    m = keypoint_cross_entropy(logits, labels, weights, start, reduction="mean", **kw)
+    wm = keypoint_cross_entropy(logits, labels, weights, start, reduction="weighted_mean", **kw)
+    active = (labels != -100) & (torch.arange(6).unsqueeze(0) >= start.unsqueeze(1))
+    torch.testing.assert_close(m, s / active.sum(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(wm, s / weights[active].sum(), rtol=1e-6, atol=1e-6)
+    n = keypoint_cross_entropy(logits, labels, weights, start, reduction="mean", num_items_in_batch=torch.tensor(3), **kw)
+    torch.testing.assert_close(n, s / 3, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_k9_none_then_per_step_softmax_is_eq8(impl):
+    """Per-token NLL from reduction='none', combined per step by softmax(w), equals Eq. 8 done naively."""
+    logits, labels, _, _ = _problem(B=1, T=8, V=40)
+    labels[:] = torch.randint(0, 40, (1, 8))
+    w = torch.rand(1, 8)
+    steps = [[1, 2, 3], [4, 5], [6, 7]]  # label positions of three steps (shift=True: 0 has no prediction)
+    nll = keypoint_cross_entropy(logits, labels, None, None, reduction="none", shift=True, impl=impl)[0]
+    logp = torch.log_softmax(logits[0].double(), -1)
+    for step in steps:
+        idx = torch.tensor(step)
+        got = (torch.softmax(w[0, idx], 0) * nll[idx]).sum()
+        naive = sum(
+            torch.exp(w[0, j]) / torch.exp(w[0, idx]).sum() * -logp[j - 1, labels[0, j]] for j in step
+        )
+        torch.testing.assert_close(got.double(), naive.double(), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- edges
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean", "weighted_mean"])
+def test_empty_and_all_inactive_give_zero_not_nan(impl, reduction):
+    for logits, labels in [
+        (torch.randn(0, 5, 7), torch.zeros(0, 5, dtype=torch.long)),
+        (torch.randn(3, 4, 7), torch.full((3, 4), -100)),
+        (torch.randn(0, 7), torch.zeros(0, dtype=torch.long)),
+    ]:
+        x = logits.clone().requires_grad_(True)
+        loss = keypoint_cross_entropy(x, labels, reduction=reduction, impl=impl)
+        assert torch.isfinite(loss).all() and loss.abs().sum() == 0
+        loss.sum().backward()
+        assert x.grad is not None and x.grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_loss_start_beyond_sequence_and_zero(impl):
+    logits, labels, weights, _ = _problem(V=12)
+    beyond = keypoint_cross_entropy(logits, labels, weights, torch.tensor([100, 6]), reduction="sum", impl=impl)
+    assert beyond.item() == 0.0
+    zero = keypoint_cross_entropy(logits, labels, weights, torch.tensor([0, 0]), reduction="sum", impl=impl)
+    none = keypoint_cross_entropy(logits, labels, weights, None, reduction="sum", impl=impl)
+    torch.testing.assert_close(zero, none)
+
+
+@needs_fused
+def test_zero_denominator_from_num_items_gives_zero_gradient():
+    logits, labels, weights, start = _problem(V=12)
+    x = logits.clone().requires_grad_(True)
+    w = weights.clone().requires_grad_(True)
+    loss = keypoint_cross_entropy(x, labels, w, start, reduction="weighted_mean", num_items_in_batch=0, impl="fused")
+    loss.backward()
+    assert loss.item() == 0.0 and x.grad.abs().sum() == 0 and w.grad.abs().sum() == 0
+
+
+@needs_fused
+def test_inplace_writes_gradient_and_guards_reuse():
+    logits, labels, weights, start = _problem(V=15)
+    ref_x = logits.clone().requires_grad_(True)
+    ref = keypoint_cross_entropy(ref_x, labels, weights, start, reduction="mean", impl="fused")
+    ref.backward()
+    lin_in = torch.randn(2, 6, 4, requires_grad=True)
+    head = torch.nn.Linear(4, 15)
+    x = head(lin_in)
+    probe = x.sin()  # saves x for its backward: reusing x after the in-place write must fail loudly
+    loss = keypoint_cross_entropy(x, labels, weights, start, reduction="mean", inplace_backward=True, impl="fused")
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (loss + probe.sum()).backward()
+    # without another reader the gradient reaches the head through the overwritten buffer
+    x2 = GradProbe.apply(torch.zeros((), requires_grad=True), logits)
+    loss2 = keypoint_cross_entropy(x2, labels, weights, start, reduction="mean", inplace_backward=True, impl="fused")
+    (loss2 * 3).backward()
+    torch.testing.assert_close(loss2.detach(), ref.detach())
+    torch.testing.assert_close(GradProbe.captured, ref_x.grad * 3)
+    assert GradProbe.captured.data_ptr() == x2.data_ptr()  # no extra N×V buffer
+
+
+def test_inplace_rejects_leaf_logits_and_none_reduction():
+    logits, labels, _, _ = _problem(V=10)
+    if FUSED:
+        with pytest.raises(KPODInputError, match="inplace_backward"):
+            keypoint_cross_entropy(logits.clone().requires_grad_(True), labels, inplace_backward=True)
+    with pytest.raises(KPODInputError, match="inplace_backward"):
+        keypoint_cross_entropy(logits, labels, reduction="none", inplace_backward=True)
+
+
+def test_fused_available_reports_reason():
+    ok, why = kpod_ops.fused_available()
+    assert isinstance(ok, bool) and why
+    ok_meta, why_meta = kpod_ops.fused_available("meta")
+    assert not ok_meta and "meta" in why_meta
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bad_input_errors_name_argument_expected_and_actual(impl):
+    logits, labels, weights, start = _problem(V=10)
+    cases = [
+        (dict(labels=labels.clone().index_put_((torch.tensor(1), torch.tensor(4)), torch.tensor(10))), r"labels: expected values in \[0, 10\).*got 10 at position \(1, 4\)"),
+        (dict(labels=labels[:, :5]), r"labels: expected shape \(2, 6\)"),
+        (dict(labels=labels.int()), r"labels: expected dtype torch.int64.*torch.int32"),
+        (dict(logits=logits.int()), r"logits: expected dtype float32"),
+        (dict(logits=logits[0]), None),  # 2-D logits with [2, 6] labels: shape error
+        (dict(token_weights=weights[:, :3]), r"token_weights: expected shape \(2, 6\)"),
+        (dict(token_weights=weights.long()), r"token_weights: expected a floating-point dtype"),
+        (dict(loss_start=start.int()), r"loss_start: expected dtype torch.int64"),
+        (dict(loss_start=torch.tensor([1, 2, 3])), r"loss_start: expected shape \(2,\)"),
+        (dict(reduction="avg"), r"reduction: expected one of"),
+        (dict(num_items_in_batch=5, reduction="sum"), r"num_items_in_batch: expected None unless"),
+        (dict(token_weights=-weights, reduction="weighted_mean"), r"token_weights: expected non-negative weights.*got -"),
+        (dict(label_smoothing=1.5), r"label_smoothing: expected a float in \[0, 1\]"),
+    ]
+    for override, pattern in cases:
+        kw = dict(logits=logits, labels=labels, token_weights=weights, loss_start=start, reduction="mean")
+        kw.update(override)
+        with pytest.raises(KPODInputError, match=pattern or "labels: expected shape"):
+            keypoint_cross_entropy(
+                kw.pop("logits"), kw.pop("labels"), kw.pop("token_weights"), kw.pop("loss_start"), impl=impl, **kw
+            )
+    with pytest.raises(KPODInputError, match=r"loss_start: expected None with 2-D"):
+        keypoint_cross_entropy(logits.reshape(12, 10), labels.reshape(12), None, start, impl=impl)
+    with pytest.raises(KPODInputError, match="impl: expected one of"):
+        keypoint_cross_entropy(logits, labels, impl="triton")
+
+
+@needs_fused
+def test_validate_false_skips_value_checks_but_kernel_still_refuses_out_of_range():
+    logits, labels, _, _ = _problem(V=10)
+    labels[1, 2] = 12
+    with pytest.raises(RuntimeError, match="outside"):
+        keypoint_cross_entropy(logits, labels, validate=False, impl="fused")
+
+
+def test_module_repr_and_forward():
+    m = KeypointCrossEntropy(reduction="sum", shift=True)
+    assert "reduction='sum'" in repr(m)
+    logits, labels, weights, start = _problem(V=8)
+    torch.testing.assert_close(
+        m(logits, labels, weights, start),
+        keypoint_cross_entropy(logits, labels, weights, start, reduction="sum", shift=True),
+    )
