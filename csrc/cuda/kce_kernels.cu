@@ -269,7 +269,9 @@ __global__ void __launch_bounds__(NT* ROWS, (NT == 512 ? 2 : 4)) kce_kernel(cons
     row_reduce<A, NT>(st);
     const A lse = st.m + lg2(st.s) * ln2<A>();
     if (tid == 0) {
-      p.nll[row] = y_ok ? lse - (A(1) - p.eps) * zy - p.eps * inv_v * st.z : qnan<A>();
+      // eps == 0: no smoothing term at all (0 * inf from a -inf logit would be NaN)
+      const A smooth = p.eps == A(0) ? A(0) : p.eps * inv_v * st.z;
+      p.nll[row] = y_ok ? lse - (A(1) - p.eps) * zy - smooth : qnan<A>();
       if (MODE == kFwd) p.lse_out[row] = lse;
     }
     if constexpr (MODE == kFwd) return;
