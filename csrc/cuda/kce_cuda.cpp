@@ -131,13 +131,13 @@ std::tuple<at::Tensor, at::Tensor> kce_forward_backward_cuda(const at::Tensor& l
   return {nll, grad};
 }
 
-at::Tensor kce_forward_backward_inplace_cuda(at::Tensor& logits, const at::Tensor& target,
+at::Tensor kce_forward_backward_inplace_cuda(at::Tensor logits, const at::Tensor& target,
                                              const at::Tensor& row_scale, double label_smoothing) {
   // the gradient row of each logits row is written over it (same strides)
   return fwd_bwd_into("kpod::kce_forward_backward_inplace", logits, target, row_scale, logits, label_smoothing);
 }
 
-void scale_cuda(at::Tensor& x, const at::Tensor& scale) {
+void scale_cuda(at::Tensor x, const at::Tensor& scale) {
   const char* op = "kpod::scale_";
   TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor, got device ", x.device());
   TORCH_CHECK(scale.device() == x.device(), op, ": scale must be on ", x.device(), ", got ", scale.device());
