@@ -28,10 +28,10 @@ def _selection_mask(selection: object, n: int) -> np.ndarray:
     s = s.astype(np.int64).ravel()
     if s.size and (s.min() < 0 or s.max() >= n):
         raise bad_input("selection", f"item indices in [0, {n})", f"range [{s.min()}, {s.max()}]")
-    if np.unique(s).size != s.size:
-        raise bad_input("selection", "distinct item indices", "a repeated index")
     mask = np.zeros(n, dtype=bool)
     mask[s] = True
+    if np.count_nonzero(mask) != s.size:
+        raise bad_input("selection", "distinct item indices", "a repeated index")
     return mask
 
 

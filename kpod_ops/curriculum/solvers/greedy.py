@@ -8,7 +8,7 @@ import numpy as np
 
 from ..value import StageProblem
 from .base import EMPTY
-from .layout import Layout, best_augmented, prepare, sqrt_gap
+from .layout import Layout, best_augmented, prepare, sqrt_gap, stable_argsort
 
 
 def density_greedy_sequence(layout: Layout) -> np.ndarray:
@@ -19,7 +19,7 @@ def density_greedy_sequence(layout: Layout) -> np.ndarray:
     overflows closes its cluster (its later items cost more); the walk resumes without that cluster.
     At most K such rounds. Returns layout positions in acceptance order.
     """
-    order = np.argsort(-layout.density_keys(), kind="stable")
+    order = stable_argsort(-layout.density_keys())
     budget, used, parts = layout.budget, 0.0, []
     while order.size:
         running = used + np.cumsum(layout.costs[order])

