@@ -143,7 +143,10 @@ def remaining_difficulty(difficulties: object, given_steps: int) -> float:
         raise bad_input("difficulties", "a 1-D array of per-step difficulties", f"shape {d.shape}")
     if not 0 <= given_steps <= d.size:
         raise bad_input("given_steps", f"an int in [0, {d.size}]", given_steps)
-    return float(d[given_steps:].sum())
+    if given_steps == d.size:
+        return 0.0
+    # one suffix sum from the end, so h is exactly non-increasing in c (D3) despite rounding
+    return float(np.cumsum(d[::-1])[d.size - 1 - given_steps])
 
 
 def total_difficulty(difficulties: Mapping[object, object] | Sequence[object]) -> float:
