@@ -359,3 +359,14 @@ def test_module_repr_and_forward():
         m(logits, labels, weights, start),
         keypoint_cross_entropy(logits, labels, weights, start, reduction="sum", shift=True),
     )
+
+
+@needs_fused
+def test_backward_twice_with_retain_graph():
+    logits, labels, weights, start = _problem(V=14)
+    x = logits.clone().requires_grad_(True)
+    loss = keypoint_cross_entropy(x, labels, weights, start, reduction="mean", impl="fused")
+    (loss * 2).backward(retain_graph=True)
+    first = x.grad.clone()
+    (loss * 0.5).backward()
+    torch.testing.assert_close(x.grad, first * 1.25, rtol=1e-6, atol=1e-7)

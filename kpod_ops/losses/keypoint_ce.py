@@ -26,26 +26,6 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
-class _InplaceGradient(torch.autograd.Function):
-    """Writes the logits gradient over the logits (one read, one write per row) and marks them dirty.
-
-    It returns only the (now gradient-holding) logits, as autograd requires of a Function that
-    modifies a view in place; the per-row losses travel to :class:`_ScalarLossFromGradient` through
-    ``holder``. Its backward passes the incoming gradient through unchanged.
-    """
-
-    @staticmethod
-    def forward(ctx, logits, target, row_scale, label_smoothing, holder):
-        logits3 = logits if logits.dim() == 3 else logits.unsqueeze(0)
-        holder.append(torch.ops.kpod.kce_forward_backward_inplace(logits3, target, row_scale, label_smoothing))
-        ctx.mark_dirty(logits)
-        return logits
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None, None, None, None
-
-
 class _ScalarLossFromGradient(torch.autograd.Function):
     """A scalar reduction whose logits gradient was already produced in the forward pass.
 
@@ -60,7 +40,10 @@ class _ScalarLossFromGradient(torch.autograd.Function):
         use = weights_eff != 0
         zero = torch.zeros((), dtype=nll.dtype, device=nll.device)
         loss = torch.where(use, weights_eff * nll, zero).sum() * inv
-        ctx.save_for_backward(grad_buffer, nll, target, active, inv, loss)
+        # kept as an attribute, not saved: in the in-place mode it aliases the logits, whose version
+        # counter is bumped after this Function so that every *other* saved use of them fails loudly
+        ctx.grad_buffer = grad_buffer
+        ctx.save_for_backward(nll, target, active, inv, loss)
         ctx.den_is_weight_sum = den_is_weight_sum
         ctx.logits_shape = logits.shape
         ctx.weights_dtype = None if weights_in is None else weights_in.dtype
@@ -68,11 +51,21 @@ class _ScalarLossFromGradient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        grad, nll, target, active, inv, loss = ctx.saved_tensors
+        nll, target, active, inv, loss = ctx.saved_tensors
         grad_logits = grad_weights = None
         if ctx.needs_input_grad[0]:
-            torch.ops.kpod.scale_(grad, grad_loss.to(torch.float32).reshape(()))
-            grad_logits = grad.view(ctx.logits_shape)
+            g = grad_loss.detach().to(torch.float32).reshape(())
+            grad = ctx.grad_buffer
+            if getattr(ctx, "applied_scale", None) is None:
+                # first backward: scale in place, on the device, untouched when g == 1
+                torch.ops.kpod.scale_(grad, g)
+                ctx.applied_scale = g
+                grad_logits = grad.view(ctx.logits_shape)
+            else:
+                # a later backward (retain_graph, gradcheck): the buffer holds grad·g₁, so rescale
+                # out of place; after a first backward with g₁ = 0 this yields NaN rather than a
+                # silently wrong gradient
+                grad_logits = (grad * (g / ctx.applied_scale).to(grad.dtype)).view(ctx.logits_shape)
         if ctx.needs_input_grad[1]:
             # d/dω of where(ω != 0, ω·ℓ, 0) is ℓ where ω != 0 and 0 where ω == 0 (the masked definition);
             # weighted_mean adds -L/Σω on every active row through its divisor
@@ -103,12 +96,19 @@ def _fused_scalar_with_gradient(
         inv = torch.where(zero, torch.zeros_like(den), 1.0 / torch.where(zero, torch.ones_like(den), den))
     row_scale = (weights_eff * inv).contiguous()
     if inplace:
-        holder: list[torch.Tensor] = []
-        logits = _InplaceGradient.apply(logits, target, row_scale, label_smoothing, holder)
-        nll, grad = holder[0], logits.detach()
-    else:
+        # The gradient overwrites the logits. Their version counter is bumped once the graph edge
+        # exists (what mark_dirty does), so any other saved use of them fails loudly in backward.
+        # Autograd's history is not rebased: for logits that are a view (a reshaped lm_head output)
+        # a rebase would make backward allocate and copy the whole base, undoing the in-place mode.
         with torch.no_grad():
-            nll, grad = torch.ops.kpod.kce_forward_backward(plan.logits3, target, row_scale, label_smoothing)
+            nll = torch.ops.kpod.kce_forward_backward_inplace(plan.logits3, target, row_scale, label_smoothing)
+        loss = _ScalarLossFromGradient.apply(
+            logits, weights_in, logits.detach(), nll, target, plan.active, weights_eff, inv, den_is_weight_sum
+        )
+        torch.autograd.graph.increment_version(logits)
+        return loss
+    with torch.no_grad():
+        nll, grad = torch.ops.kpod.kce_forward_backward(plan.logits3, target, row_scale, label_smoothing)
     return _ScalarLossFromGradient.apply(
         logits, weights_in, grad, nll, target, plan.active, weights_eff, inv, den_is_weight_sum
     )

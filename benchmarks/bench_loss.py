@@ -1,0 +1,241 @@
+"""CPU benchmark of the fused keypoint cross-entropy: forward+backward time and peak extra memory.
+
+Compared side by side in one run per configuration:
+  eager     F.cross_entropy(logits.float(), labels, reduction="none"), weighted and masked with
+            torch.where, then the mean over active positions (what users write today)
+  compile   that eager reference under torch.compile
+  fused     kpod_ops.keypoint_cross_entropy (one pass: loss and gradient while the row is in cache)
+  inplace   the same with inplace_backward=True (gradient written over the logits)
+  fused30   fused with 30% of positions active through loss_start (time only matters vs fused)
+
+Times are medians of forward+backward in one process (fresh logits every repetition, generated
+outside the timed region). Peak extra memory is measured per configuration in a fresh process:
+peak RSS above the RSS once the logits exist (the logits' gradient counts, as it is new memory).
+Every configuration runs with the default allocator and with THP_MEM_ALLOC_ENABLE=1.
+
+  python benchmarks/bench_loss.py            # quick default: V=32000, fp32+bf16, both allocators
+  python benchmarks/bench_loss.py --full     # adds V=128256 (the README table)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+MODES = ["eager", "compile", "fused", "inplace", "fused30"]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+class _Source(torch.autograd.Function):
+    """Logits as a non-leaf tensor (like an lm_head output) whose gradient is dropped on arrival."""
+
+    @staticmethod
+    def forward(ctx, anchor, n, v, dtype, seed):
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(n, v, generator=g, dtype=torch.float32).mul_(2).to(dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, None, None, None, None
+
+
+def _inputs(n, v, seed=0):
+    g = torch.Generator().manual_seed(1000 + seed)
+    B = 4
+    T = n // B
+    labels = torch.randint(0, v, (B, T), generator=g)
+    labels[:, :8] = -100
+    weights = torch.rand(B, T, generator=g)
+    start_all = torch.zeros(B, dtype=torch.long)
+    start_30 = torch.full((B,), int(round(T * 0.7)), dtype=torch.long)
+    return labels, weights, start_all, start_30
+
+
+def _eager(logits, labels, weights, start):
+    B, T, V = logits.shape
+    ce = F.cross_entropy(logits.float().reshape(-1, V), labels.reshape(-1), reduction="none").reshape(B, T)
+    active = (labels != -100) & (torch.arange(T).unsqueeze(0) >= start.unsqueeze(1))
+    total = torch.where(active, weights * ce, torch.zeros(())).sum()
+    return total / active.sum().clamp(min=1)
+
+
+_COMPILED = None
+
+
+def _loss_fn(mode):
+    global _COMPILED
+    import kpod_ops
+
+    if mode == "eager":
+        return _eager
+    if mode == "compile":
+        if _COMPILED is None:
+            _COMPILED = torch.compile(_eager)
+        return _COMPILED
+    inplace = mode == "inplace"
+
+    def fused(logits, labels, weights, start):
+        return kpod_ops.keypoint_cross_entropy(
+            logits, labels, weights, start, reduction="mean", inplace_backward=inplace, validate=False
+        )
+
+    return fused
+
+
+def _one_step(mode, n, v, dtype, seed, inputs):
+    labels, weights, start_all, start_30 = inputs
+    anchor = torch.zeros((), requires_grad=True)
+    logits = _Source.apply(anchor, n, v, dtype, seed).view(4, n // 4, v)
+    start = start_30 if mode == "fused30" else start_all
+    fn = _loss_fn(mode)
+    t0 = time.perf_counter()
+    loss = fn(logits, labels, weights, start)
+    loss.backward()
+    dt = time.perf_counter() - t0
+    return dt, float(loss)
+
+
+def worker_time(n, v, dtype_name, reps):
+    dtype = DTYPES[dtype_name]
+    inputs = _inputs(n, v)
+    out = {}
+    for mode in MODES:
+        _one_step(mode, n, v, dtype, 0, inputs)  # warm-up (compiles for "compile")
+        times = [_one_step(mode, n, v, dtype, r + 1, inputs)[0] for r in range(reps)]
+        out[mode] = statistics.median(times)
+    return out
+
+
+def _rss_peak_bytes():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def worker_memory(n, v, dtype_name, mode):
+    dtype = DTYPES[dtype_name]
+    inputs = _inputs(n, v)
+    if mode == "compile":  # compile on a small problem first so compilation memory is not counted
+        _one_step(mode, 64, v, dtype, 0, _inputs(64, v))
+    anchor = torch.zeros((), requires_grad=True)
+    logits = _Source.apply(anchor, n, v, dtype, 0).view(4, n // 4, v)
+    labels, weights, start_all, start_30 = inputs
+    start = start_30 if mode == "fused30" else start_all
+    fn = _loss_fn(mode)
+    base = _rss_peak_bytes()
+    loss = fn(logits, labels, weights, start)
+    loss.backward()
+    return {"extra_bytes": max(0, _rss_peak_bytes() - base), "logits_bytes": logits.numel() * logits.element_size()}
+
+
+def _spawn(args, thp):
+    env = dict(os.environ)
+    env.pop("THP_MEM_ALLOC_ENABLE", None)
+    if thp:
+        env["THP_MEM_ALLOC_ENABLE"] = "1"
+    res = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"worker {args} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def machine():
+    import kpod_ops
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "kpod_ops_fused": kpod_ops.fused_available("cpu")[1],
+        "python": platform.python_version(),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--full", action="store_true", help="also V=128256")
+    ap.add_argument("--n", type=int, default=4096)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--vocab", type=int, nargs="*", default=None)
+    ap.add_argument("--dtypes", nargs="*", default=["fp32", "bf16"])
+    ap.add_argument("--allocators", nargs="*", default=["default", "thp"])
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--worker", choices=["time", "memory"], help=argparse.SUPPRESS)
+    ap.add_argument("--v", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--dtype", help=argparse.SUPPRESS)
+    ap.add_argument("--mode", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker == "time":
+        print(json.dumps(worker_time(a.n, a.v, a.dtype, a.reps)))
+        return
+    if a.worker == "memory":
+        print(json.dumps(worker_memory(a.n, a.v, a.dtype, a.mode)))
+        return
+    vocabs = a.vocab or ([32000, 128256] if a.full else [32000])
+    info = machine()
+    print(f"machine: {info}", flush=True)
+    rows = []
+    for v in vocabs:
+        for dt in a.dtypes:
+            for alloc in a.allocators:
+                thp = alloc == "thp"
+                common = ["--n", str(a.n), "--v", str(v), "--dtype", dt, "--reps", str(a.reps)]
+                times = _spawn(["--worker", "time", *common], thp)
+                for mode in MODES:
+                    mem = _spawn(["--worker", "memory", *common, "--mode", mode], thp)
+                    row = {
+                        "N": a.n, "V": v, "dtype": dt, "allocator": alloc, "mode": mode,
+                        "time_s": times[mode], "speedup_vs_eager": times["eager"] / times[mode],
+                        "vs_fused_time": times[mode] / times["fused"],
+                        "extra_bytes": mem["extra_bytes"], "extra_x_logits": mem["extra_bytes"] / mem["logits_bytes"],
+                    }
+                    rows.append(row)
+                    print(
+                        f"V={v:>6} {dt} {alloc:>7} {mode:>8}: {row['time_s']:7.3f} s  "
+                        f"x{row['speedup_vs_eager']:5.2f} vs eager  ({row['vs_fused_time']:.2f} of fused)  "
+                        f"extra {row['extra_bytes'] / 2**20:8.1f} MiB = {row['extra_x_logits']:.2f}x logits",
+                        flush=True,
+                    )
+    os.makedirs(a.out, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = os.path.join(a.out, f"bench_loss_cpu_{stamp}.json")
+    with open(path, "w") as f:
+        json.dump({"machine": info, "rows": rows}, f, indent=1)
+    print(f"saved {path}")
+    print()
+    print("| V | dtype | allocator | eager s | compile s | fused s (×eager) | inplace s (×eager) | fused, 30% active (÷ fused) | extra mem eager / compile / fused / inplace (× logits) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    key = lambda r: (r["V"], r["dtype"], r["allocator"])  # noqa: E731
+    for k in sorted({key(r) for r in rows}, key=lambda x: (x[0], x[1] != "fp32", x[2] != "default")):
+        by = {r["mode"]: r for r in rows if key(r) == k}
+        print(
+            f"| {k[0]} | {k[1]} | {k[2]} | {by['eager']['time_s']:.3f} | {by['compile']['time_s']:.3f} | "
+            f"{by['fused']['time_s']:.3f} ({by['fused']['speedup_vs_eager']:.1f}×) | "
+            f"{by['inplace']['time_s']:.3f} ({by['inplace']['speedup_vs_eager']:.1f}×) | "
+            f"{by['fused30']['time_s']:.3f} ({by['fused30']['vs_fused_time']:.2f}) | "
+            f"{by['eager']['extra_x_logits']:.2f} / {by['compile']['extra_x_logits']:.2f} / "
+            f"{by['fused']['extra_x_logits']:.2f} / {by['inplace']['extra_x_logits']:.3f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
