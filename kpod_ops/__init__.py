@@ -2,19 +2,73 @@
 
 Three pieces for your own training loop: a fused keypoint-weighted, step-truncated cross-entropy
 (C++/CUDA, ``torch.ops.kpod.*``), a mask learner that finds keypoint tokens, and a progressive
-curriculum scheduler. See the README for examples.
+curriculum scheduler; plus the data layer they share (steps, token spans, the collator).
+See the README for examples.
 """
 
 from ._extension import fused_available
+from .curriculum import (
+    SOLVERS,
+    DifficultyBudget,
+    ProgressiveSchedule,
+    StageProblem,
+    StepTable,
+    cluster_questions,
+    dataset_step_difficulties,
+    get_solver,
+    question_embeddings,
+    rationale_nll,
+    step_difficulty,
+)
+from .data import (
+    CoTExample,
+    KPODCollator,
+    KPODSeq2SeqCollator,
+    TokenizedExample,
+    answers_match,
+    extract_answer,
+    load_builtin,
+    read_jsonl,
+    to_record,
+    tokenize_example,
+    tokenize_examples,
+    write_jsonl,
+)
 from .errors import KPODInputError
 from .losses import KeypointCrossEntropy, keypoint_cross_entropy, keypoint_cross_entropy_reference
+from .steps import split_answer, split_steps
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SOLVERS",
+    "CoTExample",
+    "DifficultyBudget",
+    "KPODCollator",
     "KPODInputError",
+    "KPODSeq2SeqCollator",
     "KeypointCrossEntropy",
+    "ProgressiveSchedule",
+    "StageProblem",
+    "StepTable",
+    "TokenizedExample",
+    "answers_match",
+    "cluster_questions",
+    "dataset_step_difficulties",
+    "extract_answer",
     "fused_available",
+    "get_solver",
     "keypoint_cross_entropy",
     "keypoint_cross_entropy_reference",
+    "load_builtin",
+    "question_embeddings",
+    "rationale_nll",
+    "read_jsonl",
+    "split_answer",
+    "split_steps",
+    "step_difficulty",
+    "to_record",
+    "tokenize_example",
+    "tokenize_examples",
+    "write_jsonl",
 ]
