@@ -1,0 +1,101 @@
+"""Hyper-parameters of the mask learner (model, objective and training), with the paper's defaults."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..errors import bad_input
+
+_PREDICTOR_TRAINING = ("full", "lora", "frozen")
+_MASK_LOSS = ("sampled", "expected")
+_MASK_NORM = ("sum", "length")
+_MONITOR = ("objective", "answer_loss")
+
+
+@dataclass
+class MaskLearnerConfig:
+    """Everything that shapes the mask learner. Defaults follow the paper and the method spec §10.
+
+    Model: ``num_heads``/``mlp_hidden`` size the self-attention layer and the two-layer MLP on top
+    of the student's frozen input embedding; ``position`` gives that layer relative positions
+    (``"relative"`` learned offset biases, ``"rotary"`` or ``"none"``; the paper names none, but
+    without them one attention layer cannot tell "the number after *x*" from any other number). ``init_keep_logit`` is the starting pre-sigmoid weight.
+
+    Mask: binary concrete with temperature ``tau`` (annealed geometrically to ``tau_final`` over
+    training when set), soft samples unless ``hard`` (straight-through).
+
+    Objective: ``L_k = L_p + alpha * L_m``. ``num_prefixes`` (P) prefix lengths per example estimate
+    the paper's sum over all prefixes (see ``kpod_ops.weighting.prefixes``). ``mask_loss`` is the sum
+    of the sampled keep indicators (paper) or of the keep probabilities; ``mask_norm="length"``
+    divides it by the rationale length (the "ratio" reading).
+
+    Answer predictor: trained fully (``"full"``, the paper's literal reading), through ``"lora"``
+    adapters (``peft``), or ``"frozen"``; ``projection`` maps the student's embedding size to the
+    predictor's (``"auto"``: identity when the sizes agree).
+
+    Training: AdamW with ``lr`` for the weight generator and mask embedding, ``predictor_lr``
+    (defaults to ``lr``) for the predictor, its projection and answer head. During the first
+    ``predictor_warmup`` fraction of the steps (0 = the paper) only the predictor learns, on
+    masks drawn from the initial weights: a predictor trained from scratch must learn to read the
+    rationale before the mask pressure can drive every weight to 0 and saturate the sigmoid. Batches
+    of ``batch_size`` examples, at most ``epochs`` epochs, early stopping after ``patience`` epochs
+    without improvement of the validation ``monitor``; deterministic given ``seed``.
+    """
+
+    # weight generator
+    num_heads: int | None = None
+    mlp_hidden: int = 256
+    position: str = "relative"
+    init_keep_logit: float = 0.0
+    # Gumbel mask
+    tau: float = 1.0
+    tau_final: float | None = None
+    hard: bool = False
+    # objective
+    alpha: float = 0.5
+    predictor_warmup: float = 0.0
+    num_prefixes: int = 4
+    mask_loss: str = "sampled"
+    mask_norm: str = "sum"
+    # answer predictor
+    predictor_training: str = "full"
+    projection: str = "auto"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_targets: str | list[str] = "all-linear"
+    # training
+    lr: float = 1e-3
+    predictor_lr: float | None = None
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    batch_size: int = 8
+    epochs: int = 5
+    patience: int | None = 2
+    monitor: str = "objective"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("predictor_training", _PREDICTOR_TRAINING),
+            ("mask_loss", _MASK_LOSS),
+            ("mask_norm", _MASK_NORM),
+            ("monitor", _MONITOR),
+            ("projection", ("auto", "linear", "identity")),
+            ("position", ("relative", "rotary", "none")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise bad_input(name, f"one of {allowed}", repr(getattr(self, name)))
+        for name in ("tau", "lr", "mlp_hidden", "num_prefixes", "batch_size", "epochs"):
+            if not getattr(self, name) > 0:
+                raise bad_input(name, "a positive number", getattr(self, name))
+        if self.tau_final is not None and not self.tau_final > 0:
+            raise bad_input("tau_final", "a positive number or None", self.tau_final)
+        if not 0 <= self.predictor_warmup < 1:
+            raise bad_input("predictor_warmup", "a fraction in [0, 1)", self.predictor_warmup)
+        if not self.alpha >= 0:
+            raise bad_input("alpha", "a number >= 0", self.alpha)
+        if self.patience is not None and self.patience < 1:
+            raise bad_input("patience", "an int >= 1 or None", self.patience)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

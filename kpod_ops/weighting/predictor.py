@@ -1,0 +1,153 @@
+"""The answer predictor: any Hugging Face LM that reads the question and a masked rationale prefix.
+
+It is fed through ``inputs_embeds`` (the mask acts on embeddings, never on ids), so the gradient of
+the answer loss reaches the mask and through it the weight generator. Decoder-only models get one
+left-padded row ``[question, masked prefix, answer]`` per (example, prefix) and compute logits only
+for the answer window; encoder-decoder models get ``[question, masked prefix]`` in the encoder and
+the answer in the decoder. All prefixes of a batch go through one forward.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import bad_input
+
+
+def _output_vocab(model: nn.Module) -> int:
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if out is not None and getattr(out, "weight", None) is not None:
+        return int(out.weight.shape[0])
+    return int(model.config.vocab_size)
+
+
+class AnswerPredictor(nn.Module):
+    """Wraps ``model`` to score the answer given question + masked rationale prefixes.
+
+    ``input_dim`` and ``student_vocab`` describe the student embedding space the inputs come
+    from. A learned projection maps ``input_dim`` to the model's embedding size when they differ
+    (or always, with ``projection="linear"``); a learned answer head over the student's vocabulary
+    replaces the model's own when their vocabularies differ. ``training`` is ``"full"``,
+    ``"lora"`` (adapters from ``peft``; the base is frozen) or ``"frozen"`` (gradients still flow
+    through it to the mask).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_dim: int,
+        student_vocab: int,
+        *,
+        training: str = "full",
+        projection: str = "auto",
+        lora_r: int = 16,
+        lora_alpha: int = 32,
+        lora_targets: str | list[str] = "all-linear",
+    ) -> None:
+        super().__init__()
+        if not hasattr(model, "config") or not hasattr(model, "get_input_embeddings"):
+            raise bad_input("predictor", "a Hugging Face PreTrainedModel", type(model).__name__)
+        self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+        self.training_mode = training
+        model_dim = model.get_input_embeddings().embedding_dim
+        self.student_vocab = student_vocab
+        if projection == "identity" and model_dim != input_dim:
+            raise bad_input("projection", f"'auto' or 'linear' (embedding sizes differ: {input_dim} vs {model_dim})", "'identity'")
+        use_linear = projection == "linear" or (projection == "auto" and model_dim != input_dim)
+        self.projection = nn.Linear(input_dim, model_dim) if use_linear else nn.Identity()
+        self.answer_head = nn.Linear(model_dim, student_vocab, bias=False) if _output_vocab(model) != student_vocab else None
+        self._keep_logits = "logits_to_keep" in inspect.signature(type(model).forward).parameters
+        if self.is_encoder_decoder:
+            start = getattr(model.config, "decoder_start_token_id", None)
+            start = model.config.pad_token_id if start is None else start
+            self.register_buffer("_start_id", torch.tensor([int(start or 0)]), persistent=False)
+        if training == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=lora_targets))
+        elif training == "frozen":
+            model.requires_grad_(False)
+        self.model = model
+
+    def train(self, mode: bool = True) -> AnswerPredictor:
+        super().train(mode)
+        if self.training_mode == "frozen":
+            self.model.eval()
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.answer_head(hidden)
+
+    def forward(
+        self,
+        prompt: list[torch.Tensor],
+        rationale: list[torch.Tensor],
+        answer_emb: list[torch.Tensor],
+        answer_ids: list[torch.Tensor],
+        rows: list[tuple[int, int]],
+    ) -> torch.Tensor:
+        """Summed answer NLL of each row ``(example index, prefix length)``: a ``[R]`` tensor.
+
+        ``prompt``, ``rationale`` (already masked) and ``answer_emb`` are per-example embeddings in
+        the student space ``[len, input_dim]``; ``answer_ids`` are the targets (student vocabulary).
+        Row ``(i, k)`` sees the question and the first ``k`` masked rationale tokens only.
+        """
+        dt = self.dtype
+        proj = [(self.projection(p.to(dt)), self.projection(r.to(dt)), self.projection(a.to(dt))) for p, r, a in zip(prompt, rationale, answer_emb)]
+        if self.is_encoder_decoder:
+            return self._encoder_decoder(proj, answer_ids, rows)
+        return self._decoder(proj, answer_ids, rows)
+
+    def _decoder(self, proj, answer_ids, rows) -> torch.Tensor:
+        seqs = [torch.cat([proj[i][0], proj[i][1][:k], proj[i][2]]) for i, k in rows]
+        total = max(s.shape[0] for s in seqs)
+        a_max = max(int(answer_ids[i].numel()) for i, _ in rows)
+        emb = torch.stack([F.pad(s, (0, 0, total - s.shape[0], 0)) for s in seqs])  # left padding
+        lengths = torch.tensor([s.shape[0] for s in seqs], device=emb.device)
+        attn = (torch.arange(total, device=emb.device)[None, :] >= (total - lengths)[:, None]).long()
+        pos = (attn.cumsum(-1) - 1).clamp_min(0)
+        targets = torch.stack([F.pad(answer_ids[i], (a_max - answer_ids[i].numel(), 0), value=-100) for i, _ in rows])
+        kwargs = {"inputs_embeds": emb, "attention_mask": attn, "position_ids": pos, "use_cache": False}
+        if self.answer_head is not None:
+            hidden = self.model(**kwargs, output_hidden_states=True).hidden_states[-1]
+            logits = self._head(hidden[:, -(a_max + 1) : -1])
+        else:
+            if self._keep_logits:
+                kwargs["logits_to_keep"] = a_max + 1
+            logits = self.model(**kwargs).logits[:, -(a_max + 1) : -1]
+        return self._row_nll(logits, targets)
+
+    def _encoder_decoder(self, proj, answer_ids, rows) -> torch.Tensor:
+        enc = [torch.cat([proj[i][0], proj[i][1][:k]]) for i, k in rows]
+        e_max = max(s.shape[0] for s in enc)
+        a_max = max(int(answer_ids[i].numel()) for i, _ in rows)
+        emb = torch.stack([F.pad(s, (0, 0, 0, e_max - s.shape[0])) for s in enc])
+        attn = torch.stack([(torch.arange(e_max, device=emb.device) < s.shape[0]).long() for s in enc])
+        start = self.model.get_input_embeddings()(self._start_id).to(emb.dtype)
+        dec = [torch.cat([start, proj[i][2][: answer_ids[i].numel() - 1]]) for i, _ in rows]
+        dec_emb = torch.stack([F.pad(s, (0, 0, 0, a_max - s.shape[0])) for s in dec])
+        dec_attn = torch.stack([(torch.arange(a_max, device=emb.device) < s.shape[0]).long() for s in dec])
+        targets = torch.stack([F.pad(answer_ids[i], (0, a_max - answer_ids[i].numel()), value=-100) for i, _ in rows])
+        out = self.model(
+            inputs_embeds=emb,
+            attention_mask=attn,
+            decoder_inputs_embeds=dec_emb,
+            decoder_attention_mask=dec_attn,
+            use_cache=False,
+            output_hidden_states=self.answer_head is not None,
+        )
+        logits = self._head(out.decoder_hidden_states[-1]) if self.answer_head is not None else out.logits
+        return self._row_nll(logits, targets)
+
+    @staticmethod
+    def _row_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none")
+        return nll.view(targets.shape).sum(-1)

@@ -1,0 +1,98 @@
+"""Summaries of learned weights and the optional per-sequence mean-1 renormalisation."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..data.tokenized import TokenizedExample
+from ..errors import bad_input
+
+
+def renormalize_mean_one(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Scale each sequence's weights to mean 1 (a documented deviation from the paper's raw w).
+
+    ``L_m`` pushes raw weights towards 0, which shrinks the rationale loss and so the effective
+    learning rate; mean-1 weights keep the loss scale of plain CE and only redistribute it.
+    Empty sequences stay empty; an all-zero sequence is an error.
+    """
+    out = {}
+    for key, w in weights.items():
+        w = np.asarray(w, dtype=np.float32)
+        if w.size == 0:
+            out[key] = w.copy()
+            continue
+        m = float(w.mean())
+        if not m > 0:
+            raise bad_input(f"weights[{key!r}]", "a positive mean", m)
+        out[key] = (w / m).astype(np.float32)
+    return out
+
+
+@dataclass
+class WeightStats:
+    """Spread of the weights over all rationale tokens and the tokens ranked by mean weight."""
+
+    n_tokens: int
+    mean: float
+    std: float
+    min: float
+    max: float
+    quantiles: dict[str, float]
+    kept_ratio: float  # fraction of tokens with w > threshold
+    top_tokens: list[tuple[str, float, int]] = field(default_factory=list)  # (token, mean w, count)
+    bottom_tokens: list[tuple[str, float, int]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        fmt = lambda rows: ", ".join(f"{t!r} {w:.3f} (x{c})" for t, w, c in rows)  # noqa: E731
+        return (
+            f"{self.n_tokens} tokens: mean {self.mean:.3f} ± {self.std:.3f}, range [{self.min:.3f}, {self.max:.3f}], "
+            f"kept {self.kept_ratio:.1%}\n  top: {fmt(self.top_tokens)}\n  bottom: {fmt(self.bottom_tokens)}"
+        )
+
+
+def weight_stats(
+    weights: Mapping[str, np.ndarray],
+    examples: Sequence[TokenizedExample] | None = None,
+    *,
+    tokenizer: object | None = None,
+    top_k: int = 10,
+    min_count: int = 1,
+    threshold: float = 0.5,
+) -> WeightStats:
+    """Statistics over every weight; with ``examples`` also the top/bottom token types by mean weight.
+
+    Token types are ids (decoded with ``tokenizer`` when given) seen at least ``min_count`` times.
+    """
+    arrays = [np.asarray(w, dtype=np.float64) for w in weights.values()]
+    flat = np.concatenate(arrays) if arrays else np.zeros(0)
+    if flat.size == 0:
+        raise bad_input("weights", "at least one token weight", "none")
+    q = np.quantile(flat, [0.1, 0.25, 0.5, 0.75, 0.9])
+    stats = WeightStats(
+        n_tokens=int(flat.size),
+        mean=float(flat.mean()),
+        std=float(flat.std()),
+        min=float(flat.min()),
+        max=float(flat.max()),
+        quantiles={k: float(v) for k, v in zip(("p10", "p25", "p50", "p75", "p90"), q)},
+        kept_ratio=float((flat > threshold).mean()),
+    )
+    if examples is not None:
+        sums: dict[int, list[float]] = defaultdict(lambda: [0.0, 0])
+        for ex in examples:
+            if ex.id not in weights:
+                raise bad_input("weights", f"an entry for example id {ex.id!r}", "none")
+            w = np.asarray(weights[ex.id])
+            if w.shape != (ex.rationale_len,):
+                raise bad_input(f"weights[{ex.id!r}]", f"shape ({ex.rationale_len},)", w.shape)
+            for tok, v in zip(ex.rationale_ids, w):
+                sums[tok][0] += float(v)
+                sums[tok][1] += 1
+        name = (lambda t: tokenizer.decode([t])) if tokenizer is not None else str
+        rows = sorted(((name(t), s / c, c) for t, (s, c) in sums.items() if c >= min_count), key=lambda r: -r[1])
+        stats.top_tokens, stats.bottom_tokens = rows[:top_k], rows[::-1][:top_k]
+    return stats

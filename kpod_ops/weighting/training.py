@@ -1,0 +1,155 @@
+"""Training loop of the mask learner: batches, progress bar, validation, early stopping, checkpoints."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.tokenized import TokenizedExample
+from ..errors import bad_input
+from .batching import check_examples, make_batch
+from .gumbel import anneal_tau
+
+_EVAL_SEED_OFFSET = 7919
+
+
+def _param_groups(learner) -> list[dict]:
+    """Group 0: weight generator + mask embedding (``lr``); group 1: the predictor side (``predictor_lr``)."""
+    c = learner.config
+    mask = [p for n, p in learner.named_parameters() if p.requires_grad and not n.startswith("predictor.")]
+    pred = [p for n, p in learner.named_parameters() if p.requires_grad and n.startswith("predictor.")]
+    return [{"params": mask, "lr": c.lr}, {"params": pred, "lr": c.predictor_lr or c.lr}]
+
+
+@torch.no_grad()
+def evaluate(learner, examples: Sequence[TokenizedExample], *, seed: int | None = None, batch_size: int | None = None) -> dict[str, float]:
+    """Objective terms on ``examples`` with fixed noise and prefixes (comparable across epochs).
+
+    Returns ``objective``, ``answer_loss``, ``mask_loss`` (example means), ``kept`` (mean keep
+    probability over tokens) and ``kept_hard`` (fraction of tokens with ``w > 0.5``).
+    """
+    check_examples(examples, need_answer=True)
+    c = learner.config
+    seed = c.seed + _EVAL_SEED_OFFSET if seed is None else seed
+    rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    was_training = learner.training
+    learner.eval()
+    totals = {"objective": 0.0, "answer_loss": 0.0, "mask_loss": 0.0}
+    n_ex, kept_sum, hard_sum, n_tok = 0, 0.0, 0.0, 0
+    try:
+        bs = batch_size or c.batch_size
+        for s in range(0, len(examples), bs):
+            chunk = [ex for ex in examples[s : s + bs] if ex.rationale_len > 0]
+            if not chunk:
+                continue
+            batch = make_batch(chunk, learner.device)
+            out = learner.objective(batch, rng=rng, generator=gen)
+            k = len(chunk)
+            totals["objective"] += float(out["loss"]) * k
+            totals["answer_loss"] += float(out["answer_loss"]) * k
+            totals["mask_loss"] += float(out["mask_loss"]) * k
+            n_ex += k
+            w = learner.weighter.weights(batch.rationale, batch.attention_mask)[batch.attention_mask]
+            kept_sum += float(w.sum())
+            hard_sum += float((w > 0.5).sum())
+            n_tok += int(w.numel())
+    finally:
+        learner.train(was_training)
+    if n_ex == 0:
+        raise bad_input("examples", "at least one example with a non-empty rationale", "none")
+    out = {k: v / n_ex for k, v in totals.items()}
+    out["kept"] = kept_sum / max(n_tok, 1)
+    out["kept_hard"] = hard_sum / max(n_tok, 1)
+    return out
+
+
+def _save(path: Path, learner, epoch: int, history: list[dict]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"epoch": epoch, "config": learner.config.to_dict(), "state": learner.trainable_state(), "history": history}, tmp)
+    os.replace(tmp, path)
+
+
+def fit(
+    learner,
+    train: Sequence[TokenizedExample],
+    val: Sequence[TokenizedExample] | None = None,
+    *,
+    progress: bool = True,
+    checkpoint_dir: str | os.PathLike | None = None,
+    callback: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Train ``learner`` on ``train``; returns one dict of metrics per epoch.
+
+    Hyper-parameters come from ``learner.config``. Each step samples one Gumbel mask per example
+    and P prefix lengths, and minimises ``L_p + alpha * L_m``. After every epoch the validation
+    set (the training set if none) is scored with fixed noise; training stops after ``patience``
+    epochs without improving ``monitor`` and the best parameters are restored. With
+    ``checkpoint_dir`` the trainable parameters are saved each epoch (``epoch{n}.pt``) and at the
+    best epoch (``best.pt``). Deterministic given ``config.seed`` (CPU).
+    """
+    from tqdm.auto import tqdm
+
+    c = learner.config
+    check_examples(train, "train", need_answer=True)
+    if val is not None:
+        check_examples(val, "val", need_answer=True)
+    train = [ex for ex in train if ex.rationale_len > 0]
+    if not train:
+        raise bad_input("train", "at least one example with a non-empty rationale", "none")
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt is not None:
+        ckpt.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(c.seed)
+    rng = np.random.default_rng(c.seed)
+    gen = torch.Generator().manual_seed(c.seed)
+    opt = torch.optim.AdamW(_param_groups(learner), weight_decay=c.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / c.batch_size)
+    total_steps = steps_per_epoch * c.epochs
+    history: list[dict] = []
+    best, best_state, stale, step = math.inf, None, 0, 0
+    monitor_key = "objective" if c.monitor == "objective" else "answer_loss"
+    learner.train()
+    for epoch in range(1, c.epochs + 1):
+        order = rng.permutation(len(train))
+        bar = tqdm(range(steps_per_epoch), desc=f"mask learner epoch {epoch}/{c.epochs}", disable=not progress, leave=False)
+        run = {"loss": 0.0, "answer_loss": 0.0, "mask_loss": 0.0, "kept": 0.0}
+        for s in bar:
+            batch = make_batch([train[i] for i in order[s * c.batch_size : (s + 1) * c.batch_size]], learner.device)
+            tau = anneal_tau(c.tau, c.tau_final, step / max(total_steps - 1, 1))
+            warming = step < c.predictor_warmup * total_steps
+            opt.param_groups[0]["lr"] = 0.0 if warming else c.lr  # warm-up: the predictor learns alone
+            out = learner.objective(batch, tau=tau, rng=rng, generator=gen)
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            if c.grad_clip:
+                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], c.grad_clip)
+            opt.step()
+            step += 1
+            for k in run:
+                run[k] += float(out[k].detach()) / steps_per_epoch
+            bar.set_postfix(loss=f"{float(out['loss']):.3f}", kept=f"{float(out['kept']):.2f}", tau=f"{tau:.2f}")
+        bar.close()
+        scored = evaluate(learner, val if val is not None else train)
+        record = {"epoch": epoch, "tau": tau, **{f"train_{k}": v for k, v in run.items()}, **{f"val_{k}": v for k, v in scored.items()}}
+        history.append(record)
+        if callback is not None:
+            callback(record)
+        if ckpt is not None:
+            _save(ckpt / f"epoch{epoch}.pt", learner, epoch, history)
+        if scored[monitor_key] < best - 1e-9:
+            best, best_state, stale = scored[monitor_key], learner.trainable_state(), 0
+            if ckpt is not None:
+                _save(ckpt / "best.pt", learner, epoch, history)
+        else:
+            stale += 1
+            if c.patience is not None and stale >= c.patience:
+                break
+    if best_state is not None:
+        learner.load_trainable_state(best_state)
+    learner.eval()
+    return history
