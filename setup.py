@@ -33,8 +33,11 @@ def _extensions():
 
     debug = os.environ.get("DEBUG", "0") == "1"
     capability = os.environ.get("KPOD_CPU_CAPABILITY", "avx2" if _cpu_has_avx2() else "default")
+    # torch >= 2.14's headers require C++20; older ones build with C++17
+    major, minor = (int(x) for x in torch.__version__.split(".")[:2])
+    std = "-std=c++20" if (major, minor) >= (2, 14) else "-std=c++17"
     cxx = ["-O0", "-g"] if debug else ["-O3"]
-    cxx += ["-std=c++17", "-fopenmp", "-DPy_LIMITED_API=0x03090000"]
+    cxx += [std, "-fopenmp", "-DPy_LIMITED_API=0x03090000"]
     if capability == "avx2":
         # at::vec picks its AVX2 specialisations from these macros (as ATen's own kernels do)
         cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
@@ -48,7 +51,7 @@ def _extensions():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         sources += sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "csrc/cuda/*.cu")))
         sources += sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "csrc/cuda/*.cpp")))
-        nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"] if not debug else ["-O0", "-g", "-G", "-std=c++17"]
+        nvcc = ["-O3", std, "--use_fast_math", "-lineinfo"] if not debug else ["-O0", "-g", "-G", std]
         return [
             CUDAExtension(
                 "kpod_ops._C",

@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 ruff check kpod_ops python_tests benchmarks
-python -m pytest -q -p no:cacheprovider "$@"
+python -m pytest -q "$@"
