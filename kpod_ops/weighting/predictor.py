@@ -56,7 +56,9 @@ class AnswerPredictor(nn.Module):
         model_dim = model.get_input_embeddings().embedding_dim
         self.student_vocab = student_vocab
         if projection == "identity" and model_dim != input_dim:
-            raise bad_input("projection", f"'auto' or 'linear' (embedding sizes differ: {input_dim} vs {model_dim})", "'identity'")
+            raise bad_input(
+                "projection", f"'auto' or 'linear' (embedding sizes differ: {input_dim} vs {model_dim})", "'identity'"
+            )
         use_linear = projection == "linear" or (projection == "auto" and model_dim != input_dim)
         self.projection = nn.Linear(input_dim, model_dim) if use_linear else nn.Identity()
         self.answer_head = nn.Linear(model_dim, student_vocab, bias=False) if _output_vocab(model) != student_vocab else None
@@ -101,7 +103,10 @@ class AnswerPredictor(nn.Module):
         Row ``(i, k)`` sees the question and the first ``k`` masked rationale tokens only.
         """
         dt = self.dtype
-        proj = [(self.projection(p.to(dt)), self.projection(r.to(dt)), self.projection(a.to(dt))) for p, r, a in zip(prompt, rationale, answer_emb)]
+        proj = [
+            (self.projection(p.to(dt)), self.projection(r.to(dt)), self.projection(a.to(dt)))
+            for p, r, a in zip(prompt, rationale, answer_emb)
+        ]
         if self.is_encoder_decoder:
             return self._encoder_decoder(proj, answer_ids, rows)
         return self._decoder(proj, answer_ids, rows)

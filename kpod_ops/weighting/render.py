@@ -100,7 +100,16 @@ def render_png(
         x = 0
         for piece, v in line:
             ax.add_patch(plt.Rectangle((x, r + 0.1), len(piece), 0.8, color=cmap(norm(v)), linewidth=0))
-            ax.text(x, r + 0.5, piece, va="center", ha="left", family="monospace", fontsize=9, color="white" if norm(v) > 0.6 else "black")
+            ax.text(
+                x,
+                r + 0.5,
+                piece,
+                va="center",
+                ha="left",
+                family="monospace",
+                fontsize=9,
+                color="white" if norm(v) > 0.6 else "black",
+            )
             x += len(piece)
     if title:
         fig.suptitle(title, fontsize=10)

@@ -101,20 +101,26 @@ def load_token_weights(
     if tokenizer is not None:
         saved = meta.get("tokenizer_fingerprint")
         if saved is not None and saved != tokenizer_fingerprint(tokenizer):
-            raise KPODInputError(f"{path}: tokenizer fingerprint differs from the one the weights were computed with (saved {saved[:12]}…); recompute the weights")
+            raise KPODInputError(
+                f"{path}: tokenizer fingerprint differs from the one the weights were computed with (saved {saved[:12]}…); recompute the weights"
+            )
     index = {i: n for n, i in enumerate(ids)}
     wanted = list(examples) if examples is not None else None
     out: dict[str, np.ndarray] = {}
     for key in wanted if wanted is not None else ids:
         ex_id = key.id if wanted is not None else key
         if ex_id not in index:
-            raise KPODInputError(f"{path}: expected weights for example id {ex_id!r}, got none (the file has {len(ids)} examples)")
+            raise KPODInputError(
+                f"{path}: expected weights for example id {ex_id!r}, got none (the file has {len(ids)} examples)"
+            )
         n = index[ex_id]
         a, b = int(offsets[n]), int(offsets[n + 1])
         if wanted is not None:
             stored, given = tokens[a:b], np.asarray(key.rationale_ids, np.int64)
             if stored.shape != given.shape or not np.array_equal(stored, given):
-                first = next((j for j in range(min(len(stored), len(given))) if stored[j] != given[j]), min(len(stored), len(given)))
+                first = next(
+                    (j for j in range(min(len(stored), len(given))) if stored[j] != given[j]), min(len(stored), len(given))
+                )
                 raise KPODInputError(
                     f"{path}: example {ex_id!r}: rationale tokens differ from those the weights were computed on "
                     f"(stored {len(stored)} tokens, given {len(given)}, first difference at token {first}); "

@@ -27,7 +27,9 @@ def _param_groups(learner) -> list[dict]:
 
 
 @torch.no_grad()
-def evaluate(learner, examples: Sequence[TokenizedExample], *, seed: int | None = None, batch_size: int | None = None) -> dict[str, float]:
+def evaluate(
+    learner, examples: Sequence[TokenizedExample], *, seed: int | None = None, batch_size: int | None = None
+) -> dict[str, float]:
     """Objective terms on ``examples`` with fixed noise and prefixes (comparable across epochs).
 
     Returns ``objective``, ``answer_loss``, ``mask_loss`` (example means), ``kept`` (mean keep
@@ -132,10 +134,17 @@ def fit(
             step += 1
             for k in run:
                 run[k] += float(out[k].detach()) / steps_per_epoch
-            bar.set_postfix(loss=f"{float(out['loss']):.3f}", kept=f"{float(out['kept']):.2f}", tau=f"{tau:.2f}")
+            bar.set_postfix(
+                loss=f"{float(out['loss'].detach()):.3f}", kept=f"{float(out['kept'].detach()):.2f}", tau=f"{tau:.2f}"
+            )
         bar.close()
         scored = evaluate(learner, val if val is not None else train)
-        record = {"epoch": epoch, "tau": tau, **{f"train_{k}": v for k, v in run.items()}, **{f"val_{k}": v for k, v in scored.items()}}
+        record = {
+            "epoch": epoch,
+            "tau": tau,
+            **{f"train_{k}": v for k, v in run.items()},
+            **{f"val_{k}": v for k, v in scored.items()},
+        }
         history.append(record)
         if callback is not None:
             callback(record)
