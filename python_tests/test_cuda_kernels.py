@@ -39,7 +39,9 @@ def _check(name, fused, ref, gold, floor):
         return
     err_f = (fused[fin] - gold[fin]).abs().max().item()
     err_r = (ref[fin] - gold[fin]).abs().max().item()
-    bound = 2 * err_r + floor * gold[fin].abs().max().item() + 1e-12
+    # the floor scales with the result's magnitude, but never below 1 (V = 1 gives exact zeros in
+    # fp64 and ~1e-7 from fp32 exp/log)
+    bound = 2 * err_r + floor * max(gold[fin].abs().max().item(), 1.0) + 1e-12
     assert err_f <= bound, f"{name}: fused error {err_f:.3e} > bound {bound:.3e} (reference error {err_r:.3e})"
 
 

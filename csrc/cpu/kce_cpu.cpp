@@ -5,7 +5,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <atomic>
+#include <limits>
 #include <vector>
 
 #include "cpu/kce_cpu_kernel.h"
@@ -53,12 +53,12 @@ void for_each_row(const at::Tensor& logits, F&& f) {
   });
 }
 
-void raise_bad_targets(const std::atomic<int64_t>& bad_row, const at::Tensor& target, int64_t V, const char* op) {
-  const int64_t r = bad_row.load();
-  if (r >= 0) {
-    TORCH_CHECK(false, op, ": target ", target.data_ptr<int64_t>()[r], " at row ", r, " is outside [0, ", V,
-                ") (use -1 to skip a row)");
-  }
+// A target outside [0, V) that is not -1 (possible only with validate=False) makes the row's loss
+// and gradient NaN, as on CUDA: loud, without reading out of bounds and without throwing from a kernel.
+template <typename scalar_t>
+void row_fill_nan(scalar_t* out, int64_t V) {
+  const scalar_t nan = static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN());
+  for (int64_t i = 0; i < V; ++i) out[i] = nan;
 }
 
 std::tuple<at::Tensor, at::Tensor> kce_forward_cpu(const at::Tensor& logits, const at::Tensor& target,
@@ -70,20 +70,20 @@ std::tuple<at::Tensor, at::Tensor> kce_forward_cpu(const at::Tensor& logits, con
   auto nll = at::zeros(target.sizes(), logits.options().dtype(acc_type(logits)));
   auto lse = at::zeros_like(nll);
   const int64_t* tgt = target.data_ptr<int64_t>();
-  std::atomic<int64_t> bad_row{-1};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "kce_forward_cpu", [&] {
     using acc_t = typename cpu::Acc<scalar_t>::type;
     acc_t* nll_p = nll.data_ptr<acc_t>();
     acc_t* lse_p = lse.data_ptr<acc_t>();
     for_each_row<scalar_t>(logits, [&](int64_t r, const scalar_t* z) {
       const int64_t y = tgt[r];
-      if (y < 0 && y != -1) { bad_row = r; return; }
       if (y == -1) return;  // skipped: never read
-      if (y >= V) { bad_row = r; return; }
+      if (y < 0 || y >= V) {
+        nll_p[r] = lse_p[r] = std::numeric_limits<acc_t>::quiet_NaN();
+        return;
+      }
       cpu::row_forward<scalar_t>(z, V, y, label_smoothing, nll_p + r, lse_p + r);
     });
   });
-  raise_bad_targets(bad_row, target, V, op);
   return {nll, lse};
 }
 
@@ -99,7 +99,6 @@ at::Tensor kce_backward_cpu(const at::Tensor& logits, const at::Tensor& target, 
   const int64_t B = logits.size(0), T = logits.size(1), V = logits.size(2);
   auto grad = at::empty({B, T, V}, logits.options().memory_format(at::MemoryFormat::Contiguous));
   const int64_t* tgt = target.data_ptr<int64_t>();
-  std::atomic<int64_t> bad_row{-1};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "kce_backward_cpu", [&] {
     using acc_t = typename cpu::Acc<scalar_t>::type;
     const acc_t* lse_p = lse.data_ptr<acc_t>();
@@ -113,11 +112,10 @@ at::Tensor kce_backward_cpu(const at::Tensor& logits, const at::Tensor& target, 
         cpu::row_zero(o, V);  // nothing flows into this row: zeros without reading it
         return;
       }
-      if (y < 0 || y >= V) { bad_row = r; cpu::row_zero(o, V); return; }
+      if (y < 0 || y >= V) { row_fill_nan(o, V); return; }
       cpu::row_backward<scalar_t>(z, o, V, y, label_smoothing, lse_p[r], gn[r], gl[r]);
     });
   });
-  raise_bad_targets(bad_row, target, V, op);
   return grad;
 }
 
@@ -125,7 +123,7 @@ at::Tensor kce_backward_cpu(const at::Tensor& logits, const at::Tensor& target, 
 template <typename scalar_t>
 void forward_backward_rows(const at::Tensor& logits, scalar_t* out_base, bool out_is_logits, const int64_t* tgt,
                            const typename cpu::Acc<scalar_t>::type* scale,
-                           typename cpu::Acc<scalar_t>::type* nll_p, double eps, std::atomic<int64_t>& bad_row) {
+                           typename cpu::Acc<scalar_t>::type* nll_p, double eps) {
   using acc_t = typename cpu::Acc<scalar_t>::type;
   const int64_t B = logits.size(0), T = logits.size(1), V = logits.size(2);
   const int64_t sB = logits.stride(0), sT = logits.stride(1);
@@ -138,7 +136,11 @@ void forward_backward_rows(const at::Tensor& logits, scalar_t* out_base, bool ou
       scalar_t* o = out_is_logits ? z : out_base + r * V;
       const int64_t y = tgt[r];
       if (y == -1) { cpu::row_zero(o, V); continue; }
-      if (y < 0 || y >= V) { bad_row = r; cpu::row_zero(o, V); continue; }
+      if (y < 0 || y >= V) {
+        nll_p[r] = std::numeric_limits<acc_t>::quiet_NaN();
+        row_fill_nan(o, V);
+        continue;
+      }
       const acc_t s = scale[r];
       if (s == acc_t(0)) {
         acc_t lse_unused;
@@ -160,13 +162,11 @@ std::tuple<at::Tensor, at::Tensor> kce_forward_backward_cpu(const at::Tensor& lo
   const int64_t B = logits.size(0), T = logits.size(1), V = logits.size(2);
   auto nll = at::zeros(target.sizes(), logits.options().dtype(acc_type(logits)));
   auto grad = at::empty({B, T, V}, logits.options().memory_format(at::MemoryFormat::Contiguous));
-  std::atomic<int64_t> bad_row{-1};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "kce_forward_backward_cpu", [&] {
     using acc_t = typename cpu::Acc<scalar_t>::type;
     forward_backward_rows<scalar_t>(logits, grad.data_ptr<scalar_t>(), false, target.data_ptr<int64_t>(),
-                                    row_scale.data_ptr<acc_t>(), nll.data_ptr<acc_t>(), label_smoothing, bad_row);
+                                    row_scale.data_ptr<acc_t>(), nll.data_ptr<acc_t>(), label_smoothing);
   });
-  raise_bad_targets(bad_row, target, V, op);
   return {nll, grad};
 }
 
@@ -176,15 +176,12 @@ at::Tensor kce_forward_backward_inplace_cpu(at::Tensor logits, const at::Tensor&
   check_logits(logits, op);
   check_rowwise(target, logits, op, "target", at::kLong);
   check_rowwise(row_scale, logits, op, "row_scale", acc_type(logits));
-  const int64_t V = logits.size(2);
   auto nll = at::zeros(target.sizes(), logits.options().dtype(acc_type(logits)));
-  std::atomic<int64_t> bad_row{-1};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "kce_fb_inplace_cpu", [&] {
     using acc_t = typename cpu::Acc<scalar_t>::type;
     forward_backward_rows<scalar_t>(logits, nullptr, true, target.data_ptr<int64_t>(), row_scale.data_ptr<acc_t>(),
-                                    nll.data_ptr<acc_t>(), label_smoothing, bad_row);
+                                    nll.data_ptr<acc_t>(), label_smoothing);
   });
-  raise_bad_targets(bad_row, target, V, op);
   return nll;
 }
 

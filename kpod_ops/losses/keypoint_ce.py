@@ -38,8 +38,7 @@ class _ScalarLossFromGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, weights_in, grad_buffer, nll, target, active, weights_eff, inv, den_is_weight_sum):
         use = weights_eff != 0
-        zero = torch.zeros((), dtype=nll.dtype, device=nll.device)
-        loss = torch.where(use, weights_eff * nll, zero).sum() * inv
+        loss = torch.where(use, weights_eff * nll, 0.0).sum() * inv
         # kept as an attribute, not saved: in the in-place mode it aliases the logits, whose version
         # counter is bumped after this Function so that every *other* saved use of them fails loudly
         ctx.grad_buffer = grad_buffer
@@ -93,7 +92,7 @@ def _fused_scalar_with_gradient(
         inv = torch.ones((), dtype=acc, device=logits.device)
     else:
         zero = den == 0
-        inv = torch.where(zero, torch.zeros_like(den), 1.0 / torch.where(zero, torch.ones_like(den), den))
+        inv = torch.where(zero, 0.0, 1.0 / torch.where(zero, 1.0, den))
     row_scale = (weights_eff * inv).contiguous()
     if inplace:
         # The gradient overwrites the logits. Their version counter is bumped once the graph edge
@@ -134,10 +133,10 @@ def _fused(
     # rows that must be read: active with ω != 0 (ω = 0 rows have zero loss and, by the masked
     # definition, zero gradient for both logits and weights)
     needed = plan.active if ones else plan.active & (weights != 0)
-    target = torch.where(needed, plan.labels, torch.full_like(plan.labels, -1)).contiguous()
-    zero = torch.zeros((), dtype=acc, device=logits3.device)
+    target = torch.where(needed, plan.labels, -1).contiguous()
+    zero = 0.0
     if reduction != "none" and logits_need_grad and not _compiling():
-        weights_eff = torch.where(plan.active, weights.detach(), zero)
+        weights_eff = plan.active.to(acc) if ones else torch.where(plan.active, weights.detach(), zero)
         den = denominator(plan, weights_eff, reduction, num_items_in_batch, acc)
         return _fused_scalar_with_gradient(
             logits, plan, plan.weights if weights_need_grad else None, target, weights_eff, den,
