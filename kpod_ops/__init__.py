@@ -37,10 +37,32 @@ from .data import (
 from .errors import KPODInputError
 from .losses import KeypointCrossEntropy, keypoint_cross_entropy, keypoint_cross_entropy_reference
 from .steps import split_answer, split_steps
+from .weighting import (
+    AnswerPredictor,
+    MaskLearner,
+    MaskLearnerConfig,
+    TokenWeighter,
+    load_token_weights,
+    render_html,
+    render_png,
+    renormalize_mean_one,
+    save_token_weights,
+    weight_stats,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnswerPredictor",
+    "MaskLearner",
+    "MaskLearnerConfig",
+    "TokenWeighter",
+    "load_token_weights",
+    "render_html",
+    "render_png",
+    "renormalize_mean_one",
+    "save_token_weights",
+    "weight_stats",
     "SOLVERS",
     "CoTExample",
     "DifficultyBudget",
