@@ -42,7 +42,10 @@ class _Source(torch.autograd.Function):
     @staticmethod
     def forward(ctx, anchor, n, v, dtype, seed):
         g = torch.Generator().manual_seed(seed)
-        return torch.randn(n, v, generator=g, dtype=torch.float32).mul_(2).to(dtype)
+        out = torch.empty(n, v, dtype=dtype)
+        for i in range(0, n, 256):  # in chunks, so no full-size fp32 temporary inflates the baseline RSS
+            out[i : i + 256] = torch.randn(min(256, n - i), v, generator=g).mul_(2)
+        return out
 
     @staticmethod
     def backward(ctx, grad):

@@ -5,6 +5,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <sys/mman.h>
+
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -39,6 +43,31 @@ void check_rowwise(const at::Tensor& t, const at::Tensor& logits, const char* op
   if (dtype) TORCH_CHECK(t.scalar_type() == *dtype, op, ": ", name, " must have dtype ", *dtype, ", got ", t.scalar_type());
 }
 
+// A gradient-sized output. Large ones come straight from the kernel as fresh anonymous pages, which
+// are zero until written: rows that get no gradient are then never touched at all (no page faults,
+// no zero writes), and reading them later maps the kernel's shared zero page. Small ones, or if
+// mmap fails, come from the usual allocator and skipped rows are written as zeros.
+struct GradBuffer {
+  at::Tensor tensor;
+  bool zeroed;
+};
+
+GradBuffer empty_gradient(const at::Tensor& logits) {
+  const int64_t B = logits.size(0), T = logits.size(1), V = logits.size(2);
+  const size_t bytes = static_cast<size_t>(B) * T * V * logits.element_size();
+  constexpr size_t kMmapMin = size_t(32) << 20;
+  if (bytes >= kMmapMin) {
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p != MAP_FAILED) {
+      const char* thp = std::getenv("THP_MEM_ALLOC_ENABLE");  // follow PyTorch's own allocator setting
+      if (thp != nullptr && std::strcmp(thp, "1") == 0) madvise(p, bytes, MADV_HUGEPAGE);
+      auto t = at::from_blob(p, {B, T, V}, [bytes](void* q) { munmap(q, bytes); }, logits.options());
+      return {t, true};
+    }
+  }
+  return {at::empty({B, T, V}, logits.options().memory_format(at::MemoryFormat::Contiguous)), false};
+}
+
 // Calls f(row, pointer to the row's logits) for every row in parallel; rows are (b, t) pairs.
 template <typename scalar_t, typename F>
 void for_each_row(const at::Tensor& logits, F&& f) {
@@ -50,6 +79,7 @@ void for_each_row(const at::Tensor& logits, F&& f) {
       const int64_t b = r / T, t = r - b * T;
       f(r, base + b * sB + t * sT);
     }
+    cpu::stream_fence();  // the rows' streaming stores are visible before the op returns
   });
 }
 
@@ -97,7 +127,9 @@ at::Tensor kce_backward_cpu(const at::Tensor& logits, const at::Tensor& target, 
   check_rowwise(grad_nll, logits, op, "grad_nll", acc);
   check_rowwise(grad_lse, logits, op, "grad_lse", acc);
   const int64_t B = logits.size(0), T = logits.size(1), V = logits.size(2);
-  auto grad = at::empty({B, T, V}, logits.options().memory_format(at::MemoryFormat::Contiguous));
+  GradBuffer buffer = empty_gradient(logits);
+  auto grad = buffer.tensor;
+  const bool zeroed = buffer.zeroed;
   const int64_t* tgt = target.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "kce_backward_cpu", [&] {
     using acc_t = typename cpu::Acc<scalar_t>::type;
@@ -109,7 +141,7 @@ at::Tensor kce_backward_cpu(const at::Tensor& logits, const at::Tensor& target, 
       scalar_t* o = out + r * V;
       const int64_t y = tgt[r];
       if (y == -1 || (gn[r] == acc_t(0) && gl[r] == acc_t(0))) {
-        cpu::row_zero(o, V);  // nothing flows into this row: zeros without reading it
+        if (!zeroed) cpu::row_zero(o, V);  // nothing flows into this row: zeros without reading it
         return;
       }
       if (y < 0 || y >= V) { row_fill_nan(o, V); return; }
@@ -121,7 +153,8 @@ at::Tensor kce_backward_cpu(const at::Tensor& logits, const at::Tensor& target, 
 
 // Shared body of the two forward+backward variants (out == logits for the in-place one).
 template <typename scalar_t>
-void forward_backward_rows(const at::Tensor& logits, scalar_t* out_base, bool out_is_logits, const int64_t* tgt,
+void forward_backward_rows(const at::Tensor& logits, scalar_t* out_base, bool out_is_logits, bool out_zeroed,
+                           const int64_t* tgt,
                            const typename cpu::Acc<scalar_t>::type* scale,
                            typename cpu::Acc<scalar_t>::type* nll_p, double eps) {
   using acc_t = typename cpu::Acc<scalar_t>::type;
@@ -135,7 +168,10 @@ void forward_backward_rows(const at::Tensor& logits, scalar_t* out_base, bool ou
       scalar_t* z = base + b * sB + t * sT;
       scalar_t* o = out_is_logits ? z : out_base + r * V;
       const int64_t y = tgt[r];
-      if (y == -1) { cpu::row_zero(o, V); continue; }
+      if (y == -1) {
+        if (!out_zeroed) cpu::row_zero(o, V);
+        continue;
+      }
       if (y < 0 || y >= V) {
         nll_p[r] = std::numeric_limits<acc_t>::quiet_NaN();
         row_fill_nan(o, V);
@@ -145,11 +181,12 @@ void forward_backward_rows(const at::Tensor& logits, scalar_t* out_base, bool ou
       if (s == acc_t(0)) {
         acc_t lse_unused;
         cpu::row_forward<scalar_t>(z, V, y, eps, nll_p + r, &lse_unused);
-        cpu::row_zero(o, V);
+        if (!out_zeroed) cpu::row_zero(o, V);
         continue;
       }
       cpu::row_forward_backward<scalar_t>(z, o, V, y, eps, static_cast<double>(s), buf.data(), nll_p + r);
     }
+    cpu::stream_fence();
   });
 }
 
@@ -161,10 +198,11 @@ std::tuple<at::Tensor, at::Tensor> kce_forward_backward_cpu(const at::Tensor& lo
   check_rowwise(row_scale, logits, op, "row_scale", acc_type(logits));
   const int64_t B = logits.size(0), T = logits.size(1), V = logits.size(2);
   auto nll = at::zeros(target.sizes(), logits.options().dtype(acc_type(logits)));
-  auto grad = at::empty({B, T, V}, logits.options().memory_format(at::MemoryFormat::Contiguous));
+  GradBuffer buffer = empty_gradient(logits);
+  auto grad = buffer.tensor;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "kce_forward_backward_cpu", [&] {
     using acc_t = typename cpu::Acc<scalar_t>::type;
-    forward_backward_rows<scalar_t>(logits, grad.data_ptr<scalar_t>(), false, target.data_ptr<int64_t>(),
+    forward_backward_rows<scalar_t>(logits, grad.data_ptr<scalar_t>(), false, buffer.zeroed, target.data_ptr<int64_t>(),
                                     row_scale.data_ptr<acc_t>(), nll.data_ptr<acc_t>(), label_smoothing);
   });
   return {nll, grad};
@@ -179,7 +217,7 @@ at::Tensor kce_forward_backward_inplace_cpu(at::Tensor logits, const at::Tensor&
   auto nll = at::zeros(target.sizes(), logits.options().dtype(acc_type(logits)));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "kce_fb_inplace_cpu", [&] {
     using acc_t = typename cpu::Acc<scalar_t>::type;
-    forward_backward_rows<scalar_t>(logits, nullptr, true, target.data_ptr<int64_t>(), row_scale.data_ptr<acc_t>(),
+    forward_backward_rows<scalar_t>(logits, nullptr, true, false, target.data_ptr<int64_t>(), row_scale.data_ptr<acc_t>(),
                                     nll.data_ptr<acc_t>(), label_smoothing);
   });
   return nll;
