@@ -10,7 +10,6 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..data.tokenized import TokenizedExample
 from ..errors import bad_input
@@ -79,6 +78,8 @@ def rationale_nll(
     Examples are batched by length (less padding); the model runs in eval mode without gradients and
     its training flag is restored afterwards.
     """
+    from tqdm.auto import tqdm  # imported here so that `import kpod_ops` needs only torch and numpy
+
     if batch_size < 1:
         raise bad_input("batch_size", "an int >= 1", batch_size)
     if pad_id is None:
