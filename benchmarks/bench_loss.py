@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -31,6 +30,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from machine import describe
 
 MODES = ["eager", "compile", "fused", "inplace", "fused30"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -156,24 +156,7 @@ def _spawn(args, thp):
 def machine():
     import kpod_ops
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "kpod_ops_fused": kpod_ops.fused_available("cpu")[1],
-        "python": platform.python_version(),
-    }
+    return {**describe(), "kpod_ops_fused": kpod_ops.fused_available("cpu")[1]}
 
 
 def main():

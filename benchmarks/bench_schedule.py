@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from machine import describe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,23 +66,7 @@ def worker(solver: str, n: int, max_steps: int, stages: int, seed: int, all_max:
 
 
 def machine() -> dict:
-    import numpy as np
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = 0
-    try:
-        mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
-    except (OSError, IndexError, ValueError):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_mib": mem, "python": platform.python_version(),
-            "numpy": np.__version__, "platform": platform.platform()}
+    return describe()
 
 
 def run_one(solver: str, n: int, args: argparse.Namespace, thp: bool = False) -> dict:

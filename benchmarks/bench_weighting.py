@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import platform
 import time
 
 import numpy as np
 import torch
+from machine import summary
 
 from kpod_ops.data.tokenized import TokenizedExample
 from kpod_ops.weighting import MaskLearner, MaskLearnerConfig
@@ -31,13 +30,7 @@ NAMES = ("Mark", "Jennifer", "Tom", "Ana")
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__} threads {torch.get_num_threads()}; THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '0')}"
+    return summary()
 
 
 def examples(tok, n: int, seed: int = 0) -> list[TokenizedExample]:
