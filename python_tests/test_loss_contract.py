@@ -375,3 +375,28 @@ def test_backward_twice_with_retain_graph():
     first = x.grad.clone()
     (loss * 0.5).backward()
     torch.testing.assert_close(x.grad, first * 1.25, rtol=1e-6, atol=1e-7)
+
+
+def test_missing_extension_degrades_to_reference():
+    """Without kpod_ops._C the API still works (reference) and fused_available() says why."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['kpod_ops._C'] = None\n"
+        "import torch, kpod_ops\n"
+        "ok, why = kpod_ops.fused_available()\n"
+        "assert not ok and 'did not load' in why, why\n"
+        "x = torch.randn(2, 3, 5, requires_grad=True); y = torch.randint(0, 5, (2, 3))\n"
+        "loss = kpod_ops.keypoint_cross_entropy(x, y, shift=True); loss.backward()\n"
+        "ref = kpod_ops.keypoint_cross_entropy_reference(x.detach(), y, shift=True)\n"
+        "assert torch.allclose(loss, ref) and x.grad is not None\n"
+        "try:\n"
+        "    kpod_ops.keypoint_cross_entropy(x, y, impl='fused')\n"
+        "    raise SystemExit('impl=fused should fail without the extension')\n"
+        "except RuntimeError as e:\n"
+        "    assert 'did not load' in str(e)\n"
+        "print('ok')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
