@@ -415,3 +415,85 @@ def test_token_weighter_rejects_bad_embedding():
         TokenWeighter(torch.zeros(3))
     with pytest.raises(KPODInputError, match="num_heads"):
         TokenWeighter(torch.zeros(10, 6), num_heads=4)
+
+
+# --- context: the weighter starts out looking at a token's neighbours -----------------------------
+
+
+def test_weighter_attention_starts_local():
+    """Replacing the token next to position i moves i's context vector far more than a distant one.
+
+    The relative-position biases start as ALiBi-style distance penalties. With a zero start every
+    head attended uniformly, the neighbour's identity reached a token diluted by 1/L, and on the
+    planted task the weights learned "keep every number" (token identity) and saturated before
+    they could learn "keep the number after the marker" (relevant vs distractor AUC about 0.5).
+    """
+    torch.manual_seed(0)
+    weighter = TokenWeighter(torch.randn(50, 32))
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 50, (256, 16), generator=gen)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    i = 8
+    with torch.no_grad():
+        base = weighter.attention(weighter.embed(ids), mask)[:, i]
+
+        def effect(j: int) -> float:
+            changed = ids.clone()
+            changed[:, j] = (ids[:, j] + torch.randint(1, 50, (256,), generator=gen)) % 50  # a different token
+            return (weighter.attention(weighter.embed(changed), mask)[:, i] - base).norm(dim=-1).mean().item()
+
+        assert effect(i - 1) > 2 * effect(i - 6)
+        assert effect(i + 1) > 2 * effect(i + 6)
+
+
+# --- learning: the planted task -----------------------------------------------------------------
+
+
+def planted_aucs(seed: int = 0, **config) -> tuple[float, float]:
+    """ROC-AUCs of held-out weights after ``fit``: relevant numbers vs filler words, vs distractor numbers.
+
+    Each planted rationale has two relevant clauses "has <digit>" (the answer is those digits in
+    order) and two distractor clauses "page <digit>" among filler words. Relevant and distractor
+    digits share token ids, so only context ("has" or "page" right before) separates them.
+
+    The paper's objective is kept: alpha 0.5, soft Gumbel samples starting at tau 1, P = 4
+    prefixes, lr 1e-3 for the weight generator. Test-specific settings, each needed:
+
+    - ``predictor_warmup=0.5``: the tiny T5 predictor starts untrained and learns alone for the
+      first half of the steps; without it the mask pressure drives every weight to 0 first.
+    - ``predictor_lr=3e-3``: the predictor learns to read "has <digit>" within the warm-up.
+    - ``tau_final=0.2``: a soft mask at tau 1 leaks. A token with w near 0 still enters as
+      ``m * e + (1 - m) * e_mask`` with m around 1e-2, which a trained predictor can read, so a
+      relevant digit does not need a high weight. Annealing tau makes masked tokens unreadable.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    train = planted_task(1000, seed=10 * seed)
+    val = planted_task(32, seed=10 * seed + 1)
+    held_out = planted_task(64, seed=10 * seed + 2)
+    model = tiny_t5(vocab=len(train.tokenizer), seed=seed)
+    cfg = {"epochs": 6, "batch_size": 16, "predictor_warmup": 0.5, "predictor_lr": 3e-3, "tau_final": 0.2, "seed": seed}
+    learner = MaskLearner(model, model, MaskLearnerConfig(**{**cfg, **config}))
+    learner.fit(train.examples, val.examples, progress=False)
+    weights = learner.token_weights(held_out.examples)
+    w = np.concatenate([weights[ex.id] for ex in held_out.examples])
+    roles = np.concatenate([held_out.roles[ex.id] for ex in held_out.examples])
+
+    def auc(negative: str) -> float:
+        keep = (roles == "relevant") | (roles == negative)
+        return float(roc_auc_score(roles[keep] == "relevant", w[keep]))
+
+    return auc("filler"), auc("distractor")
+
+
+def test_planted_task_weights_rank_relevant_numbers_above_filler_and_distractors():
+    """The learned weights find the answer's numbers by context, not by token identity.
+
+    Seed 0 gives AUC 1.000 / 1.000 (relevant vs filler / vs distractor); seeds 1-5 gave between
+    0.946 and 1.000; the bound is 0.85. The weakest seeds lose a few points to a code the
+    jointly trained predictor and weights agree on: every answer has two digits, so once one is
+    visible the predictor can learn "the other is a 3" and the weights then drop every relevant 3.
+    About 25 s on one CPU core.
+    """
+    vs_filler, vs_distractor = planted_aucs(seed=0)
+    assert vs_filler >= 0.85 and vs_distractor >= 0.85, (vs_filler, vs_distractor)

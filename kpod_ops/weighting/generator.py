@@ -36,12 +36,28 @@ def _rotate(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> 
 POSITIONS = ("relative", "rotary", "none")
 
 
+def local_bias_init(max_distance: int, num_heads: int) -> torch.Tensor:
+    """Initial relative-position biases ``[2 * max_distance + 1, num_heads]``: ``-slope_h * |offset|``.
+
+    ALiBi-style distance penalties with geometric slopes ``2 ** (1 - 8 h / H)`` (2 down to about
+    1/64): head 0 looks mostly at a token's immediate neighbours, the last heads almost uniformly.
+    A zero start makes every head attend uniformly, so the neighbour's identity reaches a token
+    diluted by 1/L; on the planted task the weights then learned token identity (keep every
+    number) long before they learned context (keep the number after the marker) and saturated
+    there. Starting local, "the token before me" is a strong feature from the first step.
+    """
+    offsets = torch.arange(-max_distance, max_distance + 1, dtype=torch.float32).abs()
+    slopes = 2.0 ** (1.0 - 8.0 * torch.arange(num_heads, dtype=torch.float32) / num_heads)
+    return -offsets[:, None] * slopes[None, :]
+
+
 class SelfAttention(nn.Module):
     """One multi-head self-attention layer with residual + LayerNorm; padded keys are ignored.
 
     ``position="relative"`` adds a learned per-head bias for each clipped offset ``j - i`` in
     ``[-max_distance, max_distance]`` (T5-style; "the token before me is X" is one scalar to
-    learn), ``"rotary"`` rotates queries and keys (RoPE), ``"none"`` sees a bag of tokens.
+    learn), initialised to local ALiBi-style penalties (see :func:`local_bias_init`); ``"rotary"``
+    rotates queries and keys (RoPE), ``"none"`` sees a bag of tokens.
     """
 
     def __init__(self, dim: int, num_heads: int, position: str = "relative", max_distance: int = 8) -> None:
@@ -56,7 +72,8 @@ class SelfAttention(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.relative = nn.Embedding(2 * max_distance + 1, num_heads) if position == "relative" else None
         if self.relative is not None:
-            nn.init.zeros_(self.relative.weight)
+            with torch.no_grad():
+                self.relative.weight.copy_(local_bias_init(max_distance, num_heads))
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
