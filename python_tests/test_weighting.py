@@ -322,6 +322,23 @@ def test_early_stopping_restores_best():
         assert hist[-1]["val_objective"] >= best
 
 
+def test_predictor_lr_zero_keeps_the_predictor_fixed():
+    """``predictor_lr=0`` used to fall back to ``lr`` (``predictor_lr or lr``)."""
+    from kpod_ops.weighting.training import _param_groups
+
+    model = tiny_llama(seed=1)
+    learner = MaskLearner(model, model, MaskLearnerConfig(lr=1e-2, predictor_lr=0.0))
+    assert [g["lr"] for g in _param_groups(learner)] == [1e-2, 0.0]
+    assert _param_groups(MaskLearner(model, model, MaskLearnerConfig(lr=1e-2)))[1]["lr"] == 1e-2
+    before = {n: p.detach().clone() for n, p in learner.predictor.named_parameters() if p.requires_grad}
+    learner.fit(random_examples(4, seed=4), progress=False)
+    for n, p in learner.predictor.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p, before[n], rtol=0, atol=0)
+    with pytest.raises(KPODInputError, match="predictor_lr"):
+        MaskLearnerConfig(predictor_lr=-1.0)
+
+
 def test_bad_input_is_reported():
     model = tiny_llama()
     with pytest.raises(KPODInputError, match="predictor_training"):
@@ -457,14 +474,16 @@ def planted_aucs(seed: int = 0, **config) -> tuple[float, float]:
     digits share token ids, so only context ("has" or "page" right before) separates them.
 
     The paper's objective is kept: alpha 0.5, soft Gumbel samples starting at tau 1, P = 4
-    prefixes, lr 1e-3 for the weight generator. Test-specific settings, each needed:
+    prefixes, lr 1e-3 for the weight generator. Test-specific settings:
 
-    - ``predictor_warmup=0.5``: the tiny T5 predictor starts untrained and learns alone for the
-      first half of the steps; without it the mask pressure drives every weight to 0 first.
-    - ``predictor_lr=3e-3``: the predictor learns to read "has <digit>" within the warm-up.
+    - ``predictor_warmup=0.5`` (essential): the tiny T5 predictor starts untrained and learns
+      alone for the first half of the steps. Without it the mask pressure drives every weight to
+      0 before the predictor can read anything (AUCs 0.59 / 0.53 for seed 0).
+    - ``predictor_lr=3e-3``: the predictor learns to read "has <digit>" within the warm-up
+      (without it the worst of seeds 0-5 is 0.895).
     - ``tau_final=0.2``: a soft mask at tau 1 leaks. A token with w near 0 still enters as
-      ``m * e + (1 - m) * e_mask`` with m around 1e-2, which a trained predictor can read, so a
-      relevant digit does not need a high weight. Annealing tau makes masked tokens unreadable.
+      ``m * e + (1 - m) * e_mask`` with m around 1e-2, which a trained predictor can read.
+      Annealing tau closes the leak (without it the worst of seeds 0-5 is 0.935).
     """
     from sklearn.metrics import roc_auc_score
 

@@ -34,8 +34,8 @@ class MaskLearnerConfig:
     predictor's (``"auto"``: identity when the sizes agree).
 
     Training: AdamW with ``lr`` for the weight generator and mask embedding, ``predictor_lr``
-    (defaults to ``lr``) for the predictor, its projection and answer head. During the first
-    ``predictor_warmup`` fraction of the steps (0 = the paper) only the predictor learns, on
+    (``None``: the same as ``lr``; 0 keeps them fixed) for the predictor, its projection and
+    answer head. During the first ``predictor_warmup`` fraction of the steps (0 = the paper) only the predictor learns, on
     masks drawn from the initial weights: a predictor trained from scratch must learn to read the
     rationale before the mask pressure can drive every weight to 0 and saturate the sigmoid. Batches
     of ``batch_size`` examples, at most ``epochs`` epochs, early stopping after ``patience`` epochs
@@ -88,6 +88,8 @@ class MaskLearnerConfig:
         for name in ("tau", "lr", "mlp_hidden", "num_prefixes", "batch_size", "epochs"):
             if not getattr(self, name) > 0:
                 raise bad_input(name, "a positive number", getattr(self, name))
+        if self.predictor_lr is not None and not self.predictor_lr >= 0:
+            raise bad_input("predictor_lr", "a number >= 0 or None (same as lr)", self.predictor_lr)
         if self.tau_final is not None and not self.tau_final > 0:
             raise bad_input("tau_final", "a positive number or None", self.tau_final)
         if not 0 <= self.predictor_warmup < 1:

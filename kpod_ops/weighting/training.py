@@ -23,7 +23,8 @@ def _param_groups(learner) -> list[dict]:
     c = learner.config
     mask = [p for n, p in learner.named_parameters() if p.requires_grad and not n.startswith("predictor.")]
     pred = [p for n, p in learner.named_parameters() if p.requires_grad and n.startswith("predictor.")]
-    return [{"params": mask, "lr": c.lr}, {"params": pred, "lr": c.predictor_lr or c.lr}]
+    pred_lr = c.lr if c.predictor_lr is None else c.predictor_lr  # 0.0 means "do not train the predictor"
+    return [{"params": mask, "lr": c.lr}, {"params": pred, "lr": pred_lr}]
 
 
 @torch.no_grad()
