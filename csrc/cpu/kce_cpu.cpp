@@ -43,20 +43,29 @@ void check_rowwise(const at::Tensor& t, const at::Tensor& logits, const char* op
   if (dtype) TORCH_CHECK(t.scalar_type() == *dtype, op, ": ", name, " must have dtype ", *dtype, ", got ", t.scalar_type());
 }
 
-// A gradient-sized output. Large ones come straight from the kernel as fresh anonymous pages, which
-// are zero until written: rows that get no gradient are then never touched at all (no page faults,
-// no zero writes), and reading them later maps the kernel's shared zero page. Small ones, or if
-// mmap fails, come from the usual allocator and skipped rows are written as zeros.
+// A gradient-sized output. When most rows will be written it comes from PyTorch's allocator (which
+// honours THP_MEM_ALLOC_ENABLE) and skipped rows are written as zeros. When most rows are skipped
+// (e.g. a curriculum that masks most of each sequence) a large buffer comes straight from the kernel
+// as fresh anonymous pages, which are zero until written: skipped rows are then never touched at all
+// (no page faults, no zero writes), and reading them later maps the kernel's shared zero page.
 struct GradBuffer {
   at::Tensor tensor;
   bool zeroed;
 };
 
-GradBuffer empty_gradient(const at::Tensor& logits) {
+// Rows that will be read (target != -1).
+int64_t count_rows(const int64_t* tgt, int64_t n) {
+  int64_t k = 0;
+  for (int64_t i = 0; i < n; ++i) k += tgt[i] != -1;
+  return k;
+}
+
+GradBuffer empty_gradient(const at::Tensor& logits, const int64_t* tgt) {
   const int64_t B = logits.size(0), T = logits.size(1), V = logits.size(2);
   const size_t bytes = static_cast<size_t>(B) * T * V * logits.element_size();
   constexpr size_t kMmapMin = size_t(32) << 20;
-  if (bytes >= kMmapMin) {
+  const bool sparse = count_rows(tgt, B * T) * 2 < B * T;
+  if (sparse && bytes >= kMmapMin) {
     void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p != MAP_FAILED) {
       const char* thp = std::getenv("THP_MEM_ALLOC_ENABLE");  // follow PyTorch's own allocator setting
@@ -79,7 +88,6 @@ void for_each_row(const at::Tensor& logits, F&& f) {
       const int64_t b = r / T, t = r - b * T;
       f(r, base + b * sB + t * sT);
     }
-    cpu::stream_fence();  // the rows' streaming stores are visible before the op returns
   });
 }
 
@@ -127,10 +135,10 @@ at::Tensor kce_backward_cpu(const at::Tensor& logits, const at::Tensor& target, 
   check_rowwise(grad_nll, logits, op, "grad_nll", acc);
   check_rowwise(grad_lse, logits, op, "grad_lse", acc);
   const int64_t B = logits.size(0), T = logits.size(1), V = logits.size(2);
-  GradBuffer buffer = empty_gradient(logits);
+  const int64_t* tgt = target.data_ptr<int64_t>();
+  GradBuffer buffer = empty_gradient(logits, tgt);
   auto grad = buffer.tensor;
   const bool zeroed = buffer.zeroed;
-  const int64_t* tgt = target.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "kce_backward_cpu", [&] {
     using acc_t = typename cpu::Acc<scalar_t>::type;
     const acc_t* lse_p = lse.data_ptr<acc_t>();
@@ -186,7 +194,6 @@ void forward_backward_rows(const at::Tensor& logits, scalar_t* out_base, bool ou
       }
       cpu::row_forward_backward<scalar_t>(z, o, V, y, eps, static_cast<double>(s), buf.data(), nll_p + r);
     }
-    cpu::stream_fence();
   });
 }
 
@@ -198,7 +205,7 @@ std::tuple<at::Tensor, at::Tensor> kce_forward_backward_cpu(const at::Tensor& lo
   check_rowwise(row_scale, logits, op, "row_scale", acc_type(logits));
   const int64_t B = logits.size(0), T = logits.size(1), V = logits.size(2);
   auto nll = at::zeros(target.sizes(), logits.options().dtype(acc_type(logits)));
-  GradBuffer buffer = empty_gradient(logits);
+  GradBuffer buffer = empty_gradient(logits, target.data_ptr<int64_t>());
   auto grad = buffer.tensor;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "kce_forward_backward_cpu", [&] {
     using acc_t = typename cpu::Acc<scalar_t>::type;

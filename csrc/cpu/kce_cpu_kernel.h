@@ -17,10 +17,6 @@
 
 #include <cmath>
 #include <cstdint>
-#if defined(CPU_CAPABILITY_AVX2) && !defined(_MSC_VER)
-#include <immintrin.h>
-#define KPOD_STREAMING_STORES 1
-#endif
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -64,34 +60,7 @@ struct Lanes {
       a.store(p);
     }
   }
-  // Non-temporal store of one step to a 32-byte aligned address: the gradient is written once and
-  // read much later, so bypassing the cache saves the read-for-ownership of every output line.
-  static inline void stream(scalar_t* p, const AVec& a, const AVec& b) {
-#ifdef KPOD_STREAMING_STORES
-    if constexpr (kReduced<scalar_t>) {
-      _mm256_stream_si256(reinterpret_cast<__m256i*>(p), __m256i(at::vec::convert_from_float<scalar_t>(a, b)));
-    } else if constexpr (std::is_same_v<acc_t, float>) {
-      _mm256_stream_ps(reinterpret_cast<float*>(p), __m256(a));
-    } else {
-      _mm256_stream_pd(reinterpret_cast<double*>(p), __m256d(a));
-    }
-#else
-    store(p, a, b);
-#endif
-  }
 };
-
-// Streaming stores are weakly ordered: fence before a plain store that must land after them.
-inline void stream_fence() {
-#ifdef KPOD_STREAMING_STORES
-  _mm_sfence();
-#endif
-}
-
-template <typename scalar_t>
-inline bool aligned32(const scalar_t* p) {
-  return (reinterpret_cast<uintptr_t>(p) & 31) == 0;
-}
 
 template <typename acc_t>
 inline Vectorized<acc_t> fast_exp(const Vectorized<acc_t>& x) {
@@ -198,13 +167,7 @@ inline void row_forward(const scalar_t* z, int64_t V, int64_t y, double eps, typ
 
 template <typename scalar_t>
 inline void row_zero(scalar_t* out, int64_t V) {
-  using L = Lanes<scalar_t>;
-  using AVec = typename L::AVec;
-  int64_t i = 0;
-  for (; i < V && !aligned32(out + i); ++i) out[i] = scalar_t(0);
-  const AVec z(typename L::acc_t(0));
-  for (; i + L::kStep <= V; i += L::kStep) L::stream(out + i, z, z);
-  for (; i < V; ++i) out[i] = scalar_t(0);
+  std::memset(static_cast<void*>(out), 0, sizeof(scalar_t) * V);
 }
 
 // grad = a * p - c  (p = e * inv_sum) over a row, e read from `e` (acc_t), written as scalar_t;
@@ -218,14 +181,12 @@ inline void row_write_grad_from_e(const typename Acc<scalar_t>::type* e, scalar_
   using AVec = typename L::AVec;
   const AVec va(a), vc(c);
   int64_t i = 0;
-  for (; i < V && !aligned32(out + i); ++i) out[i] = static_cast<scalar_t>(e[i] * a - c);
   for (; i + L::kStep <= V; i += L::kStep) {
     AVec g0 = AVec::loadu(e + i) * va - vc;
     AVec g1 = kReduced<scalar_t> ? AVec::loadu(e + i + AVec::size()) * va - vc : AVec(acc_t(0));
-    L::stream(out + i, g0, g1);
+    L::store(out + i, g0, g1);
   }
   for (; i < V; ++i) out[i] = static_cast<scalar_t>(e[i] * a - c);
-  stream_fence();
   out[y] = static_cast<scalar_t>(grad_y);
 }
 
@@ -280,16 +241,14 @@ inline void row_backward(const scalar_t* z, scalar_t* out, int64_t V, int64_t y,
   }
   const AVec vl(lse), va(a), vc(c);
   int64_t i = 0;
-  for (; i < V && !aligned32(out + i); ++i) out[i] = static_cast<scalar_t>(std::exp(static_cast<acc_t>(z[i]) - lse) * a - c);
   for (; i + L::kStep <= V; i += L::kStep) {
     AVec x0, x1;
     L::load(z + i, x0, x1);
     const AVec g0 = fast_exp<acc_t>(x0 - vl) * va - vc;
     const AVec g1 = kReduced<scalar_t> ? fast_exp<acc_t>(x1 - vl) * va - vc : AVec(acc_t(0));
-    L::stream(out + i, g0, g1);
+    L::store(out + i, g0, g1);
   }
   for (; i < V; ++i) out[i] = static_cast<scalar_t>(std::exp(static_cast<acc_t>(z[i]) - lse) * a - c);
-  stream_fence();
   const double py = std::exp(static_cast<double>(z[y]) - static_cast<double>(lse));
   out[y] = static_cast<scalar_t>(static_cast<double>(a) * py - static_cast<double>(c) -
                                  static_cast<double>(g_nll) * (1.0 - eps));
