@@ -46,6 +46,13 @@ def _figure(width: float = 6.4, height: float = 4.0):
     return fig
 
 
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, format="png")
+    return path
+
+
 def plot_budget(schedule: ProgressiveSchedule, path: str | Path) -> Path:
     """D(t) (the target curve) against the realised Σ_i h_i(c(t)), stages 0..T, as a PNG."""
     fig = _figure()
@@ -59,10 +66,7 @@ def plot_budget(schedule: ProgressiveSchedule, path: str | Path) -> Path:
     ax.set_ylabel("total output difficulty")
     ax.set_title("KPOD difficulty budget")
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, format="png")
-    return path
+    return _save(fig, path)
 
 
 def plot_given_steps(schedule: ProgressiveSchedule, path: str | Path, stages: list[int] | None = None) -> Path:
@@ -79,7 +83,4 @@ def plot_given_steps(schedule: ProgressiveSchedule, path: str | Path, stages: li
     ax.set_ylabel("questions")
     ax.set_title("Given steps per question")
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, format="png")
-    return path
+    return _save(fig, path)

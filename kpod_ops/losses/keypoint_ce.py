@@ -87,12 +87,8 @@ def _fused_scalar_with_gradient(
     inplace: bool,
 ) -> torch.Tensor:
     """Scalar reduction with the logits gradient produced in the same pass as the loss."""
-    acc = weights_eff.dtype
-    if den is None:
-        inv = torch.ones((), dtype=acc, device=logits.device)
-    else:
-        zero = den == 0
-        inv = torch.where(zero, 0.0, 1.0 / torch.where(zero, 1.0, den))
+    one = torch.ones((), dtype=weights_eff.dtype, device=logits.device)
+    inv = safe_divide(one, den)  # 1/den, or 0 (with zero gradient) when den == 0; 1 without a divisor
     row_scale = (weights_eff * inv).contiguous()
     if inplace:
         # The gradient overwrites the logits. Their version counter is bumped once the graph edge
@@ -124,33 +120,29 @@ def _fused(
 ) -> torch.Tensor:
     logits3 = plan.logits3
     acc = accumulation_dtype(logits3)
-    weights = None if plan.weights is None else plan.weights.to(acc)
-    ones = weights is None
-    if ones:
-        weights = torch.ones(plan.active.shape, dtype=acc, device=logits3.device)
+    weights = None if plan.weights is None else plan.weights.to(acc)  # None means ω ≡ 1
     weights_need_grad = token_weights is not None and token_weights.requires_grad and torch.is_grad_enabled()
     logits_need_grad = logits.requires_grad and torch.is_grad_enabled()
-    # rows that must be read: active with ω != 0 (ω = 0 rows have zero loss and, by the masked
-    # definition, zero gradient for both logits and weights)
-    needed = plan.active if ones else plan.active & (weights != 0)
-    target = torch.where(needed, plan.labels, -1).contiguous()
-    zero = 0.0
+    # rows whose loss counts: active with ω != 0 (ω = 0 rows have zero loss and, by the masked
+    # definition, zero gradient for both logits and weights); every other row is never read
+    use = plan.active if weights is None else plan.active & (weights != 0)
+    target = torch.where(use, plan.labels, -1).contiguous()
     if reduction != "none" and logits_need_grad and not _compiling():
-        weights_eff = plan.active.to(acc) if ones else torch.where(plan.active, weights.detach(), zero)
+        weights_eff = plan.active.to(acc) if weights is None else torch.where(plan.active, weights.detach(), 0.0)
         den = denominator(plan, weights_eff, reduction, num_items_in_batch, acc)
         return _fused_scalar_with_gradient(
             logits, plan, plan.weights if weights_need_grad else None, target, weights_eff, den,
             float(label_smoothing), reduction == "weighted_mean" and num_items_in_batch is None, inplace_backward,
         )
     nll, _lse = torch.ops.kpod.kce_forward(logits3, target, float(label_smoothing))
-    use = plan.active & (weights != 0)
-    contribution = torch.where(use, weights * nll, zero)
+    contribution = torch.where(use, nll if weights is None else weights * nll, 0.0)
     if reduction == "none":
         return plan.to_label_positions(contribution)
     total = contribution.sum()
     if reduction == "sum":
         return total
-    return safe_divide(total, denominator(plan, weights, reduction, num_items_in_batch, acc))
+    den_weights = plan.active.to(acc) if weights is None else weights
+    return safe_divide(total, denominator(plan, den_weights, reduction, num_items_in_batch, acc))
 
 
 def keypoint_cross_entropy(

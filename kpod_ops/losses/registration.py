@@ -22,12 +22,9 @@ from __future__ import annotations
 import torch
 
 from .._extension import _LOAD_ERROR
+from .inputs import accumulation_dtype
 
 REGISTERED = False
-
-
-def _acc(logits: torch.Tensor) -> torch.dtype:
-    return torch.float64 if logits.dtype == torch.float64 else torch.float32
 
 
 def _register() -> None:
@@ -37,7 +34,7 @@ def _register() -> None:
     def _kce_forward_fake(logits, target, label_smoothing):
         torch._check(logits.dim() == 3, lambda: "kce_forward: logits must be [B, T, V]")
         torch._check(target.shape == logits.shape[:2], lambda: "kce_forward: target must be [B, T]")
-        out = logits.new_empty(logits.shape[:2], dtype=_acc(logits))
+        out = logits.new_empty(logits.shape[:2], dtype=accumulation_dtype(logits))
         return out, torch.empty_like(out)
 
     @torch.library.register_fake("kpod::kce_backward")
@@ -48,11 +45,11 @@ def _register() -> None:
     @torch.library.register_fake("kpod::kce_forward_backward")
     def _kce_forward_backward_fake(logits, target, row_scale, label_smoothing):
         torch._check(logits.dim() == 3, lambda: "kce_forward_backward: logits must be [B, T, V]")
-        return logits.new_empty(logits.shape[:2], dtype=_acc(logits)), logits.new_empty(logits.shape)
+        return logits.new_empty(logits.shape[:2], dtype=accumulation_dtype(logits)), logits.new_empty(logits.shape)
 
     @torch.library.register_fake("kpod::kce_forward_backward_inplace")
     def _kce_forward_backward_inplace_fake(logits, target, row_scale, label_smoothing):
-        return logits.new_empty(logits.shape[:2], dtype=_acc(logits))
+        return logits.new_empty(logits.shape[:2], dtype=accumulation_dtype(logits))
 
     @torch.library.register_fake("kpod::scale_")
     def _scale_fake(x, scale):
