@@ -1,10 +1,13 @@
 """Loading the compiled extension ``kpod_ops._C`` (torch.ops.kpod.*), degrading gracefully.
 
 As torchao does, a missing or broken build never breaks ``import kpod_ops``: the public API then
-runs the pure-PyTorch reference and :func:`fused_available` says why.
+runs the pure-PyTorch reference, a ``RuntimeWarning`` says so once at import, and
+:func:`fused_available` says why.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -14,6 +17,14 @@ try:  # the shared object registers its ops with the dispatcher when it is impor
     from . import _C  # noqa: F401
 except Exception as exc:  # ImportError, undefined symbols from a torch/ABI mismatch, ...
     _LOAD_ERROR = f"{type(exc).__name__}: {exc}"
+    # once per process (this module is imported once): the API keeps working, but slower
+    warnings.warn(
+        f"kpod_ops: the compiled extension kpod_ops._C did not load ({_LOAD_ERROR}); the loss runs the slower "
+        f"pure-PyTorch reference. Rebuild it against the installed torch {torch.__version__} with "
+        "`pip install --no-build-isolation -e .` (an isolated build compiles against another torch).",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 
 def _kernel_table() -> dict[str, bool]:

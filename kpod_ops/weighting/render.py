@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._optional import require
 from ..errors import bad_input
 
 
@@ -69,16 +70,22 @@ def render_png(
     width_chars: int = 80,
     vmax: float | None = None,
 ) -> Path:
-    """Draw the shaded rationale with a colour bar into a PNG (matplotlib, Agg backend)."""
-    import matplotlib
+    """Draw the shaded rationale with a colour bar into a PNG.
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    Draws on its own ``Figure`` with an Agg canvas, so the caller's matplotlib backend and pyplot
+    state are left alone.
+    """
+    require("matplotlib", extra="plots", feature="render_png")
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
     ids, w = _prepare(token_ids, weights)
     top = vmax or max(1.0, float(w.max(initial=0.0)))
-    cmap, norm = plt.get_cmap("Reds"), Normalize(0.0, top)
+    cmap, norm = colormaps["Reds"], Normalize(0.0, top)
     lines: list[list[tuple[str, float]]] = [[]]
     col = 0
     for piece, v in zip(token_pieces(ids, tokenizer), w):
@@ -91,7 +98,8 @@ def render_png(
     char_w, line_h = 0.1, 0.3  # inches per character / line
     fig_w = width_chars * char_w + 1.2
     fig_h = len(lines) * line_h + 0.9 + (0.3 if title else 0)
-    fig = plt.figure(figsize=(fig_w, fig_h), dpi=120)
+    fig = Figure(figsize=(fig_w, fig_h), dpi=120)
+    FigureCanvasAgg(fig)
     ax = fig.add_axes([0.02, 0.05, (width_chars * char_w) / fig_w, 1 - 0.1 - (0.3 / fig_h if title else 0)])
     ax.set_xlim(0, width_chars)
     ax.set_ylim(len(lines), 0)
@@ -99,7 +107,7 @@ def render_png(
     for r, line in enumerate(lines):
         x = 0
         for piece, v in line:
-            ax.add_patch(plt.Rectangle((x, r + 0.1), len(piece), 0.8, color=cmap(norm(v)), linewidth=0))
+            ax.add_patch(Rectangle((x, r + 0.1), len(piece), 0.8, color=cmap(norm(v)), linewidth=0))
             ax.text(
                 x,
                 r + 0.5,
@@ -114,9 +122,8 @@ def render_png(
     if title:
         fig.suptitle(title, fontsize=10)
     cax = fig.add_axes([1 - 0.9 / fig_w, 0.1, 0.15 / fig_w, 0.8])
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), cax=cax, label="weight")
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax, label="weight")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    fig.savefig(path, format="png")
     return path
