@@ -18,8 +18,10 @@ from kpod_ops.weighting import (
     MaskLearnerConfig,
     TokenWeighter,
     apply_mask,
+    degeneracy,
     evaluate,
     gumbel_sigmoid,
+    is_degenerate,
     load_token_weights,
     render_html,
     render_png,
@@ -516,3 +518,73 @@ def test_planted_task_weights_rank_relevant_numbers_above_filler_and_distractors
     """
     vs_filler, vs_distractor = planted_aucs(seed=0)
     assert vs_filler >= 0.85 and vs_distractor >= 0.85, (vs_filler, vs_distractor)
+
+
+# --- input validation (config, weights) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"num_prefixes": 2.5}, "num_prefixes"),
+        ({"batch_size": 2.5}, "batch_size"),
+        ({"epochs": 0}, "epochs"),
+        ({"tau": math.inf}, "tau"),
+        ({"tau": math.nan}, "tau"),
+        ({"mlp_hidden": True}, "mlp_hidden"),
+        ({"alpha": math.nan}, "alpha"),
+        ({"lr": math.inf}, "lr"),
+        ({"tau_final": math.inf}, "tau_final"),
+        ({"grad_clip": -1.0}, "grad_clip"),
+        ({"num_heads": 0}, "num_heads"),
+        ({"seed": 1.5}, "seed"),
+        ({"hard": "yes"}, "hard"),
+        ({"lora_targets": 3}, "lora_targets"),
+    ],
+)
+def test_config_rejects_bad_values_at_construction(kwargs, name):
+    with pytest.raises(KPODInputError, match=rf"^{name}: expected .*, got "):
+        MaskLearnerConfig(**kwargs)
+
+
+def test_config_accepts_numpy_scalars_as_plain_python():
+    cfg = MaskLearnerConfig(batch_size=np.int64(4), tau=np.float32(0.5), seed=np.int32(2))
+    assert type(cfg.batch_size) is int and type(cfg.tau) is float and type(cfg.seed) is int
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_weight_functions_reject_non_finite(bad):
+    w = {"a": np.array([0.1, 0.9, bad]), "b": np.array([0.2, 0.8])}
+    with pytest.raises(KPODInputError, match=r"weights\['a'\]: expected finite weights"):
+        renormalize_mean_one(w)
+    with pytest.raises(KPODInputError, match=r"weights\['a'\]: expected finite weights"):
+        weight_stats(w)
+    with pytest.raises(KPODInputError, match="finite"):
+        is_degenerate(w)
+
+
+def test_is_degenerate_flags_collapse_saturation_and_flat_weights():
+    rng = np.random.default_rng(0)
+    informative = {f"e{i}": np.where(rng.random(20) < 0.2, 0.9, 0.05) for i in range(8)}
+    assert not is_degenerate(informative) and degeneracy(informative) is None
+    collapsed = {k: np.full(v.shape, 0.003) for k, v in informative.items()}  # "kept 0.0%"
+    saturated = {k: np.full(v.shape, 0.97) + 0.02 * rng.random(v.shape) for k, v in informative.items()}
+    flat = {k: 0.5 + 0.01 * rng.random(v.shape) - 0.005 for k, v in informative.items()}  # about half kept
+    mostly_masked = {k: np.where(np.arange(v.size) == 0, 0.0, 0.2 * rng.random(v.size)) for k, v in informative.items()}
+    for w, why in [(collapsed, "every token is masked"), (saturated, "no token is masked"),
+                   (flat, "uniform"), (mostly_masked, "every token is masked")]:  # fmt: skip
+        assert is_degenerate(w) and why in degeneracy(w)
+    assert is_degenerate(np.full(5, 0.5))  # one array works too
+
+
+def test_degenerate_weights_are_flagged_and_refused_unless_allowed():
+    collapsed = {"a": np.full(6, 0.003, dtype=np.float32), "b": np.full(4, 0.002, dtype=np.float32)}
+    s = weight_stats(collapsed)
+    assert s.degenerate is not None and "DEGENERATE" in str(s)
+    with pytest.raises(KPODInputError, match="allow_degenerate=True"):
+        renormalize_mean_one(collapsed)
+    with pytest.warns(UserWarning, match="degenerate"):
+        r = renormalize_mean_one(collapsed, allow_degenerate=True)
+    np.testing.assert_allclose(r["a"], 1.0)
+    good = {"a": np.array([0.9, 0.05, 0.05, 0.8]), "b": np.array([0.1, 0.95])}
+    assert weight_stats(good).degenerate is None and "DEGENERATE" not in str(weight_stats(good))

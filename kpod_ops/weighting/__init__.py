@@ -8,6 +8,7 @@ predict the answer from the question and masked rationale prefixes. ``fit`` trai
 """
 
 from .config import MaskLearnerConfig
+from .degenerate import degeneracy, is_degenerate
 from .generator import TokenWeighter
 from .gumbel import apply_mask, gumbel_sigmoid
 from .learner import MaskLearner
@@ -25,9 +26,11 @@ __all__ = [
     "TokenWeighter",
     "WeightStats",
     "apply_mask",
+    "degeneracy",
     "evaluate",
     "fit",
     "gumbel_sigmoid",
+    "is_degenerate",
     "load_token_weights",
     "render_html",
     "render_png",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass
 
 from ..errors import bad_input
@@ -10,6 +12,23 @@ _PREDICTOR_TRAINING = ("full", "lora", "frozen")
 _MASK_LOSS = ("sampled", "expected")
 _MASK_NORM = ("sum", "length")
 _MONITOR = ("objective", "answer_loss")
+
+
+def _int(config: object, name: str, *, low: int) -> None:
+    """An int (not a bool, not a float like 2.5) >= ``low``; NumPy integers become plain ints."""
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise bad_input(name, f"an int >= {low}", repr(value))
+    setattr(config, name, int(value))
+
+
+def _real(config: object, name: str, expected: str, ok) -> None:
+    """A finite real number (not a bool) satisfying ``ok``; NumPy/torch scalars become floats."""
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not ok(value):
+        raise bad_input(name, expected, repr(value))
+    if not isinstance(value, (int, float)):
+        setattr(config, name, float(value))
 
 
 @dataclass
@@ -85,19 +104,30 @@ class MaskLearnerConfig:
         ):
             if getattr(self, name) not in allowed:
                 raise bad_input(name, f"one of {allowed}", repr(getattr(self, name)))
-        for name in ("tau", "lr", "mlp_hidden", "num_prefixes", "batch_size", "epochs"):
-            if not getattr(self, name) > 0:
-                raise bad_input(name, "a positive number", getattr(self, name))
-        if self.predictor_lr is not None and not self.predictor_lr >= 0:
-            raise bad_input("predictor_lr", "a number >= 0 or None (same as lr)", self.predictor_lr)
-        if self.tau_final is not None and not self.tau_final > 0:
-            raise bad_input("tau_final", "a positive number or None", self.tau_final)
-        if not 0 <= self.predictor_warmup < 1:
-            raise bad_input("predictor_warmup", "a fraction in [0, 1)", self.predictor_warmup)
-        if not self.alpha >= 0:
-            raise bad_input("alpha", "a number >= 0", self.alpha)
-        if self.patience is not None and self.patience < 1:
-            raise bad_input("patience", "an int >= 1 or None", self.patience)
+        for name in ("mlp_hidden", "num_prefixes", "batch_size", "epochs", "lora_r"):
+            _int(self, name, low=1)
+        _int(self, "seed", low=0)
+        if self.num_heads is not None:
+            _int(self, "num_heads", low=1)
+        if self.patience is not None:
+            _int(self, "patience", low=1)
+        for name in ("tau", "lr", "lora_alpha"):
+            _real(self, name, "a finite number > 0", lambda v: v > 0)
+        for name in ("alpha", "weight_decay"):
+            _real(self, name, "a finite number >= 0", lambda v: v >= 0)
+        _real(self, "init_keep_logit", "a finite number", lambda v: True)
+        _real(self, "predictor_warmup", "a fraction in [0, 1)", lambda v: 0 <= v < 1)
+        if self.predictor_lr is not None:
+            _real(self, "predictor_lr", "a finite number >= 0 or None (same as lr)", lambda v: v >= 0)
+        if self.tau_final is not None:
+            _real(self, "tau_final", "a finite number > 0 or None", lambda v: v > 0)
+        if self.grad_clip is not None:
+            _real(self, "grad_clip", "a finite number > 0 or None (no clipping)", lambda v: v > 0)
+        if not isinstance(self.hard, bool):
+            raise bad_input("hard", "a bool", repr(self.hard))
+        targets = self.lora_targets
+        if not (isinstance(targets, str) or (isinstance(targets, (list, tuple)) and all(isinstance(t, str) for t in targets))):
+            raise bad_input("lora_targets", "a string or a list of module names", repr(targets))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -10,20 +11,34 @@ import numpy as np
 
 from ..data.tokenized import TokenizedExample
 from ..errors import bad_input
+from .degenerate import degeneracy, finite_weights
 
 
-def renormalize_mean_one(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def renormalize_mean_one(weights: Mapping[str, np.ndarray], *, allow_degenerate: bool = False) -> dict[str, np.ndarray]:
     """Scale each sequence's weights to mean 1 (a documented deviation from the paper's raw w).
 
     ``L_m`` pushes raw weights towards 0, which shrinks the rationale loss and so the effective
     learning rate; mean-1 weights keep the loss scale of plain CE and only redistribute it.
-    Empty sequences stay empty; an all-zero sequence is an error.
+    Degenerate weights (see :func:`kpod_ops.weighting.is_degenerate`) would become uniform 1s and
+    turn KPOD into plain cross-entropy without a word, so they are refused unless
+    ``allow_degenerate=True`` (then a warning says so). NaN/inf weights are refused. Empty
+    sequences stay empty; an all-zero sequence is an error.
     """
+    checked = finite_weights(weights)
+    if any(w.size for w in checked.values()):
+        reason = degeneracy(checked)
+        if reason is not None:
+            if not allow_degenerate:
+                raise bad_input(
+                    "weights",
+                    "informative keypoint weights (or allow_degenerate=True to use them anyway)",
+                    f"degenerate weights: {reason}; retrain the mask learner (see its fit warning)",
+                )
+            warnings.warn(f"renormalize_mean_one: using degenerate weights ({reason})", stacklevel=2)
     out = {}
-    for key, w in weights.items():
-        w = np.asarray(w, dtype=np.float32)
+    for key, w in checked.items():
         if w.size == 0:
-            out[key] = w.copy()
+            out[key] = w.astype(np.float32)
             continue
         m = float(w.mean())
         if not m > 0:
@@ -43,6 +58,7 @@ class WeightStats:
     max: float
     quantiles: dict[str, float]
     kept_ratio: float  # fraction of tokens with w > threshold
+    degenerate: str | None = None  # why the weights carry no information (see is_degenerate), or None
     top_tokens: list[tuple[str, float, int]] = field(default_factory=list)  # (token, mean w, count)
     bottom_tokens: list[tuple[str, float, int]] = field(default_factory=list)
 
@@ -50,7 +66,9 @@ class WeightStats:
         fmt = lambda rows: ", ".join(f"{t!r} {w:.3f} (x{c})" for t, w, c in rows)  # noqa: E731
         return (
             f"{self.n_tokens} tokens: mean {self.mean:.3f} ± {self.std:.3f}, range [{self.min:.3f}, {self.max:.3f}], "
-            f"kept {self.kept_ratio:.1%}\n  top: {fmt(self.top_tokens)}\n  bottom: {fmt(self.bottom_tokens)}"
+            f"kept {self.kept_ratio:.1%}"
+            + (f"\n  DEGENERATE: {self.degenerate}" if self.degenerate else "")
+            + f"\n  top: {fmt(self.top_tokens)}\n  bottom: {fmt(self.bottom_tokens)}"
         )
 
 
@@ -66,8 +84,11 @@ def weight_stats(
     """Statistics over every weight; with ``examples`` also the top/bottom token types by mean weight.
 
     Token types are ids (decoded with ``tokenizer`` when given) seen at least ``min_count`` times.
+    ``degenerate`` says why the weights carry no keypoint information (see ``is_degenerate``), or
+    is ``None``. NaN/inf weights are refused.
     """
-    arrays = [np.asarray(w, dtype=np.float64) for w in weights.values()]
+    weights = finite_weights(weights)
+    arrays = list(weights.values())
     flat = np.concatenate(arrays) if arrays else np.zeros(0)
     if flat.size == 0:
         raise bad_input("weights", "at least one token weight", "none")
@@ -80,6 +101,7 @@ def weight_stats(
         max=float(flat.max()),
         quantiles={k: float(v) for k, v in zip(("p10", "p25", "p50", "p75", "p90"), q)},
         kept_ratio=float((flat > threshold).mean()),
+        degenerate=degeneracy(weights),
     )
     if examples is not None:
         sums: dict[int, list[float]] = defaultdict(lambda: [0.0, 0])
