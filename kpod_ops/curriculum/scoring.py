@@ -11,6 +11,7 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 
+from .._optional import require
 from ..data.tokenized import TokenizedExample
 from ..errors import bad_input
 from ..losses import keypoint_cross_entropy
@@ -78,7 +79,7 @@ def rationale_nll(
     Examples are batched by length (less padding); the model runs in eval mode without gradients and
     its training flag is restored afterwards.
     """
-    from tqdm.auto import tqdm  # imported here so that `import kpod_ops` needs only torch and numpy
+    tqdm = require("tqdm.auto", extra="curriculum", feature="difficulty scoring").tqdm  # lazily: `import kpod_ops` needs only torch, numpy
 
     if batch_size < 1:
         raise bad_input("batch_size", "an int >= 1", batch_size)

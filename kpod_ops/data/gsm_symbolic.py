@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .._optional import require
 from ..steps import split_answer
 from .answers import extract_answer
 from .example import CoTExample
@@ -17,7 +18,7 @@ def load_gsm_symbolic(split: str = "train", n: int = 1000, seed: int = 0) -> lis
     The rationale is reasoning-gym's ``answer_cot`` with its ``#### n`` line split off; the gold
     answer is reasoning-gym's ``answer``. Duplicate questions are dropped.
     """
-    import reasoning_gym  # imported lazily: it pulls in many small packages
+    reasoning_gym = require("reasoning_gym", extra="data", feature="the built-in gsm-symbolic data")  # lazily: many small packages
 
     check_split(split)
     check_count(n)

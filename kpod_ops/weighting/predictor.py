@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._optional import require
 from ..errors import bad_input
 
 
@@ -68,7 +69,8 @@ class AnswerPredictor(nn.Module):
             start = model.config.pad_token_id if start is None else start
             self.register_buffer("_start_id", torch.tensor([int(start or 0)]), persistent=False)
         if training == "lora":
-            from peft import LoraConfig, get_peft_model
+            peft = require("peft", extra="weighting", feature='predictor_training="lora"')
+            LoraConfig, get_peft_model = peft.LoraConfig, peft.get_peft_model
 
             model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=lora_targets))
         elif training == "frozen":

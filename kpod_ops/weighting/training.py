@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._optional import require
 from ..data.tokenized import TokenizedExample
 from ..errors import bad_input
 from .batching import check_examples, make_batch
@@ -95,7 +96,7 @@ def fit(
     ``checkpoint_dir`` the trainable parameters are saved each epoch (``epoch{n}.pt``) and at the
     best epoch (``best.pt``). Deterministic given ``config.seed`` (CPU).
     """
-    from tqdm.auto import tqdm
+    tqdm = require("tqdm.auto", extra="weighting", feature="MaskLearner.fit").tqdm
 
     c = learner.config
     check_examples(train, "train", need_answer=True)
