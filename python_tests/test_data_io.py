@@ -174,3 +174,41 @@ def test_gsm8k_fixture():
 def test_load_builtin_bad_input(kwargs, message):
     with pytest.raises(KPODInputError, match=message):
         load_builtin(**kwargs)
+
+
+def test_read_jsonl_bad_utf8_names_file_and_line_and_skips(tmp_path):
+    path = tmp_path / "data.jsonl"
+    bad = json.dumps({**GOOD, "id": "b"}).encode().replace(b"How", b"H\xffw")
+    path.write_bytes(json.dumps(GOOD).encode() + b"\n" + bad + b"\n" + json.dumps({**GOOD, "id": "c"}).encode() + b"\n")
+    with pytest.raises(KPODInputError, match=r"data.jsonl:2: expected UTF-8 text, got byte 0xff"):
+        read_jsonl(path)
+    got = read_jsonl(path, on_error="skip")
+    assert [e.id for e in got] == ["a", "c"] and [s[0] for s in got.skipped] == [2]
+
+
+def test_read_jsonl_accepts_a_byte_order_mark(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n")
+    assert [e.id for e in read_jsonl(path)] == ["a"]
+
+
+@pytest.mark.parametrize("bad", [3, None, ["a.jsonl"], b"a.jsonl"])
+def test_read_jsonl_non_path(bad):
+    with pytest.raises(KPODInputError, match="path: expected a str or os.PathLike"):
+        read_jsonl(bad)
+
+
+def test_read_jsonl_bad_fields_and_markers(tmp_path):
+    path = _write(tmp_path, [GOOD])
+    with pytest.raises(KPODInputError, match="fields: expected a dict"):
+        read_jsonl(path, fields=["question"])
+    with pytest.raises(KPODInputError, match="markers: expected a sequence of non-empty strings"):
+        read_jsonl(path, markers="####")
+
+
+def test_read_jsonl_keeps_a_marker_inside_the_reasoning_and_reports_it(tmp_path):
+    check = "Let's check if the answer is reasonable: 12 * 3 = 36.\nSo he has 36 apples."
+    lines = [GOOD, {**GOOD, "id": "k", "rationale": check, "answer": "36"}]
+    got = read_jsonl(_write(tmp_path, lines), filter_wrong_answers=True)
+    assert [e.id for e in got] == ["a", "k"] and got[1].rationale == check
+    assert got.ambiguous_markers == ["k"] and "1 with an answer marker inside the reasoning" in got.report()

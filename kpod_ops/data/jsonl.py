@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from ..errors import KPODInputError, bad_input
-from ..steps import DEFAULT_ANSWER_MARKERS, split_answer
+from ..steps import DEFAULT_ANSWER_MARKERS, find_answer
 from .answers import answers_match, extract_answer
 from .example import CoTExample
 
@@ -24,13 +24,21 @@ class ReadResult(list):
     """The examples read (a ``list[CoTExample]``) plus what was left out.
 
     ``skipped`` lists ``(line_number, reason)`` for bad lines dropped under ``on_error="skip"``;
-    ``filtered`` lists the ids dropped by ``filter_wrong_answers``.
+    ``filtered`` lists the ids dropped by ``filter_wrong_answers``; ``ambiguous_markers`` lists the
+    ids whose rationale holds an answer marker ("the answer is") that does not end it and was
+    therefore kept as reasoning — worth a look, the record may be cut wrongly in the source.
     """
 
-    def __init__(self, examples: Iterable[CoTExample] = (), skipped=None, filtered=None) -> None:
+    def __init__(self, examples: Iterable[CoTExample] = (), skipped=None, filtered=None, ambiguous_markers=None) -> None:
         super().__init__(examples)
         self.skipped: list[tuple[int, str]] = list(skipped or [])
         self.filtered: list[str] = list(filtered or [])
+        self.ambiguous_markers: list[str] = list(ambiguous_markers or [])
+
+    def report(self) -> str:
+        """One line: how many examples were read and what was left out or needs a look."""
+        return (f"{len(self)} examples read; {len(self.skipped)} bad lines skipped, {len(self.filtered)} filtered "
+                f"(wrong answer), {len(self.ambiguous_markers)} with an answer marker inside the reasoning")
 
 
 def strip_calculator_annotations(text: str) -> str:
@@ -55,7 +63,7 @@ def _parse_record(record: object, lineno: int, where: str, keys: Mapping[str, st
     raw = _field(record, keys["rationale"], "rationale", where)
     if strip_calc:
         raw = strip_calculator_annotations(raw)
-    rationale, answer_part = split_answer(raw, markers)
+    rationale, answer_part, ambiguous = find_answer(raw, markers)
     if keys["answer"] is None:
         answer = extract_answer(answer_part) if answer_part is not None else None
         if answer is None:
@@ -68,9 +76,19 @@ def _parse_record(record: object, lineno: int, where: str, keys: Mapping[str, st
         if not value.strip():
             key = keys[name] if keys[name] is not None else name
             raise KPODInputError(f"{where}: field '{key}' ({name}): expected a non-empty string, got {value!r}")
-    claimed = extract_answer(answer_part) if answer_part is not None else extract_answer(rationale)
+    # without a final marker the rationale's own answer is its last number (a marker inside it is reasoning)
+    claimed = extract_answer(answer_part) if answer_part is not None else extract_answer(rationale, markers=())
     metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
-    return CoTExample(ex_id, question, rationale, answer.strip(), dict(metadata)), claimed
+    return CoTExample(ex_id, question, rationale, answer.strip(), dict(metadata)), claimed, ambiguous
+
+
+def _decode(raw: bytes, lineno: int, where: str) -> str:
+    """One line as text: UTF-8 (a byte-order mark allowed at the start of the file)."""
+    try:
+        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+    except UnicodeDecodeError as exc:
+        bad = raw[exc.start : exc.start + 1].hex()
+        raise KPODInputError(f"{where}: expected UTF-8 text, got byte 0x{bad} at byte {exc.start + 1} of the line") from None
 
 
 def read_jsonl(
@@ -87,13 +105,18 @@ def read_jsonl(
     ``fields`` maps our names (id, question, rationale, answer) to the file's keys, e.g.
     ``{"rationale": "answer", "answer": None}`` for raw GSM8K, where ``None`` for the answer takes
     it from the rationale's ``#### n`` marker and ``None`` for the id numbers lines (``line-7``).
-    Any answer marker is split off the rationale. Bad JSON, a missing or non-string field, an empty
-    rationale or a duplicate id raise ``KPODInputError`` naming the file and line, or with
+    An answer marker that ends the rationale is split off it; one elsewhere is reasoning (the
+    record is listed in ``result.ambiguous_markers``). Bad UTF-8 (a byte-order mark is fine), bad
+    JSON, a missing or non-string field, an empty rationale or a duplicate id raise ``KPODInputError`` naming the file and line, or with
     ``on_error="skip"`` are skipped and listed in ``result.skipped``. ``filter_wrong_answers`` drops
     examples whose rationale's own final answer disagrees with the gold answer (``result.filtered``).
     """
     if on_error not in ("raise", "skip"):
         raise bad_input("on_error", "'raise' or 'skip'", repr(on_error))
+    if fields is not None and not isinstance(fields, Mapping):
+        raise bad_input("fields", "a dict mapping id/question/rationale/answer to the file's keys", type(fields).__name__)
+    if isinstance(markers, str) or not isinstance(markers, Sequence) or not all(isinstance(m, str) and m for m in markers):
+        raise bad_input("markers", "a sequence of non-empty strings", repr(markers)[:60])
     keys: dict[str, str | None] = {name: name for name in FIELDS}
     for name, key in (fields or {}).items():
         if name not in FIELDS:
@@ -101,24 +124,27 @@ def read_jsonl(
         if key is None and name in ("question", "rationale"):
             raise bad_input(f"fields[{name!r}]", "a JSON key", "None")
         keys[name] = key
+    if not isinstance(path, (str, os.PathLike)):
+        raise bad_input("path", "a str or os.PathLike path to a JSONL file", type(path).__name__)
     file = Path(path)
     if not file.is_file():
         raise bad_input("path", "an existing JSONL file", str(file))
     result = ReadResult()
     seen: dict[str, int] = {}
-    with file.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+    with file.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
             where = f"{file}:{lineno}"
             try:
+                line = _decode(raw, lineno, where)
+                if not line.strip():
+                    continue
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise KPODInputError(
                         f"{where}: expected a JSON object, got invalid JSON ({exc.msg} at column {exc.colno})"
                     ) from None
-                example, claimed = _parse_record(record, lineno, where, keys, markers, strip_calculator)
+                example, claimed, ambiguous = _parse_record(record, lineno, where, keys, markers, strip_calculator)
                 if example.id in seen:
                     raise KPODInputError(
                         f"{where}: field 'id': expected a unique id, got {example.id!r} again (first on line {seen[example.id]})"
@@ -129,6 +155,8 @@ def read_jsonl(
                 result.skipped.append((lineno, str(exc)))
                 continue
             seen[example.id] = lineno
+            if ambiguous:
+                result.ambiguous_markers.append(example.id)
             if filter_wrong_answers and not answers_match(claimed, example.answer):
                 result.filtered.append(example.id)
                 continue
