@@ -213,3 +213,16 @@ def test_built_metadata_has_one_version_and_only_torch_numpy_unconditionally():
     assert meta["version"] == kpod_ops.__version__
     unconditional = [r for r in meta["requires_dist"] if "extra ==" not in r]
     assert sorted(_name(r) for r in unconditional) == ["numpy", "torch"]
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def test_python_m_kpod_ops_says_something_useful(tmp_path):
+    import kpod_ops
+
+    res = _run("", "-m", "kpod_ops", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout.lower()
+    # the kpod command line's usage when it exists, else the version, the kernels' state and how to start
+    assert "usage" in out or (kpod_ops.__version__ in out and "fused kernels" in out and "readme" in out), res.stdout
