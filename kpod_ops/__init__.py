@@ -35,7 +35,14 @@ from .data import (
     write_jsonl,
 )
 from .errors import KPODInputError
-from .losses import KeypointCrossEntropy, keypoint_cross_entropy, keypoint_cross_entropy_reference
+from .losses import (
+    KeypointCrossEntropy,
+    KeypointLinearCrossEntropy,
+    keypoint_cross_entropy,
+    keypoint_cross_entropy_reference,
+    keypoint_linear_cross_entropy,
+    keypoint_linear_cross_entropy_reference,
+)
 from .steps import split_answer, split_steps
 from .weighting import (
     AnswerPredictor,
@@ -70,6 +77,7 @@ __all__ = [
     "KPODInputError",
     "KPODSeq2SeqCollator",
     "KeypointCrossEntropy",
+    "KeypointLinearCrossEntropy",
     "ProgressiveSchedule",
     "StageProblem",
     "StepTable",
@@ -82,6 +90,8 @@ __all__ = [
     "get_solver",
     "keypoint_cross_entropy",
     "keypoint_cross_entropy_reference",
+    "keypoint_linear_cross_entropy",
+    "keypoint_linear_cross_entropy_reference",
     "load_builtin",
     "question_embeddings",
     "rationale_nll",

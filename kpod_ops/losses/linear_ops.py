@@ -1,0 +1,245 @@
+"""Registered ops of the fused linear keypoint cross-entropy (``torch.ops.kpod_linear.*``).
+
+Each op takes the flattened ``hidden [N, H]``, the LM head ``weight [V, H]`` (``nn.Linear``
+layout) and optional ``bias [V]``, and works on the rows selected by a boolean mask: those rows
+are gathered (one device→host synchronisation, for ``nonzero``), processed in chunks of
+``chunk_size`` rows (logits chunk → the fused CE kernel of ``torch.ops.kpod`` → the gradient
+GEMMs), and the results scattered back. Peak extra memory is ``O(chunk_size × V)``; the full
+``[N, V]`` logits never exist. Because the compaction happens *inside* the ops, they are opaque
+to ``torch.compile`` (their fake kernels have data-independent shapes), so the data-dependent row
+selection never reaches the traced graph.
+
+``nll(hidden, weight, bias, target, use, label_smoothing, chunk_size, check) -> nll [N]``
+    per-row cross-entropy of the selected rows (0 elsewhere), accumulation dtype; differentiable
+    w.r.t. hidden, weight and bias (its backward is :func:`backward` with ``row_scale = grad_nll``,
+    which recomputes the chunk logits: exact for any upstream gradient).
+``forward_backward(hidden, weight, bias, target, use, row_scale, label_smoothing, chunk_size, check,
+needs) -> (nll, grad_hidden, grad_weight, grad_bias)``
+    one pass: ``nll`` and the gradients of ``Σ row_scale·nll``; gradients in the accumulation
+    dtype (an empty tensor where ``needs`` says it is not wanted).
+``backward(hidden, weight, bias, target, row_scale, label_smoothing, chunk_size, needs)
+-> (grad_hidden, grad_weight, grad_bias)``
+    the gradients of ``Σ row_scale·nll`` over rows with ``row_scale != 0``, recomputing the logits.
+
+``target`` holds the label each hidden row predicts (already re-aimed for the causal shift).
+``check = [T, shift, flat]`` turns on label validation inside the op (an empty list turns it off):
+an active label outside ``[0, V)`` raises :class:`~kpod_ops.errors.KPODInputError` naming the value
+and its label position, in eager mode and under ``torch.compile`` alike. With validation off, such
+a row's loss is NaN (never silently skipped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from ..errors import KPODInputError
+from .inputs import accumulation_dtype
+
+OPS_REGISTERED = hasattr(torch.ops, "kpod") and hasattr(torch.ops.kpod, "kce_forward_backward_inplace")
+
+
+def _selected_rows(use: torch.Tensor) -> torch.Tensor | None:
+    """Indices of the rows to compute, or None when every row is selected (no gather needed)."""
+    idx = use.nonzero().flatten()  # the one synchronisation of the call
+    return None if idx.numel() == use.numel() else idx
+
+
+def _chunks(n: int, chunk_size: int) -> Iterator[tuple[int, int]]:
+    step = max(1, int(chunk_size))
+    for start in range(0, n, step):
+        yield start, min(n, start + step)
+
+
+def _check_labels(labels: torch.Tensor, idx: torch.Tensor | None, V: int, check: Sequence[int]) -> None:
+    if not check or labels.numel() == 0:
+        return
+    bad = (labels < 0) | (labels >= V)
+    if not bool(bad.any()):
+        return
+    j = int(bad.nonzero()[0])
+    row = j if idx is None else int(idx[j])
+    T, shift, flat = (int(c) for c in check)
+    b, r = divmod(row, T)
+    where = (r + shift,) if flat else (b, r + shift)
+    raise KPODInputError(
+        f"labels: expected values in [0, {V}) or ignore_index on active positions, got {int(labels[j])} at position {where}"
+    )
+
+
+def _kernel_target(labels: torch.Tensor, V: int) -> torch.Tensor:
+    # the kernels skip target -1 and give a NaN row for any other value outside [0, V): send every
+    # invalid label (possible only with validation off) to V so that none is silently skipped
+    return torch.where((labels < 0) | (labels >= V), V, labels).reshape(1, -1).contiguous()
+
+
+def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    z = h @ weight.t() if bias is None else torch.addmm(bias, h, weight.t())
+    return z.unsqueeze(0)  # [1, C, V], contiguous: the kernels' layout
+
+
+def _grad_weight_into(acc: torch.Tensor, dz: torch.Tensor, h: torch.Tensor) -> None:
+    """``acc += dzᵀ @ h`` accumulated in ``acc``'s dtype (fp32 for fp32/bf16/fp16 inputs)."""
+    if dz.dtype == acc.dtype:
+        acc.addmm_(dz.t(), h)
+    elif dz.is_cuda:
+        acc.add_(torch.mm(dz.t(), h, out_dtype=acc.dtype))
+    else:  # CPU has no mixed-precision mm: multiply in the accumulation dtype
+        acc.addmm_(dz.t().to(acc.dtype), h.to(acc.dtype))
+
+
+def _run(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    use: torch.Tensor,
+    row_scale: torch.Tensor | None,
+    label_smoothing: float,
+    chunk_size: int,
+    check: Sequence[int],
+    needs: Sequence[bool],
+    want_nll: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Shared loop: nll of the selected rows and, when ``row_scale`` is given, the gradients."""
+    N, H = hidden.shape
+    V = weight.shape[0]
+    acc = accumulation_dtype(hidden)
+    need_h, need_w, need_b = (bool(x) for x in needs) if row_scale is not None else (False, False, False)
+    need_b = need_b and bias is not None
+    nll = torch.zeros(N if want_nll else 0, dtype=acc, device=hidden.device)
+    grad_h = torch.zeros((N, H) if need_h else (0,), dtype=acc, device=hidden.device)
+    grad_w = torch.zeros((V, H) if need_w else (0,), dtype=acc, device=hidden.device)
+    grad_b = torch.zeros(V if need_b else 0, dtype=acc, device=hidden.device)
+    idx = _selected_rows(use)
+    labels = target if idx is None else target.index_select(0, idx)
+    _check_labels(labels, idx, V, check)
+    scale = None
+    if row_scale is not None:
+        scale = (row_scale if idx is None else row_scale.index_select(0, idx)).to(acc)
+    n = labels.numel()
+    for s, e in _chunks(n, chunk_size):
+        rows = None if idx is None else idx[s:e]
+        h = hidden[s:e] if rows is None else hidden.index_select(0, rows)
+        z = _logits(h, weight, bias)
+        t = _kernel_target(labels[s:e], V)
+        if scale is None:
+            out, _lse = torch.ops.kpod.kce_forward(z, t, float(label_smoothing))
+        else:  # the gradient overwrites the chunk's logits (our own buffer)
+            out = torch.ops.kpod.kce_forward_backward_inplace(z, t, scale[s:e].reshape(1, -1).contiguous(), float(label_smoothing))
+            dz = z[0]
+            if need_h:
+                gh = (dz @ weight).to(acc)
+                if rows is None:
+                    grad_h[s:e] = gh
+                else:
+                    grad_h.index_copy_(0, rows, gh)
+            if need_w:
+                _grad_weight_into(grad_w, dz, h)
+            if need_b:
+                grad_b.add_(dz.sum(0, dtype=acc))
+        if want_nll:
+            if rows is None:
+                nll[s:e] = out[0]
+            else:
+                nll.index_copy_(0, rows, out[0])
+    return nll, grad_h, grad_w, grad_b
+
+
+@torch.library.custom_op("kpod_linear::nll", mutates_args=())
+def nll(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    use: torch.Tensor,
+    label_smoothing: float,
+    chunk_size: int,
+    check: Sequence[int],
+) -> torch.Tensor:
+    return _run(hidden, weight, bias, target, use, None, label_smoothing, chunk_size, check, (), True)[0]
+
+
+@nll.register_fake
+def _nll_fake(hidden, weight, bias, target, use, label_smoothing, chunk_size, check):
+    return hidden.new_empty(hidden.shape[0], dtype=accumulation_dtype(hidden))
+
+
+@torch.library.custom_op("kpod_linear::forward_backward", mutates_args=())
+def forward_backward(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    use: torch.Tensor,
+    row_scale: torch.Tensor,
+    label_smoothing: float,
+    chunk_size: int,
+    check: Sequence[int],
+    needs: Sequence[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _run(hidden, weight, bias, target, use, row_scale, label_smoothing, chunk_size, check, needs, True)
+
+
+def _grad_fakes(hidden, weight, bias, needs):
+    acc = accumulation_dtype(hidden)
+    need_h, need_w, need_b = (bool(x) for x in needs)
+    need_b = need_b and bias is not None
+    return (
+        hidden.new_empty(tuple(hidden.shape) if need_h else (0,), dtype=acc),
+        hidden.new_empty(tuple(weight.shape) if need_w else (0,), dtype=acc),
+        hidden.new_empty(weight.shape[0] if need_b else 0, dtype=acc),
+    )
+
+
+@forward_backward.register_fake
+def _forward_backward_fake(hidden, weight, bias, target, use, row_scale, label_smoothing, chunk_size, check, needs):
+    return (hidden.new_empty(hidden.shape[0], dtype=accumulation_dtype(hidden)), *_grad_fakes(hidden, weight, bias, needs))
+
+
+@torch.library.custom_op("kpod_linear::backward", mutates_args=())
+def backward(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    row_scale: torch.Tensor,
+    label_smoothing: float,
+    chunk_size: int,
+    needs: Sequence[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    use = row_scale != 0
+    return _run(hidden, weight, bias, target, use, row_scale, label_smoothing, chunk_size, (), needs, False)[1:]
+
+
+@backward.register_fake
+def _backward_fake(hidden, weight, bias, target, row_scale, label_smoothing, chunk_size, needs):
+    return _grad_fakes(hidden, weight, bias, needs)
+
+
+def _nll_setup(ctx, inputs, output):
+    hidden, weight, bias, target, use, label_smoothing, chunk_size, _check = inputs
+    ctx.save_for_backward(hidden, weight, bias, target)
+    ctx.label_smoothing = label_smoothing
+    ctx.chunk_size = chunk_size
+
+
+def _nll_backward(ctx, grad_nll):
+    hidden, weight, bias, target = ctx.saved_tensors
+    needs = list(ctx.needs_input_grad[:3])
+    if not any(needs):
+        return None, None, None, None, None, None, None, None
+    gh, gw, gb = backward(
+        hidden, weight, bias, target, grad_nll.to(accumulation_dtype(hidden)).contiguous(),
+        ctx.label_smoothing, ctx.chunk_size, needs,
+    )
+    return (
+        gh.to(hidden.dtype) if needs[0] else None,
+        gw.to(weight.dtype) if needs[1] else None,
+        gb.to(bias.dtype) if needs[2] and bias is not None else None,
+        None, None, None, None, None,
+    )
+
+
+nll.register_autograd(_nll_backward, setup_context=_nll_setup)
