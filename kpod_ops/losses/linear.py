@@ -133,6 +133,7 @@ class _ScalarLinearLoss(torch.autograd.Function):
     def backward(ctx, grad_loss):
         saved = ctx.saved_tensors
         hidden, weight, bias, target, row_scale, nll, use, active, inv, loss = saved[:10]
+        active = use if active is None else active
         label_smoothing, chunk_size, den_is_weight_sum, h_dtype, w_dtype, b_dtype, ww_dtype = ctx.meta
         acc = row_scale.dtype
         g = grad_loss.detach().to(acc).reshape(())
@@ -146,7 +147,7 @@ class _ScalarLinearLoss(torch.autograd.Function):
                 x.mul_(g)
         else:
             gh, gw, gb = linear_ops.backward(
-                hidden, weight, bias, target, (row_scale * g).contiguous(), label_smoothing, chunk_size, needs
+                hidden, weight, bias, target, use, (row_scale * g).contiguous(), label_smoothing, chunk_size, needs
             )
         grad_h = gh.to(h_dtype) if needs[0] else None
         grad_w = gw.to(w_dtype) if needs[1] else None
@@ -247,7 +248,10 @@ def keypoint_linear_cross_entropy(
         den = denominator(plan, den_weights.reshape(plan.active.shape), reduction, num_items_in_batch, acc)
         den_is_weight_sum = reduction == "weighted_mean" and num_items_in_batch is None and weights is not None
         return _ScalarLinearLoss.apply(
-            hidden2, lm_head_weight, bias, weights if weights_need_grad else None, target, use, active,
+            # (active is passed only when it differs from use: autograd.Function under compile
+            # refuses the same tensor twice)
+            hidden2, lm_head_weight, bias, weights if weights_need_grad else None, target, use,
+            None if use is active else active,
             weights_eff.contiguous(), den, den_is_weight_sum, float(label_smoothing), chunk, check,
         )
     nll = linear_ops.nll(hidden2, lm_head_weight, bias, target, use, float(label_smoothing), chunk, check)

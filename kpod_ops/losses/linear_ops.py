@@ -17,9 +17,10 @@ selection never reaches the traced graph.
 needs) -> (nll, grad_hidden, grad_weight, grad_bias)``
     one pass: ``nll`` and the gradients of ``Σ row_scale·nll``; gradients in the accumulation
     dtype (an empty tensor where ``needs`` says it is not wanted).
-``backward(hidden, weight, bias, target, row_scale, label_smoothing, chunk_size, needs)
+``backward(hidden, weight, bias, target, use, row_scale, label_smoothing, chunk_size, needs)
 -> (grad_hidden, grad_weight, grad_bias)``
-    the gradients of ``Σ row_scale·nll`` over rows with ``row_scale != 0``, recomputing the logits.
+    the gradients of ``Σ row_scale·nll`` over the selected rows with ``row_scale != 0``,
+    recomputing the logits.
 
 ``target`` holds the label each hidden row predicts (already re-aimed for the causal shift).
 ``check = [T, shift, flat]`` turns on label validation inside the op (an empty list turns it off):
@@ -204,34 +205,35 @@ def backward(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     target: torch.Tensor,
+    use: torch.Tensor,
     row_scale: torch.Tensor,
     label_smoothing: float,
     chunk_size: int,
     needs: Sequence[bool],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    use = row_scale != 0
+    use = use & (row_scale != 0)
     return _run(hidden, weight, bias, target, use, row_scale, label_smoothing, chunk_size, (), needs, False)[1:]
 
 
 @backward.register_fake
-def _backward_fake(hidden, weight, bias, target, row_scale, label_smoothing, chunk_size, needs):
+def _backward_fake(hidden, weight, bias, target, use, row_scale, label_smoothing, chunk_size, needs):
     return _grad_fakes(hidden, weight, bias, needs)
 
 
 def _nll_setup(ctx, inputs, output):
     hidden, weight, bias, target, use, label_smoothing, chunk_size, _check = inputs
-    ctx.save_for_backward(hidden, weight, bias, target)
+    ctx.save_for_backward(hidden, weight, bias, target, use)
     ctx.label_smoothing = label_smoothing
     ctx.chunk_size = chunk_size
 
 
 def _nll_backward(ctx, grad_nll):
-    hidden, weight, bias, target = ctx.saved_tensors
+    hidden, weight, bias, target, use = ctx.saved_tensors
     needs = list(ctx.needs_input_grad[:3])
     if not any(needs):
         return None, None, None, None, None, None, None, None
     gh, gw, gb = backward(
-        hidden, weight, bias, target, grad_nll.to(accumulation_dtype(hidden)).contiguous(),
+        hidden, weight, bias, target, use, grad_nll.to(accumulation_dtype(hidden)).contiguous(),
         ctx.label_smoothing, ctx.chunk_size, needs,
     )
     return (
