@@ -138,12 +138,17 @@ def test_arith_cot():
         assert 1 <= len(ex.metadata["distractors"]) <= 2
 
 
-def test_arith_text_pool_is_disjoint():
+def test_arith_text_is_warm_up_text_without_worked_solutions():
     texts = load_builtin("arith-text", n=200, seed=1)
-    assert isinstance(texts, list) and all(isinstance(t, str) and "answer is" in t for t in texts)
-    questions = {t.split("\n")[0] for t in texts}
-    both = load_builtin("arith-cot", "train", n=400, seed=1) + load_builtin("arith-cot", "test", n=400, seed=1)
-    assert not questions & {e.question for e in both}
+    assert isinstance(texts, list) and len(texts) == 200 and all(isinstance(t, str) and t for t in texts)
+    assert texts == load_builtin("arith-text", n=200, seed=1) and texts != load_builtin("arith-text", n=200, seed=2)
+    joined = "\n".join(texts)
+    assert "answer is" not in joined and "step by step" not in joined and "How many" not in joined
+    assert re.search(r"\d+ \+ \d+ = \d+", joined)  # arithmetic facts are there
+    # no rationale line of the task ("..., so he has 17 + 4 = 21 apples.")
+    assert not re.search(r"so (he|she) has \d+ [-+*/] \d+ = \d+", joined)
+    questions = load_builtin("arith-cot", "train", n=400, seed=1) + load_builtin("arith-cot", "test", n=400, seed=1)
+    assert not any(ex.question in joined for ex in questions)
 
 
 def test_gsm_symbolic():

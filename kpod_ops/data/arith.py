@@ -4,7 +4,8 @@ Small enough for a tiny student to learn on a 2-core CPU within minutes: operand
 results below 1000, 2–5 steps (one per line, each step's result feeding the next), filler words
 around the keypoint numbers and operations, and 1–2 distractor numbers in the question that do not
 affect the answer (listed in ``metadata["distractors"]``). Splits are decided by a hash of the
-question: test, the ``arith-text`` warm-up pool and train are pairwise disjoint.
+question: test and train are disjoint. The ``arith-text`` warm-up corpus (``load_arith_text``)
+teaches the language and the arithmetic around these problems but holds no problem or rationale.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ NAMES = (
 ITEMS = ("apple", "pencil", "marble", "sticker", "cookie", "book", "card", "stone")
 FRIENDS = ("Leo", "Zoe", "Kai", "Ivy")
 FILLERS = ("Then", "Next", "After that", "Later")
-_TEST, _TEXT = range(0, 20), range(20, 40)
+_TEST, _TRAIN = range(0, 20), range(40, 100)  # buckets 20..39 are unused (kept so splits stay stable)
 
 
 def _pools(split: str) -> range:
-    return _TEST if split == "test" else _TEXT if split == "text" else range(40, 100)
+    return _TEST if split == "test" else _TRAIN
 
 
 def _op(rng: random.Random, cur: int) -> tuple[str, int, int] | None:
@@ -145,9 +146,15 @@ def load_arith_cot(split: str = "train", n: int = 1000, seed: int = 0) -> list[C
 
 
 def load_arith_text(n: int = 1000, seed: int = 0) -> list[str]:
-    """``n`` plain texts (story, solution lines, answer sentence) for a small student's LM warm-up.
+    """``n`` plain warm-up texts for a small student's language-model pre-training.
 
-    Drawn from a pool of problems disjoint from both arith-cot splits.
+    What a pre-trained model brings, not this task's worked solutions: arithmetic facts
+    (``"17 + 4 = 21."``, tables), number sense (order, counting, halves and doubles), simple
+    stories in the same world (names, items, buying, giving) and other everyday text. No text
+    has the question → step-by-step rationale → answer form of ``arith-cot``, and no text links a
+    story to the computation it needs (see :mod:`kpod_ops.data.warmup`).
     """
+    from .warmup import warmup_texts
+
     check_count(n)
-    return [f"{q}\n{r}\nSo the answer is {a}." for q, r, a, _ in _generate(_TEXT, n, seed, "text")]
+    return warmup_texts(n, seed)

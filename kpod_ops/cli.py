@@ -1,0 +1,168 @@
+"""The ``kpod`` command: ``distill`` (the whole method end to end), ``eval`` and ``compare``.
+
+Every error a user can cause (a missing or malformed data file, a folder that is not a model, an
+output folder that cannot be written, an unknown preset or method, degenerate token weights)
+prints one ``kpod: error: ...`` line and exits with status 2; nothing half-written is left behind
+as a finished stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import KPODInputError
+
+_PRESET_HELP = (
+    "quick: arith-cot with a tiny Llama-style student built in code, warmed up on arith-text (CPU, minutes); "
+    "smollm2-gsm: gsm-symbolic with SmolLM2-135M and LoRA (meant for a GPU)"
+)
+_METHOD_HELP = (
+    "kpod (default): token weights + progressive curriculum; standard: plain CoT distillation; ablations: "
+    "no-weights (uniform token weights in the loss), no-sig-dif (step difficulty without token weights), "
+    "no-progressive (no curriculum), no-diversity (beta = 0)"
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .pipeline.config import METHODS, PRESETS
+
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="kpod", description="Keypoint-based progressive chain-of-thought distillation.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{distill,eval,compare}")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--preset", default="quick", help=_PRESET_HELP)  # checked by preset_config: one clear message
+        p.add_argument("--config", metavar="FILE", help="YAML or JSON file overriding preset values, e.g. {train: {epochs: 8}}")
+        p.add_argument("--student", metavar="DIR", help="a Hugging Face causal-LM folder to distil into instead of the preset's student")
+        p.add_argument("--data", metavar="FILE.jsonl", help="your own JSONL (question, rationale, answer) instead of the preset's data; "
+                       "test split fixed by a hash of each question")
+        p.add_argument("--precision", choices=("fp32", "bf16"), help="training/evaluation precision (default: the preset's, fp32)")
+        p.add_argument("--allow-degenerate", action="store_true", help="train with degenerate token weights instead of stopping (recorded in the report)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    d = sub.add_parser("distill", help="run every stage: data, warm-up, weights, curriculum, training, evaluation, report",
+                       formatter_class=fmt, description="Distil a student with KPOD (or an ablation) and evaluate it on the held-out test split.")
+    common(d)
+    d.add_argument("--out", required=True, metavar="DIR", help="run folder (re-running reuses finished stages whose configuration is unchanged)")
+    d.add_argument("--method", default="kpod", help=_METHOD_HELP + f"; one of {', '.join(METHODS)}")
+    d.add_argument("--seed", type=int, default=0, help="initialisation and data order (never the test split)")
+
+    e = sub.add_parser("eval", help="evaluate a finished run's student on a JSONL file", formatter_class=fmt,
+                       description="Greedy generation from the training prompts, answer extraction and accuracy, as in distill.")
+    e.add_argument("--run", required=True, metavar="DIR", help="a finished `kpod distill` run folder")
+    e.add_argument("--data", required=True, metavar="FILE.jsonl", help="examples to evaluate (the project's JSONL format)")
+    e.add_argument("--out", metavar="FILE.json", help="also write the metrics here (generations go next to it)")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    c = sub.add_parser("compare", help="several methods over paired seeds: mean ± std and the paired difference to standard",
+                       formatter_class=fmt)
+    common(c)
+    c.add_argument("--methods", default="kpod,standard", help=f"comma-separated, from {', '.join(METHODS)}")
+    c.add_argument("--seeds", type=int, default=3, help="number of paired seeds (0..N-1)")
+    c.add_argument("--out", required=True, metavar="DIR", help="compare folder (one run folder per seed and method)")
+    parser.epilog = f"presets: {', '.join(PRESETS)}. Run `kpod distill --help` for the options."
+    return parser
+
+
+def _config(args: argparse.Namespace) -> dict:
+    from .pipeline.config import load_config_file, merge, method_settings, preset_config
+
+    config = preset_config(args.preset)
+    if args.config:
+        config = merge(config, load_config_file(args.config), where=f"--config {args.config}")
+    if getattr(args, "method", None) is not None:
+        method_settings(args.method)
+        config["method"] = args.method
+    if getattr(args, "seed", None) is not None:
+        config["seed"] = args.seed
+    if args.data:
+        if not Path(args.data).is_file():
+            raise KPODInputError(f"--data: expected an existing JSONL file, got {args.data}")
+        config["data"]["source"] = str(Path(args.data).resolve())
+    if args.student:
+        config["student"].update({"kind": "dir", "path": str(Path(args.student).resolve())})
+        config["warmup"]["enabled"] = False
+    if args.precision:
+        config["precision"] = args.precision
+    if args.allow_degenerate:
+        config["allow_degenerate"] = True
+    return config
+
+
+def _check_dependencies() -> None:
+    from ._optional import require
+
+    for module in ("transformers", "tokenizers", "tqdm", "sklearn", "matplotlib", "safetensors", "yaml"):
+        require(module, extra="all", feature="the kpod command")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .data.jsonl import read_jsonl
+    from .pipeline.evaluate import evaluate
+    from .pipeline.store import read_json, write_json
+    from .pipeline.student import load_student_dir
+
+    run = Path(args.run)
+    if not (run / "report.json").is_file():
+        raise KPODInputError(f"--run: expected a finished `kpod distill` folder with report.json, got {run}")
+    if not Path(args.data).is_file():
+        raise KPODInputError(f"--data: expected an existing JSONL file, got {args.data}")
+    examples = list(read_jsonl(args.data))
+    config = read_json(run / "report.json")["config"]
+    model, tok = load_student_dir(run / "student", argument="--run student")
+    result = evaluate(model, tok, examples, max_new_tokens=config["eval"]["max_new_tokens"], batch_size=config["eval"]["batch_size"],
+                      progress=not args.quiet, step_rule=config["data"]["step_rule"])
+    metrics = result.metrics()
+    print(json.dumps(metrics))
+    if args.out:
+        out = Path(args.out)
+        write_json(out, metrics)
+        with open(out.with_suffix(".generations.jsonl"), "w", encoding="utf-8") as f:
+            for g in result.generations:
+                f.write(json.dumps(g, ensure_ascii=False) + "\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        _check_dependencies()
+        if args.command == "eval":
+            return _eval(args)
+        from .pipeline import compare, distill
+
+        config = _config(args)
+        progress = not args.quiet
+        if args.command == "distill":
+            report = distill(config, args.out, progress=progress)
+            _summary(report)
+        else:
+            methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+            compare(config, methods, args.seeds, args.out, progress=progress)
+        return 0
+    except KPODInputError as exc:
+        print(f"kpod: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        print(f"kpod: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _summary(report: dict) -> None:
+    """The table printed at the end of ``kpod distill``."""
+    rows = [("method", report["method"]), ("seed", str(report["seed"])),
+            ("test accuracy", f"{100 * report['test_accuracy']:.1f} % ({report['n_correct']}/{report['n_test']})"),
+            ("before distillation", f"{100 * report['accuracy_before']:.1f} %"),
+            ("optimiser steps", str(report["optimizer_steps"])), ("total time", f"{report['total_seconds']:.0f} s")]
+    rows += [(f"  {name}", f"{t['seconds']:.1f} s" + (" (reused)" if t["reused"] else "")) for name, t in report["timings"].items()]
+    width = max(len(r[0]) for r in rows)
+    print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""The configuration of a distillation run: presets, methods, config files and stage hashes.
+
+A run's configuration is one nested dict of plain values (sections ``data``, ``student``,
+``warmup``, ``weights``, ``curriculum``, ``train``, ``eval``), so it can be written to JSON,
+hashed per stage and overridden by a YAML/JSON file with the same keys.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import KPODInputError, bad_input
+
+METHODS = ("kpod", "standard", "no-weights", "no-sig-dif", "no-progressive", "no-diversity")
+PRESETS = ("quick", "smollm2-gsm")
+
+# What each method changes (the paper's Table 2): token weights in the loss, the per-step weight
+# normalisation of the difficulty, whether the curriculum moves, the diversity weight.
+_METHOD_SETTINGS: dict[str, dict[str, Any]] = {
+    "kpod": {"loss_weights": True, "curriculum": True, "normalisation": None, "progressive": True, "beta": None},
+    "standard": {"loss_weights": False, "curriculum": False, "normalisation": None, "progressive": False, "beta": None},
+    "no-weights": {"loss_weights": False, "curriculum": True, "normalisation": None, "progressive": True, "beta": None},
+    "no-sig-dif": {"loss_weights": True, "curriculum": True, "normalisation": "uniform", "progressive": True, "beta": None},
+    "no-progressive": {"loss_weights": True, "curriculum": False, "normalisation": None, "progressive": False, "beta": None},
+    "no-diversity": {"loss_weights": True, "curriculum": True, "normalisation": None, "progressive": True, "beta": 0.0},
+}
+
+_QUICK: dict[str, Any] = {
+    "data": {
+        "source": "arith-cot",  # a built-in name or a JSONL path
+        "n_train": 2000,
+        "n_val": 300,
+        "n_test": 1000,
+        "test_percent": 20,  # --data files: share of questions (by hash) in the test split
+        "val_percent": 10,  # --data files: share of the rest in the validation split
+        "max_length": 320,
+        "step_rule": "auto",
+    },
+    "student": {"kind": "tiny", "path": None, "hidden_size": 128, "num_layers": 4, "num_heads": 4, "lora_r": 0, "lora_alpha": 16},
+    "warmup": {"enabled": True, "corpus": "arith-text", "n_texts": 4000, "epochs": 2, "batch_size": 32, "lr": 3e-3, "max_length": 256},
+    "weights": {
+        "n_examples": 600,  # mask learner training examples (a subset of train; val from the validation split)
+        "renormalize": True,  # loss weights scaled to mean 1 per rationale (see docs/method.md)
+        "learner": {
+            "alpha": 0.5,
+            "epochs": 2,
+            "batch_size": 16,
+            "lr": 2e-3,
+            "num_prefixes": 4,
+            "predictor_training": "full",
+            "predictor_warmup": 0.3,
+            "tau_final": 0.2,
+            "mlp_hidden": 64,
+            "patience": 1,
+        },
+    },
+    "curriculum": {"n_clusters": 5, "beta": 12.0, "p": 0.5, "c0_ratio": 0.3, "normalisation": "softmax", "solver": "ftgp"},
+    "train": {
+        "epochs": 6,
+        "batch_size": 32,  # sequences per optimiser step (global batch)
+        "micro_batch_size": 32,  # sequences per forward pass; batch_size / micro_batch_size = accumulation steps
+        "lr": 3e-3,
+        "warmup_ratio": 0.05,
+        "weight_decay": 0.0,
+        "grad_clip": 1.0,
+        "normaliser": "sequence",  # "sequence": sum / sequences in the global batch; "token": sum / active tokens
+        "checkpoint_every": 50,  # optimiser steps between checkpoints (and one at every epoch end)
+    },
+    "eval": {"max_new_tokens": 200, "batch_size": 128},
+    "precision": "fp32",
+    "allow_degenerate": False,
+}
+
+_SMOLLM2: dict[str, Any] = copy.deepcopy(_QUICK)
+_SMOLLM2["data"].update({"source": "gsm-symbolic", "n_train": 2000, "n_val": 200, "n_test": 1000, "max_length": 512})
+_SMOLLM2["student"].update({"kind": "smollm2", "lora_r": 16, "lora_alpha": 32})
+_SMOLLM2["warmup"].update({"enabled": False})
+_SMOLLM2["weights"].update({"n_examples": 500})
+_SMOLLM2["weights"]["learner"].update({"predictor_training": "lora", "mlp_hidden": 256, "batch_size": 8, "lr": 1e-3})
+_SMOLLM2["train"].update({"epochs": 4, "batch_size": 16, "micro_batch_size": 8, "lr": 2e-4, "checkpoint_every": 25})
+_SMOLLM2["eval"].update({"max_new_tokens": 256, "batch_size": 32})
+
+_PRESETS = {"quick": _QUICK, "smollm2-gsm": _SMOLLM2}
+
+# Which sections each stage depends on (its hash covers them plus the hashes of earlier stages).
+STAGE_SECTIONS = {
+    "data": ("data",),
+    "warmup": ("student", "warmup", "precision"),
+    "weights": ("weights", "allow_degenerate"),
+    "difficulty": ("curriculum.normalisation",),
+    "clusters": ("curriculum.n_clusters",),
+    "schedule": ("curriculum", "train.epochs"),
+    "train": ("train", "precision"),
+    "eval": ("eval",),
+}
+
+
+def preset_config(preset: str) -> dict[str, Any]:
+    """A fresh copy of a preset's configuration (method ``kpod``, seed 0)."""
+    if preset not in _PRESETS:
+        raise bad_input("--preset", f"one of {PRESETS}", repr(preset))
+    config = copy.deepcopy(_PRESETS[preset])
+    config.update({"preset": preset, "method": "kpod", "seed": 0})
+    return config
+
+
+def method_settings(method: str) -> dict[str, Any]:
+    """What ``method`` changes: loss weights, curriculum, difficulty normalisation, β."""
+    if method not in _METHOD_SETTINGS:
+        raise bad_input("--method", f"one of {METHODS}", repr(method))
+    return dict(_METHOD_SETTINGS[method])
+
+
+def merge(config: dict[str, Any], overrides: dict[str, Any], where: str = "config") -> dict[str, Any]:
+    """``config`` with ``overrides`` applied key by key; an unknown key is an error naming it.
+
+    ``weights.learner`` takes any ``MaskLearnerConfig`` field (checked when the learner is built).
+    """
+    if not isinstance(overrides, dict):
+        raise KPODInputError(f"{where}: expected a mapping, got {type(overrides).__name__}")
+    out = copy.deepcopy(config)
+    for key, value in overrides.items():
+        if key not in out and not where.endswith("weights.learner"):
+            raise KPODInputError(f"{where}: unknown key {key!r}; expected one of {sorted(out)}")
+        if isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value, f"{where}.{key}")
+        else:
+            out[key] = value
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Overrides from a YAML (``.yaml``/``.yml``) or JSON file: a mapping of sections to values."""
+    file = Path(path)
+    if not file.is_file():
+        raise bad_input("--config", "an existing YAML or JSON file", str(file))
+    text = file.read_text(encoding="utf-8")
+    try:
+        if file.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError: report both the same way
+        raise KPODInputError(f"--config {file}: expected valid {'YAML' if file.suffix in ('.yaml', '.yml') else 'JSON'}, got {exc}") from None
+    if not isinstance(data, dict):
+        raise KPODInputError(f"--config {file}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _section(config: dict[str, Any], dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def stage_hash(config: dict[str, Any], stage: str, upstream: tuple[str, ...] = ()) -> str:
+    """SHA-256 (16 hex digits) of what ``stage`` depends on: its sections, the seed and ``upstream`` hashes."""
+    payload = {s: _section(config, s) for s in STAGE_SECTIONS[stage]}
+    payload["seed"] = config.get("seed") if stage not in ("data",) else None
+    payload["upstream"] = list(upstream)
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def validate(config: dict[str, Any]) -> dict[str, Any]:
+    """Check the values a user is most likely to get wrong; return ``config``."""
+    method_settings(config["method"])
+    if config["precision"] not in ("fp32", "bf16"):
+        raise bad_input("precision", "'fp32' or 'bf16'", repr(config["precision"]))
+    t = config["train"]
+    for key in ("epochs", "batch_size", "micro_batch_size", "checkpoint_every"):
+        if isinstance(t[key], bool) or not isinstance(t[key], int) or t[key] < 1:
+            raise bad_input(f"train.{key}", "a positive int", repr(t[key]))
+    if t["batch_size"] % t["micro_batch_size"]:
+        raise bad_input("train.batch_size", f"a multiple of train.micro_batch_size={t['micro_batch_size']}", t["batch_size"])
+    if t["normaliser"] not in ("sequence", "token"):
+        raise bad_input("train.normaliser", "'sequence' or 'token'", repr(t["normaliser"]))
+    if config["student"]["kind"] not in ("tiny", "smollm2", "dir"):
+        raise bad_input("student.kind", "'tiny', 'smollm2' or 'dir'", repr(config["student"]["kind"]))
+    seed = config["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise bad_input("--seed", "an int >= 0", repr(seed))
+    return config

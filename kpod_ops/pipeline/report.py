@@ -1,0 +1,119 @@
+"""The run's report: ``report.json`` (numbers), ``report.md`` (for people) and PNG plots."""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .store import write_json
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, memory, OS, torch threads and the GPU if any."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    memory = None
+    try:
+        with open("/proc/meminfo") as f:
+            memory = round(int(f.readline().split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": memory, "os": f"{platform.system()} {platform.release()}",
+            "torch_threads": torch.get_num_threads(), "gpu": gpu}
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import torch
+
+    from .. import __version__
+
+    out = {"kpod_ops": __version__, "python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
+    try:
+        import transformers
+
+        out["transformers"] = transformers.__version__
+    except ImportError:  # the pipeline needs it, but a report must still be writable without
+        pass
+    return out
+
+
+def _figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.5), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def plot_loss(history: Sequence[dict], path: Path) -> Path:
+    """Training loss per optimiser step (and the epochs)."""
+    fig, ax = _figure()
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1)
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("loss (sum / normaliser)")
+    ax.set_title("distillation loss")
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def plot_accuracy(rows: Sequence[tuple[str, float]], path: Path, title: str = "held-out accuracy") -> Path:
+    """A bar per (label, accuracy)."""
+    fig, ax = _figure()
+    labels = [r[0] for r in rows]
+    values = [100 * r[1] for r in rows]
+    ax.bar(range(len(rows)), values, color="#4c72b0")
+    ax.set_xticks(range(len(rows)), labels, rotation=20, ha="right")
+    for i, v in enumerate(values):
+        ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def _fmt_seconds(s: float) -> str:
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def markdown(report: dict[str, Any], plots: Sequence[str]) -> str:
+    """``report.md``: the result, the stages and their timings, the configuration, the machine."""
+    r = report
+    lines = [
+        f"# kpod distill — preset `{r['preset']}`, method `{r['method']}`, seed {r['seed']}",
+        "",
+        f"- held-out accuracy after distillation: **{100 * r['test_accuracy']:.1f} %** ({r['n_correct']}/{r['n_test']})",
+    ]
+    if r.get("accuracy_before") is not None:
+        lines.append(f"- the same student before distillation: {100 * r['accuracy_before']:.1f} %")
+    if r.get("weights"):
+        w = r["weights"]
+        verdict = f"**degenerate** ({w['degenerate']}), allowed by --allow-degenerate" if w.get("degenerate") else "informative"
+        lines.append(f"- token weights: {verdict}; in the loss: {w['in_loss']}")
+    lines += ["", "| stage | seconds | reused |", "|---|---:|---|"]
+    for name, t in r["timings"].items():
+        lines.append(f"| {name} | {t['seconds']:.1f} | {'yes' if t['reused'] else 'no'} |")
+    lines += ["", f"Total: {_fmt_seconds(r['total_seconds'])} on {r['machine']['cpu']} ({r['machine']['cores']} cores"
+              + (f", {r['machine']['gpu']}" if r["machine"].get("gpu") else "") + ").", ""]
+    lines += [f"![{Path(p).stem}]({p})" for p in plots]
+    lines += ["", "Method settings: `" + ", ".join(f"{k}={v}" for k, v in r["method_settings"].items()) + "`", ""]
+    return "\n".join(lines)
+
+
+def write_report(folder: Path, report: dict[str, Any], plots: Sequence[str]) -> None:
+    write_json(folder / "report.json", report)
+    (folder / "report.md").write_text(markdown(report, plots), encoding="utf-8")

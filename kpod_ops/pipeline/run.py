@@ -1,0 +1,295 @@
+"""``distill``: every stage in order, each reused only when its configuration hash matches.
+
+Layout of a run folder ``DIR`` (``shared`` defaults to ``DIR``; ``kpod compare`` points it at a
+folder shared by the methods of one seed)::
+
+    DIR/data/{train,val,test}.jsonl     the splits (test fixed by the preset or the data file)
+    shared/warmup/model/                the warmed-up student (Hugging Face format)
+    shared/weights/                     token weights (.npz), their statistics, pictures
+    shared/difficulty-<norm>/           per-step difficulties (JSON)
+    shared/clusters/                    question clusters (JSON)
+    shared/eval-before/                 the warmed-up student's test accuracy and generations
+    DIR/schedule/                       the schedule (JSON), its summary and plots
+    DIR/train/checkpoint/               the last checkpoint (safetensors + JSON)
+    DIR/student/                        the distilled student (safetensors) and its tokenizer
+    DIR/eval/                           test accuracy and every generation
+    DIR/report.json, DIR/report.md, DIR/plots/*.png
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.tokenize import tokenize_examples
+from ..errors import KPODInputError
+from ..weighting import load_token_weights, renormalize_mean_one, save_token_weights, weight_stats
+from .config import method_settings, stage_hash, validate
+from .curriculum import build_schedule, cluster, schedule_from_json, schedule_to_json, score_difficulties
+from .data import make_splits, read_splits, write_splits
+from .evaluate import EvalResult, evaluate
+from .report import machine, plot_accuracy, plot_loss, versions, write_report
+from .store import Stage, read_json, write_json
+from .student import add_lora, load_student_dir, new_student, plain_model, save_student
+from .train import TrainSettings, train
+from .warmup import warm_up
+from .weights import learn_weights, learner_config
+
+Say = Callable[[str], None]
+
+
+def check_writable(folder: Path) -> None:
+    """``folder`` exists (created if needed) and accepts files; a clear error otherwise."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".kpod-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise KPODInputError(f"--out: expected a writable directory, got {folder} ({exc.strerror or exc})") from None
+
+
+def _write_generations(path: Path, result: EvalResult) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for g in result.generations:
+            f.write(json.dumps(g, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _eval_stage(stage: Stage, model, tok, examples, config: dict, progress: bool, say: Say) -> dict:
+    rec = stage.finished()
+    if rec is not None:
+        return rec
+    folder = stage.start()
+    e = config["eval"]
+    result = evaluate(model, tok, examples, max_new_tokens=e["max_new_tokens"], batch_size=e["batch_size"],
+                      progress=progress, step_rule=config["data"]["step_rule"])
+    _write_generations(folder / "generations.jsonl", result)
+    write_json(folder / "metrics.json", result.metrics())
+    say(f"[{stage.name}] accuracy {result.accuracy:.1%} ({result.n_correct}/{result.n})")
+    return stage.finish(**result.metrics())
+
+
+def _student_and_warmup(config: dict, shared: Path, progress: bool, say: Say):
+    """The pre-trained student (warmed up here for the tiny one) and its tokenizer, and the stage record."""
+    stage = Stage(shared, "warmup", stage_hash(config, "warmup"), say)
+    rec = stage.finished()
+    model_dir = stage.dir / "model"
+    if rec is not None:
+        model, tok = load_student_dir(model_dir, argument="warm-up student")
+        return model, tok, rec
+    folder = stage.start()
+    model, tok = new_student(config["student"], config["seed"])
+    losses: list[float] = []
+    w = config["warmup"]
+    if w["enabled"]:
+        from ..data.builtin import load_builtin
+
+        if w["corpus"] != "arith-text":
+            raise KPODInputError(f"warmup.corpus: expected 'arith-text', got {w['corpus']!r}")
+        texts = load_builtin("arith-text", n=w["n_texts"], seed=config["seed"])
+        say(f"[warmup] language-model pre-training on {len(texts)} arith-text texts")
+        losses = warm_up(model, tok, texts, epochs=w["epochs"], batch_size=w["batch_size"], lr=w["lr"],
+                         max_length=w["max_length"], seed=config["seed"], precision=config["precision"], progress=progress)
+    save_student(model, tok, model_dir)
+    write_json(folder / "losses.json", losses)
+    model, tok = load_student_dir(model_dir, argument="warm-up student")  # what later stages and runs reload
+    return model, tok, stage.finish(final_loss=losses[-1] if losses else None, enabled=w["enabled"])
+
+
+def distill(config: dict[str, Any], out: str | os.PathLike, *, shared: str | os.PathLike | None = None,
+            progress: bool = True, say: Say = print) -> dict[str, Any]:
+    """Run every stage of KPOD (or of the chosen ablation) into ``out``; returns ``report.json``'s content."""
+    t_start = time.perf_counter()
+    config = validate(config)
+    method = method_settings(config["method"])
+    cur = config["curriculum"]
+    normalisation = method["normalisation"] or cur["normalisation"]
+    beta = cur["beta"] if method["beta"] is None else method["beta"]
+    needs_weights = method["loss_weights"] or (method["curriculum"] and normalisation != "uniform")
+    splits = make_splits(config["data"])  # reads --data first: bad data fails before anything is written
+    if config["student"]["kind"] == "dir":
+        load_student_dir(config["student"]["path"], argument="--student")
+    out = Path(out)
+    check_writable(out)
+    shared = Path(shared) if shared is not None else out
+    check_writable(shared)
+    torch.manual_seed(config["seed"])
+    timings: dict[str, dict] = {}
+
+    def note(rec: dict) -> None:
+        timings[rec["stage"]] = {"seconds": rec["seconds"], "reused": rec["reused"]}
+
+    # data -----------------------------------------------------------------------------------
+    data_stage = Stage(out, "data", stage_hash(config, "data"), say)
+    rec = data_stage.finished()
+    if rec is None:
+        data_stage.start()
+        write_splits(splits, data_stage.dir)
+        rec = data_stage.finish(**splits.counts())
+    else:
+        splits = read_splits(data_stage.dir)
+        rec = {**rec, "reused": True}
+    note(rec)
+    say(f"[data] {config['data']['source']}: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test")
+
+    # student + warm-up ----------------------------------------------------------------------
+    student, tok, rec = _student_and_warmup(config, shared, progress, say)
+    note(rec)
+    h_data, h_warm = data_stage.hash, rec["hash"]
+    d = config["data"]
+    tokenized = tokenize_examples(splits.train, tok, step_rule=d["step_rule"], max_length=d["max_length"], on_too_long="skip")
+    skipped = len(splits.train) - len(tokenized)
+    if skipped:
+        say(f"[data] {skipped} training examples longer than data.max_length={d['max_length']} tokens left out")
+    if not tokenized:
+        raise KPODInputError(f"data.max_length: expected room for at least one training example, got {d['max_length']} (all too long)")
+    val_tok = tokenize_examples(splits.val, tok, step_rule=d["step_rule"], max_length=d["max_length"], on_too_long="skip") if splits.val else []
+
+    # accuracy before distillation -----------------------------------------------------------
+    before = _eval_stage(Stage(shared, "eval-before", stage_hash(config, "eval", (h_data, h_warm)), say),
+                         student, tok, splits.test, config, progress, say)
+    note(before)
+
+    # token weights --------------------------------------------------------------------------
+    weights = None
+    weights_info: dict[str, Any] | None = None
+    h_weights = ""
+    if needs_weights:
+        stage = Stage(shared, "weights", stage_hash(config, "weights", (h_data, h_warm)), say)
+        rec = stage.finished()
+        if rec is None:
+            folder = stage.start()
+            w = config["weights"]
+            say(f"[weights] training the mask learner on {min(w['n_examples'], len(tokenized))} examples")
+            learned = learn_weights(student, tokenized[: w["n_examples"]], val_tok[:200] or None, tokenized,
+                                    learner_config(w["learner"], config["seed"]),
+                                    allow_degenerate=config["allow_degenerate"], progress=progress)
+            if learned.degenerate:
+                say(f"[weights] WARNING: degenerate token weights ({learned.degenerate}); continuing because they were allowed")
+            save_token_weights(folder / "token_weights.npz", learned.weights, tokenized, tokenizer=tok)
+            stats = weight_stats(learned.weights, tokenized, tokenizer=tok)
+            write_json(folder / "history.json", learned.history)
+            _weight_pictures(folder, learned.weights, tokenized, tok)
+            rec = stage.finish(degenerate=learned.degenerate, mean=stats.mean, std=stats.std, kept_ratio=stats.kept_ratio,
+                               top_tokens=stats.top_tokens[:10], bottom_tokens=stats.bottom_tokens[:10])
+        elif rec.get("degenerate") and not config["allow_degenerate"]:
+            raise KPODInputError(f"token weights in {stage.dir} are degenerate ({rec['degenerate']}); pass --allow-degenerate to use them")
+        note(rec)
+        h_weights = rec["hash"]
+        weights = load_token_weights(stage.dir / "token_weights.npz", tokenized, tokenizer=tok)
+        renorm = config["weights"]["renormalize"]
+        in_loss = "no (uniform)" if not method["loss_weights"] else ("renormalised to mean 1 per rationale" if renorm else "raw w")
+        weights_info = {"degenerate": rec.get("degenerate"), "mean": rec.get("mean"), "kept_ratio": rec.get("kept_ratio"),
+                        "in_loss": in_loss, "pictures": str(stage.dir / "pictures")}
+
+    # curriculum -----------------------------------------------------------------------------
+    schedule = None
+    h_schedule = ""
+    if method["curriculum"]:
+        stage = Stage(shared, f"difficulty-{normalisation}", stage_hash(config, "difficulty", (h_data, h_warm, h_weights)), say)
+        rec = stage.finished()
+        if rec is None:
+            stage.start()
+            diff = score_difficulties(student, tokenized, weights, normalisation=normalisation, progress=progress)
+            write_json(stage.dir / "difficulties.json", diff)
+            rec = stage.finish(normalisation=normalisation)
+        note(rec)
+        difficulties, h_diff = read_json(stage.dir / "difficulties.json"), rec["hash"]
+        stage = Stage(shared, "clusters", stage_hash(config, "clusters", (h_data, h_warm)), say)
+        rec = stage.finished()
+        if rec is None:
+            stage.start()
+            write_json(stage.dir / "clusters.json", cluster(student, tokenized, n_clusters=cur["n_clusters"], seed=config["seed"]))
+            rec = stage.finish()
+        note(rec)
+        clusters, h_clusters = read_json(stage.dir / "clusters.json"), rec["hash"]
+        stage = Stage(out, "schedule", stage_hash(config, "schedule", (h_diff, h_clusters, str(beta), str(method["progressive"]))), say)
+        rec = stage.finished()
+        if rec is None:
+            stage.start()
+            schedule = build_schedule(difficulties, clusters, n_epochs=config["train"]["epochs"], beta=beta, p=cur["p"],
+                                      c0_ratio=cur["c0_ratio"], solver=cur["solver"], progressive=method["progressive"])
+            write_json(stage.dir / "schedule.json", schedule_to_json(schedule))
+            (stage.dir / "summary.txt").write_text(schedule.summary() + "\n", encoding="utf-8")
+            schedule.save_plots(stage.dir)
+            rec = stage.finish(n_stages=schedule.n_stages, jump=list(schedule.jump()))
+        else:
+            schedule = schedule_from_json(read_json(stage.dir / "schedule.json"))
+        note(rec)
+        h_schedule = rec["hash"]
+
+    # training -------------------------------------------------------------------------------
+    tr = config["train"]
+    settings = TrainSettings(**{k: tr[k] for k in ("epochs", "batch_size", "micro_batch_size", "lr", "warmup_ratio", "weight_decay",
+                                                   "grad_clip", "normaliser", "checkpoint_every")},
+                             seed=config["seed"], precision=config["precision"])
+    loss_weights = None
+    if method["loss_weights"] and weights is not None:
+        loss_weights = renormalize_mean_one(weights, allow_degenerate=config["allow_degenerate"]) if config["weights"]["renormalize"] else weights
+    train_hash = stage_hash(config, "train", (h_data, h_warm, h_weights if method["loss_weights"] else "", h_schedule,
+                                              json.dumps(method, sort_keys=True)))
+    stage = Stage(out, "train", train_hash, say)
+    rec = stage.finished()
+    student_dir = out / "student"
+    if rec is None:
+        folder = stage.start()
+        model = student
+        if config["student"]["lora_r"]:
+            model = add_lora(model, config["student"]["lora_r"], config["student"]["lora_alpha"])
+        result = train(model, tok, tokenized, settings, token_weights=loss_weights, schedule=schedule,
+                       checkpoint_dir=folder, run_hash=train_hash, progress=progress, say=say)
+        write_json(folder / "history.json", result.history)
+        save_student(plain_model(model), tok, student_dir)
+        rec = stage.finish(steps=result.steps, resumed_at_step=result.resumed_at_step,
+                           final_loss=result.history[-1]["loss"] if result.history else None)
+    note(rec)
+    history = read_json(stage.dir / "history.json")
+
+    # evaluation of the saved student ---------------------------------------------------------
+    final, final_tok = load_student_dir(student_dir, argument="distilled student")
+    after = _eval_stage(Stage(out, "eval", stage_hash(config, "eval", (train_hash,)), say), final, final_tok, splits.test, config,
+                        progress, say)
+    note(after)
+
+    # report ---------------------------------------------------------------------------------
+    plots_dir = out / "plots"
+    plots_dir.mkdir(exist_ok=True)
+    plots = [str(plot_loss(history, plots_dir / "loss.png").relative_to(out)),
+             str(plot_accuracy([("before distillation", before["accuracy"]), (config["method"], after["accuracy"])],
+                               plots_dir / "accuracy.png").relative_to(out))]
+    if schedule is not None:
+        plots.append(str((out / "schedule" / "budget.png").relative_to(out)))
+    if weights_info is not None:
+        pics = sorted(Path(weights_info["pictures"]).glob("*.png"))[:1]
+        plots += [os.path.relpath(p, out) for p in pics]
+    report = {
+        "preset": config["preset"], "method": config["method"], "seed": config["seed"],
+        "test_accuracy": after["accuracy"], "n_test": after["n"], "n_correct": after["n_correct"],
+        "accuracy_before": before["accuracy"], "n_train": len(tokenized), "n_train_skipped_too_long": skipped,
+        "optimizer_steps": len(history), "normaliser": tr["normaliser"],
+        "method_settings": {**method, "normalisation": normalisation, "beta": beta},
+        "weights": weights_info, "timings": timings, "total_seconds": round(time.perf_counter() - t_start, 2),
+        "config": config, "versions": versions(), "machine": machine(),
+    }
+    write_report(out, report, plots)
+    say(f"[report] {out / 'report.md'}: test accuracy {after['accuracy']:.1%} (before distillation {before['accuracy']:.1%})")
+    return report
+
+
+def _weight_pictures(folder: Path, weights: dict[str, np.ndarray], examples, tok, count: int = 3) -> None:
+    """PNG pictures of the token weights of the first few rationales."""
+    from ..weighting import render_png
+
+    pics = folder / "pictures"
+    pics.mkdir(exist_ok=True)
+    for ex in examples[:count]:
+        render_png(list(ex.rationale_ids), weights[ex.id], tok, pics / f"{ex.id}.png", title=f"token weights: {ex.id}")

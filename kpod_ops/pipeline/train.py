@@ -1,0 +1,212 @@
+"""The reference distillation loop: collator, schedule, fused loss, gradient accumulation, checkpoints.
+
+Per optimiser step a *global batch* of ``batch_size`` sequences is split into micro-batches of
+``micro_batch_size``; every micro-batch adds ``sum of its weighted token losses ÷ D`` to the
+gradients, where ``D`` is the normaliser of the whole global batch — the number of sequences
+(``normaliser="sequence"``, the default: the paper sums the loss over tokens and questions, and a
+token's share of the loss does not change as the curriculum exposes more steps) or the number of
+active tokens (``"token"``). Either way the result does not depend on how the batch is split.
+
+Checkpoints hold the trainable parameters and the optimiser state (safetensors) and the position
+(JSON), written every ``checkpoint_every`` optimiser steps and at every epoch end. The data order
+of an epoch and the learning rate are pure functions of (seed, epoch, step), so a run resumed from
+a checkpoint takes bitwise the same steps on CPU as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..curriculum import ProgressiveSchedule
+from ..data.collator import KPODCollator
+from ..data.tokenized import TokenizedExample
+from ..errors import bad_input
+from ..losses import keypoint_cross_entropy
+from .optim import autocast, lr_at, make_optimizer, set_lr
+from .store import load_tensors, optimizer_from_files, optimizer_to_files, read_json, save_tensors, write_json
+
+CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 6
+    batch_size: int = 32
+    micro_batch_size: int = 32
+    lr: float = 3e-3
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    normaliser: str = "sequence"
+    checkpoint_every: int = 50
+    seed: int = 0
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "micro_batch_size", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad_input(name, "a positive int", repr(value))
+        if self.batch_size % self.micro_batch_size:
+            raise bad_input("batch_size", f"a multiple of micro_batch_size={self.micro_batch_size}", self.batch_size)
+        if self.normaliser not in ("sequence", "token"):
+            raise bad_input("normaliser", "'sequence' or 'token'", repr(self.normaliser))
+        if self.precision not in ("fp32", "bf16"):
+            raise bad_input("precision", "'fp32' or 'bf16'", repr(self.precision))
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)  # one entry per optimiser step
+    steps: int = 0
+    resumed_at_step: int | None = None
+
+
+def steps_per_epoch(n_examples: int, batch_size: int) -> int:
+    return math.ceil(n_examples / batch_size)
+
+
+def _save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, position: dict) -> None:
+    """Write a new checkpoint next to the old one, then swap (a crash leaves one complete checkpoint)."""
+    new, old, cur = folder / (CHECKPOINT + ".new"), folder / (CHECKPOINT + ".old"), folder / CHECKPOINT
+    if new.exists():
+        shutil.rmtree(new)
+    new.mkdir(parents=True)
+    save_tensors(new / "model.safetensors", {n: p for n, p in model.named_parameters() if p.requires_grad})
+    tensors, rest = optimizer_to_files(optimizer)
+    save_tensors(new / "optimizer.safetensors", tensors)
+    write_json(new / "optimizer.json", rest)
+    write_json(new / "state.json", position)
+    if cur.exists():
+        os.replace(cur, old)
+    os.replace(new, cur)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    for name in (CHECKPOINT, CHECKPOINT + ".old"):
+        if (folder / name / "state.json").is_file():
+            return folder / name
+    return None
+
+
+def _load_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer) -> dict:
+    params = dict(model.named_parameters())
+    saved = load_tensors(ckpt / "model.safetensors")
+    missing = sorted(n for n, p in params.items() if p.requires_grad and n not in saved)
+    if missing or set(saved) - set(params):
+        raise bad_input(str(ckpt), "a checkpoint of this model's trainable parameters", f"mismatched names {missing[:3]}")
+    with torch.no_grad():
+        for name, value in saved.items():
+            params[name].copy_(value)
+    optimizer_from_files(optimizer, load_tensors(ckpt / "optimizer.safetensors"), read_json(ckpt / "optimizer.json"))
+    return read_json(ckpt / "state.json")
+
+
+def _normaliser(micro: list[dict[str, torch.Tensor]], n_sequences: int, kind: str) -> int:
+    if kind == "sequence":
+        return n_sequences
+    # active label positions under shift=True: position 0 has no prediction
+    return int(sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro))
+
+
+def train(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    examples: Sequence[TokenizedExample],
+    settings: TrainSettings,
+    *,
+    token_weights: Mapping[str, np.ndarray] | None = None,
+    schedule: ProgressiveSchedule | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    run_hash: str = "",
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> TrainResult:
+    """Distil into ``model`` (in place) on ``examples``; returns the loss history.
+
+    ``token_weights`` (id → weight per rationale token) weight the loss; None = uniform (plain CoT
+    distillation). ``schedule`` gives c_i(t) per epoch; None = the full rationale every epoch.
+    With ``checkpoint_dir`` a checkpoint with the same ``run_hash`` is resumed; one with another
+    hash is discarded (saying so).
+    """
+    from tqdm.auto import tqdm
+
+    s = settings
+    if not examples:
+        raise bad_input("examples", "at least one training example", "none")
+    n = len(examples)
+    per_epoch = steps_per_epoch(n, s.batch_size)
+    total = per_epoch * s.epochs
+    collator = KPODCollator(tokenizer, token_weights=token_weights)
+    optimizer = make_optimizer(model, s.lr, s.weight_decay)
+    device = next(model.parameters()).device
+    result = TrainResult()
+    epoch0, batch0 = 1, 0
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if folder is not None:
+        ckpt = latest_checkpoint(folder)
+        if ckpt is not None:
+            position = read_json(ckpt / "state.json")
+            if position.get("hash") != run_hash:
+                say(f"[train] checkpoint in {ckpt} has another configuration (hash {position.get('hash')} -> {run_hash}): starting over")
+                shutil.rmtree(ckpt)
+            else:
+                position = _load_checkpoint(ckpt, model, optimizer)
+                epoch0, batch0 = position["epoch"], position["batch"]
+                result.history, result.steps = position["history"], position["step"]
+                result.resumed_at_step = result.steps
+                say(f"[train] resuming from the checkpoint at optimiser step {result.steps} of {total}")
+    model.train()
+    bar = tqdm(total=total, initial=result.steps, desc="distil", unit="step", disable=not progress)
+    for epoch in range(epoch0, s.epochs + 1):
+        collator.given_steps = schedule.given_steps(epoch) if schedule is not None else None
+        order = np.random.default_rng([s.seed, 11, epoch]).permutation(n)
+        for b in range(batch0 if epoch == epoch0 else 0, per_epoch):
+            chosen = [examples[i] for i in order[b * s.batch_size : (b + 1) * s.batch_size]]
+            micro = [collator(chosen[j : j + s.micro_batch_size]) for j in range(0, len(chosen), s.micro_batch_size)]
+            denominator = max(_normaliser(micro, len(chosen), s.normaliser), 1)
+            lr = lr_at(result.steps, total, s.lr, s.warmup_ratio)
+            set_lr(optimizer, lr)
+            optimizer.zero_grad(set_to_none=True)
+            step_loss, given = 0.0, 0
+            for batch in micro:
+                with autocast(device, s.precision):
+                    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+                loss = keypoint_cross_entropy(
+                    logits,
+                    batch["labels"].to(device),
+                    batch["token_weights"].to(device) if token_weights is not None else None,
+                    batch["loss_start"].to(device),
+                    shift=True,
+                    reduction="sum",
+                ) / denominator
+                loss.backward()
+                step_loss += float(loss.detach())
+            if collator.given_steps is not None:
+                given = int(sum(collator.given_steps[ex.id] for ex in chosen))
+            if s.grad_clip:
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], s.grad_clip)
+            optimizer.step()
+            result.steps += 1
+            result.history.append({"step": result.steps, "epoch": epoch, "loss": step_loss, "lr": lr, "given_steps": given})
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{step_loss:.3f}")
+            if folder is not None and (result.steps % s.checkpoint_every == 0 or b == per_epoch - 1):
+                nxt_epoch, nxt_batch = (epoch, b + 1) if b + 1 < per_epoch else (epoch + 1, 0)
+                _save_checkpoint(folder, model, optimizer, {
+                    "hash": run_hash, "epoch": nxt_epoch, "batch": nxt_batch, "step": result.steps, "history": result.history,
+                })
+    bar.close()
+    model.eval()
+    return result

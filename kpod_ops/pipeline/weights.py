@@ -1,0 +1,70 @@
+"""The token-weight stage: train the mask learner on the warmed-up student, weight every rationale.
+
+The answer predictor is a *copy* of the student (the learner trains it), so the student itself is
+never changed. Degenerate weights (``kpod_ops.weighting.is_degenerate``) stop the run unless the
+caller allows them; either way the verdict is returned for the report.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.tokenized import TokenizedExample
+from ..errors import KPODInputError
+from ..weighting import MaskLearner, MaskLearnerConfig, degeneracy
+
+
+class DegenerateWeightsError(KPODInputError):
+    """The mask learner collapsed: its weights carry no keypoint information."""
+
+
+@dataclass
+class LearnedWeights:
+    weights: dict[str, np.ndarray]  # raw w in (0, 1) per rationale token, by example id
+    degenerate: str | None  # why they are degenerate, or None
+    history: list[dict] = field(default_factory=list)
+
+
+def learner_config(settings: dict[str, Any], seed: int) -> MaskLearnerConfig:
+    """``MaskLearnerConfig`` from the run's ``weights.learner`` settings (unknown keys are an error)."""
+    fields = set(MaskLearnerConfig.__dataclass_fields__)
+    unknown = sorted(set(settings) - fields)
+    if unknown:
+        raise KPODInputError(f"weights.learner: unknown keys {unknown}; expected MaskLearnerConfig fields {sorted(fields)}")
+    return MaskLearnerConfig(**{**settings, "seed": seed})
+
+
+def learn_weights(
+    student: torch.nn.Module,
+    train: Sequence[TokenizedExample],
+    val: Sequence[TokenizedExample] | None,
+    weigh: Sequence[TokenizedExample],
+    config: MaskLearnerConfig,
+    *,
+    allow_degenerate: bool = False,
+    progress: bool = True,
+) -> LearnedWeights:
+    """Fit a mask learner on ``train`` (early stopping on ``val``) and weight the examples of ``weigh``.
+
+    Raises :class:`DegenerateWeightsError` when the weights are degenerate, unless ``allow_degenerate``.
+    """
+    embedding = student.get_input_embeddings().weight.detach().clone()
+    predictor = copy.deepcopy(student)
+    predictor.train()
+    learner = MaskLearner(embedding, predictor, config).to(next(student.parameters()).device)
+    history = learner.fit(list(train), list(val) if val else None, progress=progress)
+    weights = learner.token_weights(list(weigh))
+    reason = degeneracy(weights)
+    if reason is not None and not allow_degenerate:
+        raise DegenerateWeightsError(
+            f"token weights: expected informative keypoint weights, got degenerate ones: {reason}. "
+            "Change weights.learner (e.g. alpha, epochs, predictor_warmup, tau_final) in --config, "
+            "or pass --allow-degenerate to train with them anyway (the report records it)."
+        )
+    return LearnedWeights(weights, reason, history)
