@@ -4,7 +4,7 @@ Measures, on the same examples (synthetic GSM8K-like rationales tokenised with S
 tokenizer): (a) one mask-learner training step with the P prefixes of every example in one
 batched forward, (b) the same with one predictor call per prefix, (c) one plain student
 forward+backward over the full sequences. Prints examples/second and the ratios, with the
-machine. Run it twice to cover both allocators (DESIGN.md):
+machine. Run it twice to cover both allocators:
 
     python benchmarks/bench_weighting.py
     THP_MEM_ALLOC_ENABLE=1 python benchmarks/bench_weighting.py

@@ -1,4 +1,4 @@
-"""Value function and stage solvers: invariants F1–F4 plus the hygiene rules of ftgp.md §4.2/§4.9."""
+"""Value function and stage solvers: invariants F1–F4 plus the hygiene rules of docs/method.md §8."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def test_ftgp_guarantee_for_other_epsilons(epsilon):
 
 
 def literal_greedy_max(p: StageProblem) -> float:
-    """Greedy+Max of ftgp.md §2.5 calling f as a black box (positive costs only)."""
+    """Greedy+Max (Yaroslavtsev, Zhou & Avdiukhin 2020) calling f as a black box (positive costs only)."""
     chosen: list[int] = []
     best = 0.0
     while True:

@@ -1,4 +1,4 @@
-"""Tokenisation into prompt / step spans / answer for both architectures (S2, §10 items 16–17)."""
+"""Tokenisation into prompt / step spans / answer for both architectures (S2; docs/method.md, R16–R17)."""
 
 from __future__ import annotations
 

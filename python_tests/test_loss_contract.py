@@ -1,5 +1,5 @@
 """The op's contract: registration (opcheck, gradcheck, torch.compile), invariants K1–K9 of
-kpod-method.md §11 as DESIGN.md qualifies them, edge cases and bad-input errors."""
+docs/method.md, edge cases and bad-input errors."""
 
 from __future__ import annotations
 

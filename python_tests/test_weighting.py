@@ -1,4 +1,4 @@
-"""Unit tests of the mask learner (kpod_ops.weighting): invariants W1-W7 of the method spec and the API."""
+"""Unit tests of the mask learner (kpod_ops.weighting): invariants W1-W7 of docs/method.md and the API."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 INITS = ("rounds", "last_steps")
 """c_i(0): ``"rounds"`` — start from c_i = n_i (answer only) and run selection rounds with target C0
-until nothing more is selected (spec §10 item 12); ``"last_steps"`` — c_i = n_i − Δs for every i."""
+until nothing more is selected (docs/method.md, R12); ``"last_steps"`` — c_i = n_i − Δs for every i."""
 
 
 @dataclass(frozen=True)

@@ -180,7 +180,7 @@ class ProgressiveSchedule:
         return self._index[question_id]
 
     def jump(self) -> tuple[int, int]:
-        """(questions, steps) still given at T that jump to c = 0 at T + 1 (allowed; spec §10 item 14)."""
+        """(questions, steps) still given at T that jump to c = 0 at T + 1 (allowed; docs/method.md, R14)."""
         c = self.stage_given_steps(self.n_stages)
         return int(np.count_nonzero(c)), int(c.sum())
 

@@ -1,7 +1,7 @@
 """Dataset-level step difficulty: run the pre-trained student over the examples, then Eq. 8 per step.
 
 Teacher-forced on the full question + rationale, so token j is scored given everything before it
-(spec §5). The per-token NLL comes from the fused op with ``reduction="none"``.
+(docs/method.md §7). The per-token NLL comes from the fused op with ``reduction="none"``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Turn ``CoTExample``s into ``TokenizedExample``s: prompt, rationale steps and answer as token ids.
 
-One rule per architecture (method spec §10 items 16–17):
+One rule per architecture (docs/method.md, R16–R17):
 
 - decoder-only: the ids are those of the **full training text** (no boundary artefacts); each
   token goes to the segment (prompt, step k, answer) that holds its first character, read from the

@@ -33,7 +33,7 @@ def _real(config: object, name: str, expected: str, ok) -> None:
 
 @dataclass
 class MaskLearnerConfig:
-    """Everything that shapes the mask learner. Defaults follow the paper and the method spec §10.
+    """Everything that shapes the mask learner. Defaults follow the paper and docs/method.md §5 and §9.
 
     Model: ``num_heads``/``mlp_hidden`` size the self-attention layer and the two-layer MLP on top
     of the student's frozen input embedding; ``position`` gives that layer relative positions

@@ -1,5 +1,5 @@
 """FTGP: the threshold greedy of Li, Feldman, Kazemi & Karbasi ("Submodular maximization in clean
-linear time", NeurIPS 2022), KPOD's solver, in the reconstructed form "FTGP-R" of ftgp.md §2.2.
+linear time", NeurIPS 2022), KPOD's solver, in a reconstructed form (docs/method.md, R18).
 
 The paper's own knapsack pseudo-code was not recovered; this is an FTGP-*style* algorithm with its
 own proof: density thresholds falling geometrically by (1 − ε) from the largest singleton density
@@ -82,7 +82,7 @@ class FTGP:
     """FTGP-style threshold greedy with Greedy+Max augmentation (KPOD's choice; the default solver).
 
     Guarantee for the shifted objective f = F + ΔD: f(Ŝ) ≥ (1 − ε)/(2 − ε)·f(S*) ≥ (1/2 − ε/2)·f(S*)
-    (ftgp.md §2.3) — at least KPOD's quoted (1/2 − ε). ε = 0.1 by default (KPOD does not report its
+    (docs/method.md, R18) — at least KPOD's quoted (1/2 − ε). ε = 0.1 by default (KPOD does not report its
     ε), i.e. ρ = 0.9/1.9 ≈ 0.474. O(n log n) per stage for KPOD's objective.
     """
 

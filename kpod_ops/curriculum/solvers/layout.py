@@ -1,6 +1,6 @@
 """Ground-set hygiene and the per-cluster sorted layout every fast solver works on.
 
-Hygiene (ftgp.md §4.2): ΔD ≤ 0 selects nothing; items with δ > ΔD can never fit and are dropped;
+Hygiene (docs/method.md §8): ΔD ≤ 0 selects nothing; items with δ > ΔD can never fit and are dropped;
 items with δ = 0 cost nothing and f is monotone, so they are pre-selected and the rest is solved for
 the residual objective (cluster counts start at z_k) — a ρ-approximation of the residual problem is a
 ρ-approximation of the whole one. The remaining items are laid out cluster by cluster in ascending δ.
