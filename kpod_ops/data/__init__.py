@@ -6,6 +6,7 @@ from .builtin import BUILTIN_NAMES, fixture_path, load_builtin, load_gsm8k_fixtu
 from .collator import KPODCollator, KPODSeq2SeqCollator
 from .example import CoTExample
 from .gsm_symbolic import load_gsm_symbolic
+from .guard import KPODLabels, is_guarded, unguard
 from .jsonl import ReadResult, read_jsonl, strip_calculator_annotations, write_jsonl
 from .records import as_tokenized, to_record, validate_tokenized
 from .tokenize import DEFAULT_ANSWER_TEMPLATE, DEFAULT_TEMPLATE, tokenize_example, tokenize_examples
@@ -17,6 +18,7 @@ __all__ = [
     "DEFAULT_TEMPLATE",
     "CoTExample",
     "KPODCollator",
+    "KPODLabels",
     "KPODSeq2SeqCollator",
     "ReadResult",
     "TokenizedExample",
@@ -24,6 +26,7 @@ __all__ = [
     "as_tokenized",
     "extract_answer",
     "fixture_path",
+    "is_guarded",
     "load_arith_cot",
     "load_arith_text",
     "load_builtin",
@@ -35,6 +38,7 @@ __all__ = [
     "to_record",
     "tokenize_example",
     "tokenize_examples",
+    "unguard",
     "validate_tokenized",
     "write_jsonl",
 ]

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from ..errors import KPODInputError, bad_input
-from .records import as_tokenized
+from .guard import guard
+from .records import RECORD_KEYS, as_tokenized
 from .tokenized import TokenizedExample
 
 WeightsSource = Mapping[str, Any] | Callable[[str], Any] | None
@@ -108,6 +109,13 @@ class _KPODCollatorBase:
     def _examples(self, features: Sequence[Any]) -> list[TokenizedExample]:
         if not isinstance(features, Sequence) or len(features) == 0:
             raise bad_input("features", "a non-empty list of TokenizedExample (or dicts from to_record)", repr(features)[:60])
+        for f in features:
+            if isinstance(f, Mapping) and "input_ids" in f and not all(k in f for k in ("id", "step_spans", "prompt_len")):
+                raise KPODInputError(
+                    f"features: expected dicts with keys {list(RECORD_KEYS)}, got one with only {sorted(f)}: Hugging Face "
+                    "Trainer's remove_unused_columns=True drops the KPOD fields before the collator; pass "
+                    "remove_unused_columns=False in the TrainingArguments, or train with KPODTrainer"
+                )
         out = [as_tokenized(f) for f in features]
         for ex in out:
             if ex.architecture != self.architecture:
@@ -124,8 +132,10 @@ class KPODCollator(_KPODCollatorBase):
     ``token_weights`` maps example id → 1-D weights over its rationale tokens (length
     ``rationale_len``), or is a callable(id); None means 1 (or a ``"token_weights"`` entry of dict
     features). ``given_steps`` maps id → ``c_i`` (dict or callable); None means 0. ``step_ids`` is
-    the 0-based step of each rationale token and −1 elsewhere. Usable as a Hugging Face
-    ``data_collator`` (with ``remove_unused_columns=False``).
+    the 0-based step of each rationale token and −1 elsewhere. ``labels`` are guarded
+    (:class:`~kpod_ops.data.guard.KPODLabels`): a loss that would ignore ``token_weights`` and
+    ``loss_start`` raises instead. Under Hugging Face Trainer use a model patched with
+    ``kpod_ops.integrations.hf.apply_kpod_loss`` or ``KPODTrainer``.
     """
 
     architecture = "decoder"
@@ -153,7 +163,7 @@ class KPODCollator(_KPODCollatorBase):
         return {
             "input_ids": torch.from_numpy(input_ids),
             "attention_mask": torch.from_numpy(attention),
-            "labels": torch.from_numpy(labels),
+            "labels": guard(torch.from_numpy(labels)),
             "token_weights": torch.from_numpy(weights),
             "loss_start": torch.from_numpy(loss_start),
             "step_ids": torch.from_numpy(step_ids),
@@ -211,7 +221,7 @@ class KPODSeq2SeqCollator(_KPODCollatorBase):
         return {
             "input_ids": torch.from_numpy(input_ids),
             "attention_mask": torch.from_numpy(attention),
-            "labels": torch.from_numpy(labels),
+            "labels": guard(torch.from_numpy(labels)),
             "token_weights": torch.from_numpy(weights),
             "loss_start": torch.zeros(B, dtype=torch.int64),
             "step_ids": torch.from_numpy(step_ids),

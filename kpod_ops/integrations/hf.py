@@ -1,0 +1,423 @@
+"""Hugging Face Trainer / PEFT adapters: the KPOD loss in ``Trainer`` without silent fallbacks.
+
+Three tiers, as in Liger-Kernel:
+
+* :func:`apply_kpod_loss` (one line): the model's training loss becomes the fused keypoint loss,
+  reading ``token_weights`` and ``loss_start`` from the batch. Hugging Face hands a loss function
+  only a token count (``num_items_in_batch``), so this tier normalises by **tokens**: the loss is
+  ``Σ ω·ℓ ÷ (active tokens in the accumulated global batch)``, exactly invariant to gradient
+  accumulation and to the number of processes.
+* :class:`KPODTrainer`: a ``Trainer`` that patches the model itself and offers the normaliser
+  ``"sequence"`` (default; ``Σ ω·ℓ ÷ sequences in the global batch``, counted across accumulation
+  micro-batches and ranks the way Trainer counts ``num_items_in_batch``) or ``"token"``.
+* :class:`KPODCallback`: moves a :class:`~kpod_ops.ProgressiveSchedule` to each epoch's stage in
+  every data-loader worker.
+
+A KPOD batch that reaches a loss which would ignore its fields raises instead of training plain
+cross-entropy (see :mod:`kpod_ops.data.guard`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from types import MethodType
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from ..curriculum import ProgressiveSchedule
+from ..data.collator import KPODCollator, _KPODCollatorBase
+from ..data.guard import is_guarded, unguard
+from ..data.records import RECORD_KEYS
+from ..errors import KPODInputError, bad_input
+from ..losses import keypoint_cross_entropy
+from .stage import ScheduledGivenSteps
+
+BATCH_KEYS = ("token_weights", "loss_start", "step_ids")
+NORMALISERS = ("sequence", "token")
+FUSED_LINEAR = (False, True, "auto")
+
+__all__ = [
+    "BATCH_KEYS", "KPODCallback", "KPODTrainer", "apply_kpod_loss", "find_kpod_collator", "is_patched",
+    "revert_kpod_loss",
+]
+
+
+# ---------------------------------------------------------------------------------------------- patch
+def _unwrap(model: Any) -> Any:
+    """The ``PreTrainedModel`` inside DDP / PEFT wrappers."""
+    while isinstance(model, torch.nn.parallel.DistributedDataParallel) or type(model).__name__ == "DataParallel":
+        model = model.module
+    if hasattr(model, "get_base_model") and callable(model.get_base_model):
+        model = model.get_base_model()
+    return model
+
+
+class _Patch:
+    """What :func:`apply_kpod_loss` changed on one model, and the batch fields of the running forward."""
+
+    def __init__(self, base: Any, impl: str, fused_linear: bool | str) -> None:
+        self.impl = impl
+        self.fused_linear = fused_linear
+        self.saved = {name: base.__dict__[name] for name in ("forward", "_loss_function", "accepts_loss_kwargs")
+                      if name in base.__dict__}
+        self.backbone = getattr(base, getattr(base, "base_model_prefix", ""), None)
+        if self.backbone is base or not isinstance(self.backbone, torch.nn.Module):
+            self.backbone = None
+        self.backbone_forward = None if self.backbone is None else self.backbone.__dict__.get("forward")
+        self.pending: tuple[Any, Any] | None = None
+
+
+def _signature_with_batch_keys(forward: Any) -> inspect.Signature:
+    """``forward``'s signature plus keyword-only ``token_weights``, ``loss_start``, ``step_ids``, so that
+    Trainer's ``remove_unused_columns=True`` keeps those columns."""
+    sig = inspect.signature(forward)
+    params = [p for p in sig.parameters.values() if p.name not in BATCH_KEYS]
+    extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=None) for k in BATCH_KEYS]
+    var_kw = [i for i, p in enumerate(params) if p.kind == inspect.Parameter.VAR_KEYWORD]
+    at = var_kw[0] if var_kw else len(params)
+    return sig.replace(parameters=params[:at] + extra + params[at:])
+
+
+def _check_not_packed(kwargs: Mapping[str, Any]) -> None:
+    """Refuse packed / padding-free batches: ``loss_start`` is one position per row."""
+    packed = any(k in kwargs for k in ("cu_seq_lens_q", "cu_seq_lens_k", "seq_idx"))
+    position_ids = kwargs.get("position_ids")
+    if not packed and isinstance(position_ids, torch.Tensor) and position_ids.dim() == 2 and position_ids.shape[1] > 1:
+        packed = bool((position_ids[:, 1:] == 0).any())
+    if packed:
+        raise KPODInputError(
+            "batch: expected one sequence per row (loss_start is one label position per row), got a packed / "
+            "padding-free batch (several sequences per row in position_ids or cu_seq_lens): train KPOD with padded "
+            "batches (TRL: packing=False, padding_free=False; no DataCollatorWithFlattening)"
+        )
+
+
+def _make_forward(patch: _Patch, original: Any) -> Any:
+    def forward(self, *args, token_weights=None, loss_start=None, step_ids=None, **kwargs):
+        if token_weights is not None or loss_start is not None:
+            _check_not_packed(kwargs)
+        patch.pending = (token_weights, loss_start)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            patch.pending = None
+
+    forward.__signature__ = _signature_with_batch_keys(original)
+    forward.__doc__ = getattr(original, "__doc__", None)
+    return forward
+
+
+def _make_backbone_guard(original: Any) -> Any:
+    def forward(self, *args, **kwargs):
+        leaked = [k for k in ("token_weights", "loss_start") if kwargs.get(k) is not None]
+        if leaked:
+            raise KPODInputError(
+                f"{', '.join(leaked)} reached the model's backbone without going through the KPOD loss: something "
+                "computes its own loss from the hidden states (TRL's SFTTrainer does, with its fused LM head). Use "
+                "kpod_ops.integrations.sft.KPODSFTTrainer, or Trainer with the patched model"
+            )
+        return original(*args, **kwargs)
+
+    forward.__signature__ = inspect.signature(original)
+    return forward
+
+
+def _make_loss(patch: _Patch) -> Any:
+    def kpod_loss(logits, labels, vocab_size=None, num_items_in_batch=None, ignore_index=-100, shift_labels=None,
+                  **kwargs):
+        """The fused keypoint loss (token-normalised: ``reduction="mean"`` with Trainer's ``num_items_in_batch``)."""
+        if shift_labels is not None:
+            raise KPODInputError(
+                "shift_labels: expected None (unshifted labels from KPODCollator), got pre-shifted labels (context / "
+                "sequence parallelism or a padding-free collator); these are not supported with the KPOD loss"
+            )
+        weights, starts = patch.pending if patch.pending is not None else (None, None)
+        weights = kwargs.get("token_weights", weights)
+        starts = kwargs.get("loss_start", starts)
+        if is_guarded(labels) and (weights is None or starts is None):
+            missing = [n for n, v in (("token_weights", weights), ("loss_start", starts)) if v is None]
+            raise KPODInputError(
+                f"batch: expected token_weights and loss_start with labels from KPODCollator, got no {missing}: keep "
+                "them in the batch (the patched model's forward accepts them; a custom collator wrapper dropped them)"
+            )
+        labels = unguard(labels).to(logits.device)
+        if weights is not None:
+            weights = weights.to(device=logits.device, dtype=torch.float32)
+        if starts is not None:
+            starts = starts.to(device=logits.device, dtype=torch.int64)
+        loss = keypoint_cross_entropy(
+            logits, labels, weights, starts, ignore_index=ignore_index, reduction="mean",
+            num_items_in_batch=num_items_in_batch, shift=True, impl=patch.impl,
+        )
+        # Trainer rescales the returned loss in place (``loss *= num_processes``): hand it a fresh tensor so
+        # that the loss op's own saved output stays intact for backward
+        return loss.clone()
+
+    return kpod_loss
+
+
+def is_patched(model: Any) -> bool:
+    """Whether :func:`apply_kpod_loss` patched ``model`` (or the model inside its wrappers)."""
+    return isinstance(getattr(_unwrap(model), "_kpod_patch", None), _Patch)
+
+
+def apply_kpod_loss(model: Any, *, fused_linear: bool | str = False, impl: str = "auto") -> Any:
+    """Replace ``model``'s training loss by the fused keypoint loss; returns ``model``.
+
+    The patched forward accepts ``token_weights``, ``loss_start`` (and ignores ``step_ids``) from a
+    :class:`~kpod_ops.data.KPODCollator` batch; they appear in its signature, so Trainer keeps them
+    even with ``remove_unused_columns=True``. ``labels`` are unshifted (causal LM: ``shift=True``).
+    The loss is ``Σ ω·ℓ`` over active positions divided by Trainer's ``num_items_in_batch`` (the
+    active tokens of the accumulated, global batch) or, called directly, by this batch's active
+    tokens: a token mean, invariant to gradient accumulation. Batches without KPOD fields train the
+    plain (token-mean) cross-entropy through the same kernel.
+
+    Works on PEFT-wrapped models (the base model is patched). Packed / padding-free batches with
+    KPOD fields are refused. ``fused_linear`` (False by default) is reserved for the fused
+    linear+loss forward and raises until that patch is available for the model.
+    Undo with :func:`revert_kpod_loss`. Applying twice is a no-op.
+    """
+    if fused_linear not in FUSED_LINEAR:
+        raise bad_input("fused_linear", f"one of {FUSED_LINEAR}", repr(fused_linear))
+    base = _unwrap(model)
+    if not isinstance(base, torch.nn.Module) or not hasattr(type(base), "loss_function"):
+        raise bad_input("model", "a Hugging Face PreTrainedModel (optionally PEFT / DDP wrapped)", type(base).__name__)
+    config = getattr(base, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        raise bad_input("model", "a decoder-only causal LM (encoder-decoder models are not supported by the patch)",
+                        type(base).__name__)
+    existing = getattr(base, "_kpod_patch", None)
+    if isinstance(existing, _Patch):
+        if existing.fused_linear != fused_linear or existing.impl != impl:
+            raise KPODInputError(
+                f"model: already patched with fused_linear={existing.fused_linear!r}, impl={existing.impl!r}; "
+                "call revert_kpod_loss(model) first to change them"
+            )
+        return model
+    if fused_linear is not False:
+        _apply_fused_linear(base, fused_linear)
+    patch = _Patch(base, impl, fused_linear)
+    base.forward = MethodType(_make_forward(patch, base.forward), base)
+    base.loss_function = _make_loss(patch)
+    base.accepts_loss_kwargs = True  # so Trainer passes num_items_in_batch
+    if patch.backbone is not None:
+        patch.backbone.forward = MethodType(_make_backbone_guard(patch.backbone.forward), patch.backbone)
+    base._kpod_patch = patch
+    return model
+
+
+def _apply_fused_linear(base: Any, fused_linear: bool | str) -> None:
+    try:
+        from . import linear_patch  # noqa: F401  (the fused linear forward, when available)
+    except ImportError:
+        raise bad_input(
+            "fused_linear", "False (the fused linear+loss forward is not available in this version)", repr(fused_linear)
+        ) from None
+    raise bad_input(
+        "fused_linear", "False (apply_kpod_loss does not drive the fused linear forward yet)", repr(fused_linear)
+    )
+
+
+def revert_kpod_loss(model: Any) -> Any:
+    """Undo :func:`apply_kpod_loss` (restores forward, loss function and flags); returns ``model``."""
+    base = _unwrap(model)
+    patch = getattr(base, "_kpod_patch", None)
+    if not isinstance(patch, _Patch):
+        raise bad_input("model", "a model patched by apply_kpod_loss", "an unpatched model")
+    for name in ("forward", "_loss_function", "accepts_loss_kwargs"):
+        if name in patch.saved:
+            setattr(base, name, patch.saved[name])
+        elif name in base.__dict__:
+            delattr(base, name)
+    if patch.backbone is not None:
+        if patch.backbone_forward is not None:
+            patch.backbone.forward = patch.backbone_forward
+        else:
+            del patch.backbone.forward
+    del base._kpod_patch
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- callback
+def find_kpod_collator(collate_fn: Any) -> _KPODCollatorBase | None:
+    """The KPOD collator inside ``collate_fn`` (through Trainer's ``RemoveColumnsCollator``), or None."""
+    for _ in range(8):
+        if isinstance(collate_fn, _KPODCollatorBase):
+            return collate_fn
+        collate_fn = getattr(collate_fn, "data_collator", None)
+        if collate_fn is None:
+            return None
+    return None
+
+
+def _stage(epoch: float | None) -> int:
+    """Trainer's 0-based float epoch → the schedule's 1-based stage, ⌊epoch⌋ + 1."""
+    return int(math.floor((epoch or 0.0) + 1e-9)) + 1
+
+
+class KPODCallback(TrainerCallback):
+    """Moves ``schedule`` to each epoch's stage (⌊epoch⌋ + 1) in the collator of every data-loader process.
+
+    At ``on_train_begin`` it finds the :class:`~kpod_ops.data.KPODCollator` of the training
+    DataLoader and drives its ``given_steps`` through a shared-memory stage
+    (:class:`~kpod_ops.integrations.stage.ScheduledGivenSteps`), so persistent workers follow. A
+    collator with other ``given_steps``, a schedule built for a different number of epochs than the
+    Trainer runs, or no KPOD collator at all is an error. After resuming from a checkpoint the stage
+    follows the restored epoch.
+    """
+
+    def __init__(self, schedule: ProgressiveSchedule, given_steps: ScheduledGivenSteps | None = None) -> None:
+        if not isinstance(schedule, ProgressiveSchedule):
+            raise bad_input("schedule", "a kpod_ops.ProgressiveSchedule", type(schedule).__name__)
+        if given_steps is not None and (not isinstance(given_steps, ScheduledGivenSteps) or given_steps.schedule is not schedule):
+            raise bad_input("given_steps", "a ScheduledGivenSteps of the same schedule, or None", repr(given_steps))
+        self.schedule = schedule
+        self.given_steps = given_steps if given_steps is not None else ScheduledGivenSteps(schedule)
+
+    def _attach(self, collate_fn: Any) -> None:
+        collator = find_kpod_collator(collate_fn)
+        if collator is None:
+            raise KPODInputError(
+                f"KPODCallback: expected the training DataLoader's collator to be a KPODCollator, got "
+                f"{type(collate_fn).__name__}: the schedule would never reach the batches"
+            )
+        if collator.given_steps is None:
+            collator.given_steps = self.given_steps
+        elif collator.given_steps is not self.given_steps:
+            raise KPODInputError(
+                f"KPODCallback: expected the collator's given_steps to be None (the callback drives it), got "
+                f"{type(collator.given_steps).__name__}: build the collator with given_steps=None or "
+                "given_steps=callback.given_steps"
+            )
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        epochs = int(self.schedule.config["n_epochs"])
+        if state.num_train_epochs != epochs:
+            raise KPODInputError(
+                f"KPODCallback: expected the Trainer to run the {epochs} epochs the schedule was built for, got "
+                f"num_train_epochs={state.num_train_epochs} (from num_train_epochs / max_steps): rebuild the schedule "
+                f"with n_epochs={state.num_train_epochs} or train for {epochs} epochs"
+            )
+        if train_dataloader is not None:
+            self._attach(getattr(train_dataloader, "collate_fn", None))
+        self.given_steps.set_stage(_stage(state.epoch))
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.given_steps.set_stage(_stage(state.epoch))
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+def _load_schedule(schedule: Any) -> ProgressiveSchedule | None:
+    if schedule is None or isinstance(schedule, ProgressiveSchedule):
+        return schedule
+    if isinstance(schedule, (str, os.PathLike)):
+        path = Path(schedule)
+        if not path.is_file():
+            raise bad_input("schedule", "a ProgressiveSchedule or the path of its saved state_dict", f"missing file {path}")
+        return ProgressiveSchedule.from_state_dict(torch.load(path, weights_only=False))
+    raise bad_input("schedule", "a ProgressiveSchedule, the path of its saved state_dict, or None", type(schedule).__name__)
+
+
+def _load_weights(token_weights: Any) -> Any:
+    if isinstance(token_weights, (str, os.PathLike)):
+        from ..weighting import load_token_weights
+
+        return load_token_weights(token_weights)
+    return token_weights
+
+
+class _KPODTrainerMixin:
+    """What KPODTrainer adds to a Trainer class (shared with the TRL counterpart)."""
+
+    kpod_normaliser: str = "sequence"
+
+    def _kpod_setup(self, model: Any, data_collator: Any, processing_class: Any, normaliser: str, token_weights: Any,
+                    schedule: Any, fused_linear: bool | str, callbacks: list | None) -> tuple[Any, list]:
+        if normaliser not in NORMALISERS:
+            raise bad_input("normaliser", f"one of {NORMALISERS}", repr(normaliser))
+        if model is None:
+            raise bad_input("model", "a Hugging Face causal LM (optionally PEFT-wrapped)", None)
+        self.kpod_normaliser = normaliser
+        if is_patched(model):
+            if _unwrap(model)._kpod_patch.fused_linear != fused_linear:
+                raise bad_input("fused_linear", f"{_unwrap(model)._kpod_patch.fused_linear!r} (the model's patch)",
+                                repr(fused_linear))
+        else:
+            apply_kpod_loss(model, fused_linear=fused_linear)
+        schedule = _load_schedule(schedule)
+        token_weights = _load_weights(token_weights)
+        callbacks = list(callbacks or [])
+        kpod_callbacks = [c for c in callbacks if isinstance(c, KPODCallback)]
+        if schedule is not None and not kpod_callbacks:
+            kpod_callbacks = [KPODCallback(schedule)]
+            callbacks.append(kpod_callbacks[0])
+        if data_collator is None:
+            if processing_class is None:
+                raise bad_input("processing_class", "the tokenizer (or pass data_collator=KPODCollator(...))", None)
+            given = kpod_callbacks[0].given_steps if kpod_callbacks else None
+            data_collator = KPODCollator(processing_class, token_weights, given)
+        elif token_weights is not None:
+            raise bad_input("token_weights", "None when data_collator is given (give the weights to the collator)",
+                            type(token_weights).__name__)
+        elif find_kpod_collator(data_collator) is None:
+            raise bad_input("data_collator", "a KPODCollator (or None to build one)", type(data_collator).__name__)
+        return data_collator, callbacks
+
+    def _kpod_check_args(self) -> None:
+        if self.args.n_gpu > 1:
+            raise bad_input("args", "one device per process (torchrun / accelerate launch), not DataParallel",
+                            f"n_gpu={self.args.n_gpu}")
+        if self.args.world_size > 1 and not self.args.average_tokens_across_devices:
+            raise bad_input("args.average_tokens_across_devices",
+                            "True (KPOD normalises by the global batch across processes)", False)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        extra = [*RECORD_KEYS, "steps", *BATCH_KEYS]
+        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *extra]))
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | int | None:
+        """Trainer's token count (``"token"``), or the number of sequences of the global batch (``"sequence"``):
+        rows with labels over every accumulation micro-batch, summed across processes."""
+        if self.kpod_normaliser == "token":
+            return super()._get_num_items_in_batch(batch_samples, device)
+        if not batch_samples or "labels" not in batch_samples[0]:
+            return None
+        count = torch.tensor(sum(int(b["labels"].shape[0]) for b in batch_samples), device=device)
+        if self.args.world_size > 1:
+            count = self.accelerator.gather(count).sum()
+        return count
+
+
+class KPODTrainer(_KPODTrainerMixin, Trainer):
+    """``transformers.Trainer`` training the KPOD loss.
+
+    Args (besides Trainer's):
+        normaliser: ``"sequence"`` (default): ``Σ ω·ℓ ÷`` sequences in the global batch (all
+            accumulation micro-batches, all processes) — the paper's per-sequence sum, whose per-token
+            scale does not change as the curriculum exposes more steps; ``"token"``: ``÷`` active tokens.
+        token_weights: the mask learner's weights (a file from ``save_token_weights`` or a mapping
+            id → weights); used when ``data_collator`` is None to build a ``KPODCollator``.
+        schedule: a ``ProgressiveSchedule`` (or its saved state_dict path); adds a :class:`KPODCallback`.
+        fused_linear: passed to :func:`apply_kpod_loss`.
+
+    The model is patched with :func:`apply_kpod_loss` if it is not already. Works with
+    ``remove_unused_columns`` True or False and with DDP (``torchrun``); refuses DataParallel.
+    """
+
+    def __init__(self, model: Any = None, args: Any = None, data_collator: Any = None, *rest: Any,
+                 normaliser: str = "sequence", token_weights: Any = None, schedule: Any = None,
+                 fused_linear: bool | str = False, **kwargs: Any) -> None:
+        processing_class = kwargs.get("processing_class")
+        data_collator, kwargs["callbacks"] = self._kpod_setup(
+            model, data_collator, processing_class, normaliser, token_weights, schedule, fused_linear,
+            kwargs.get("callbacks"),
+        )
+        super().__init__(model, args, data_collator, *rest, **kwargs)
+        self._kpod_check_args()
