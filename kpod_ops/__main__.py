@@ -1,4 +1,4 @@
-"""``python -m kpod_ops``: the ``kpod`` command line, or, without it, what is installed and how to start."""
+"""``python -m kpod_ops``: the ``kpod`` command line; without arguments, what is installed and how to start."""
 
 from __future__ import annotations
 
@@ -15,20 +15,29 @@ def about() -> str:
     if ok:
         for device in ("cpu", "cuda"):
             lines.append(f"  {device}: {kpod_ops.fused_available(device)[1]}")
-    lines.append("Use it from Python (import kpod_ops); the README has runnable examples of every component.")
+    lines.append("Use it from Python (import kpod_ops) or through the kpod command; the README has runnable examples.")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``kpod_ops.cli.main`` when the command line is installed, else print :func:`about`."""
+    """With arguments: run the ``kpod`` command line. Without: :func:`about` and the command's usage."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         cli = importlib.import_module("kpod_ops.cli")
     except ModuleNotFoundError as exc:
         if exc.name != "kpod_ops.cli":
             raise  # the command line exists but one of its imports is missing: show that
-        print(about())
-        return 0
-    return int((cli.main() if argv is None else cli.main(argv)) or 0)
+        cli = None
+    if argv and cli is not None:
+        return int(cli.main(argv) or 0)
+    print(about())
+    if cli is not None:
+        print()
+        try:
+            cli.main(["--help"])
+        except SystemExit:  # argparse exits after printing the help
+            pass
+    return 0
 
 
 if __name__ == "__main__":

@@ -223,6 +223,50 @@ def test_python_m_kpod_ops_says_something_useful(tmp_path):
 
     res = _run("", "-m", "kpod_ops", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    out = res.stdout.lower()
-    # the kpod command line's usage when it exists, else the version, the kernels' state and how to start
-    assert "usage" in out or (kpod_ops.__version__ in out and "fused kernels" in out and "readme" in out), res.stdout
+    out = res.stdout
+    assert f"kpod_ops {kpod_ops.__version__}" in out and "fused kernels:" in out and "usage: kpod" in out, out
+    res = _run("", "-m", "kpod_ops", "distill", "--help", cwd=tmp_path)  # arguments go to the kpod command
+    assert res.returncode == 0 and "usage: kpod distill" in res.stdout, res.stderr[-3000:]
+
+
+def test_console_scripts_point_to_existing_callables():
+    import importlib
+
+    scripts = _pyproject()["project"]["scripts"]
+    assert "kpod" in scripts
+    for name, target in scripts.items():
+        module, _, attr = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), attr)), f"[project.scripts] {name} = {target}"
+
+
+# ---------------------------------------------------------------- documentation stays inside the repository
+
+OUTSIDE = ("kpod-method", "ftgp" + ".md", "DESIGN" + ".md", "ecosystem" + ".md", "kernel-anchors", "shared/reference",
+           "/work/" + "shared", "method spec", "spec §")
+
+
+def _documented_files() -> list[Path]:
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    for folder in ("kpod_ops", "python_tests", "benchmarks", "scripts", "examples"):
+        files += sorted(p for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".sh", ".md"))
+    return [p for p in files if p.name != "test_package.py"]
+
+
+def test_nothing_refers_to_files_outside_the_repository():
+    for path in _documented_files():
+        text = path.read_text(encoding="utf-8")
+        for needle in OUTSIDE:
+            assert needle not in text, f"{path.relative_to(ROOT)} refers to {needle!r}; point to docs/method.md instead"
+
+
+def test_invariant_labels_are_defined_in_docs_method():
+    import re
+
+    method = (ROOT / "docs" / "method.md").read_text(encoding="utf-8")
+    defined = set(re.findall(r"^- \*\*([SWDBCFK]\d{1,2})\*\*", method, re.M))
+    assert {"S1", "W1", "W4", "W7", "D1", "B1", "C1", "C3", "C6", "F4", "K1", "K9"} <= defined
+    label = re.compile(r"\b([SWDCFK][1-9]|B1)\b")
+    for path in _documented_files():
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            for used in label.findall(line):
+                assert used in defined, f"{path.relative_to(ROOT)}:{number}: invariant {used} is not defined in docs/method.md"
