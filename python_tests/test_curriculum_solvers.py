@@ -178,3 +178,36 @@ def test_errors():
         StageProblem(np.ones(2), np.zeros(3, int), 1.0)
     with pytest.raises(KPODInputError, match="selection"):
         StageProblem(np.ones(2), np.zeros(2, int), 1.0).value([0, 0])
+
+
+def _many_cluster_problem(seed: int) -> StageProblem:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 400))
+    k = int(rng.choice([1, 3, 17, 120]))
+    costs = rng.gamma(rng.choice([0.5, 2.0]), 0.5, n)
+    if n and rng.random() < 0.3:
+        costs[rng.integers(0, n, size=3)] = 0.0
+    budget = float(rng.choice([0.02, 0.1, 0.4, 0.9, 1.2]) * (costs.sum() if n else 1.0))
+    return StageProblem(costs, rng.integers(0, k, n), budget, float(rng.choice([0.0, 0.5, 12.0])), k)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seeds, st.sampled_from([0.05, 0.1, 0.5]))
+def test_vectorised_solvers_match_the_per_cluster_loops(seed, epsilon):
+    from curriculum_reference import best_augmented_loop, threshold_sequence_loop
+
+    from kpod_ops.curriculum.solvers.ftgp import threshold_sequence
+    from kpod_ops.curriculum.solvers.greedy import density_greedy_sequence
+    from kpod_ops.curriculum.solvers.layout import best_augmented, prepare
+
+    problem = _many_cluster_problem(seed)
+    layout = prepare(problem)
+    if layout is None:
+        return
+    sequence = threshold_sequence(layout, epsilon)
+    np.testing.assert_array_equal(sequence, threshold_sequence_loop(layout, epsilon))
+    for seq in (sequence, density_greedy_sequence(layout)):
+        positions, value = best_augmented(layout, seq)
+        ref_positions, ref_value = best_augmented_loop(layout, seq)
+        np.testing.assert_array_equal(positions, ref_positions)
+        assert value == pytest.approx(ref_value, rel=1e-12)

@@ -16,7 +16,7 @@ import numpy as np
 from ...errors import bad_input
 from ..value import StageProblem
 from .base import EMPTY
-from .layout import Layout, best_augmented, prepare, sqrt_gap
+from .layout import Layout, SegmentSearch, best_augmented, blocks_to_positions, prepare, sqrt_gap
 
 
 def threshold_sequence(layout: Layout, epsilon: float) -> np.ndarray:
@@ -24,57 +24,82 @@ def threshold_sequence(layout: Layout, epsilon: float) -> np.ndarray:
 
     Within one level and one cluster the accepted items form one contiguous block (an item failing
     the threshold keeps failing in that level since its cluster count is unchanged; one failing the
-    budget keeps failing since the used budget only grows), so each block is two ``searchsorted``
-    calls. A level that accepts nothing jumps to the grid level just below the largest fitting
-    density — exactly what running the empty levels would do. O(L·K·log n), L ≤ 1 + ln(τ₀/τ_min)/ε.
+    budget keeps failing since the used budget only grows). A level visits the clusters in order:
+    the threshold ends of all clusters come from one :class:`SegmentSearch` call, the blocks that fit
+    whole are taken at once through a running sum, and the first block that overflows is cut where
+    the budget ends — which closes its cluster for good (its next item never fits again; clusters
+    whose next item does not fit are closed on sight), so there are at most K cuts in the whole run. A level that accepts nothing jumps to the grid level just
+    below the largest fitting density — exactly what running the empty levels would do.
+    O(L·K) array work plus O(L·K·log n) in ``searchsorted``, L ≤ 1 + ln(τ₀/τ_min)/ε levels.
     """
     beta, budget, z = layout.problem.beta, layout.budget, layout.z
-    keys = layout.density_keys()
-    clusters = [k for k in range(layout.n_clusters) if layout.starts[k + 1] > layout.starts[k]]
-    if not clusters:
+    starts, costs = layout.starts, layout.costs
+    active = np.flatnonzero(np.diff(starts) > 0)
+    if active.size == 0:
         return EMPTY
-    neg_keys = {k: -keys[layout.starts[k] : layout.starts[k + 1]] for k in clusters}
-    prefix = {}
-    for k in clusters:
-        cum = np.zeros(layout.starts[k + 1] - layout.starts[k] + 1)
-        np.cumsum(layout.cluster_costs(k), out=cum[1:])
-        prefix[k] = cum
-    size = {k: int(layout.starts[k + 1] - layout.starts[k]) for k in clusters}
-    v_max = max(float(layout.cluster_costs(k)[-1] + beta * sqrt_gap(z[k])) for k in clusters)
-    tau = max(-float(neg_keys[k][0]) for k in clusters)
+    keys = layout.density_keys()
+    search = SegmentSearch(-keys, layout.cluster_of, starts)
+    prefix = np.zeros(costs.size + 1)
+    np.cumsum(costs, out=prefix[1:])
+    seg_end = starts[active + 1]
+    pos = starts[active].copy()  # next untaken position of every non-empty cluster
+    open_ = np.ones(active.size, dtype=bool)  # False once a block of the cluster overflowed the budget
+    v_max = float(np.max(costs[seg_end - 1] + beta * sqrt_gap(z[active])))
+    tau = float(keys[pos].max())
     tau_min = epsilon * v_max / budget
-    taken = dict.fromkeys(clusters, 0)
-    used, blocks = 0.0, []
+    used = 0.0
+    firsts: list[np.ndarray] = []
+    lasts: list[np.ndarray] = []
     while True:
+        above = starts[active] + search.count_le(active, -tau)  # ends of the blocks with key >= τ
+        ends = np.where(open_, np.maximum(above, pos), pos)
         accepted = False
-        for k in clusters:
-            p = taken[k]
-            if p == size[k]:
-                continue
-            above = int(np.searchsorted(neg_keys[k], -tau, side="right"))  # ranks with key >= τ
-            fits = int(np.searchsorted(prefix[k], budget - used + prefix[k][p], side="right")) - 1
-            end = min(above, fits)
-            if end > p:
-                blocks.append(np.arange(layout.starts[k] + p, layout.starts[k] + end))
-                used += float(prefix[k][end] - prefix[k][p])
-                taken[k] = end
+        i = 0
+        while True:
+            cand = i + np.flatnonzero(ends[i:] > pos[i:])
+            short = costs[pos[cand]] > budget - used  # not even the next item fits: closed for good
+            if short.any():
+                open_[cand[short]] = False
+                cand = cand[~short]
+            if cand.size == 0:
+                break
+            cum = np.cumsum(prefix[ends[cand]] - prefix[pos[cand]])
+            whole = int(np.searchsorted(cum, budget - used, side="right"))
+            if whole:
+                full = cand[:whole]
+                firsts.append(pos[full].copy())
+                lasts.append(ends[full].copy())
+                used += float(cum[whole - 1])
+                pos[full] = ends[full]
                 accepted = True
+            if whole == cand.size:
+                break
+            k = int(cand[whole])  # its block overflows: take what fits, then the cluster is closed
+            cut = min(int(np.searchsorted(prefix, budget - used + prefix[pos[k]], side="right")) - 1, int(ends[k]))
+            if cut > pos[k]:
+                firsts.append(pos[k : k + 1].copy())
+                lasts.append(np.array([cut]))
+                used += float(prefix[cut] - prefix[pos[k]])
+                pos[k] = cut
+                accepted = True
+            open_[k] = False
+            i = k + 1
         if tau <= tau_min:
             break
         nxt = max((1.0 - epsilon) * tau, tau_min)
         if not accepted:
-            fitting = [-float(neg_keys[k][taken[k]]) for k in clusters
-                       if taken[k] < size[k] and prefix[k][taken[k] + 1] - prefix[k][taken[k]] <= budget - used]
-            if not fitting:
+            waiting = np.flatnonzero(open_ & (pos < seg_end))
+            fitting = waiting[costs[pos[waiting]] <= budget - used]
+            if fitting.size == 0:
                 break
-            top = max(fitting)
+            top = float(keys[pos[fitting]].max())
             if top < nxt:  # skip empty levels: smallest l >= 1 with τ(1−ε)^l <= top
                 level = max(1, math.ceil(math.log(top / tau) / math.log1p(-epsilon)))
                 while level > 1 and tau * (1.0 - epsilon) ** (level - 1) <= top:
                     level -= 1
                 nxt = max(tau * (1.0 - epsilon) ** level, tau_min)
         tau = nxt
-    return np.concatenate(blocks) if blocks else EMPTY
+    return blocks_to_positions(firsts, lasts)
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,10 @@ def density_greedy_sequence(layout: Layout) -> np.ndarray:
 
     Densities per cluster are non-increasing in rank, so the greedy order is one stable sort of the
     keys (ties: lower cluster, then cheaper). Walking it with a running cost, the first item that
-    overflows closes its cluster (its later items cost more); the walk resumes without that cluster.
-    At most K such rounds. Returns layout positions in acceptance order.
+    overflows closes its cluster (its later items cost more); the walk resumes without that cluster
+    and without every item costlier than the budget left (each would overflow and close its own
+    cluster when reached). At most K such rounds, usually a few. Returns layout positions in
+    acceptance order.
     """
     order = stable_argsort(-layout.density_keys())
     budget, used, parts = layout.budget, 0.0, []
@@ -31,7 +33,7 @@ def density_greedy_sequence(layout: Layout) -> np.ndarray:
             used = float(running[stop - 1])
         closed = layout.cluster_of[order[stop]]
         rest = order[stop + 1 :]
-        order = rest[layout.cluster_of[rest] != closed]
+        order = rest[(layout.cluster_of[rest] != closed) & (layout.costs[rest] <= budget - used)]
     return np.concatenate(parts) if parts else EMPTY
 
 
@@ -76,12 +78,12 @@ class DensityGreedy:
         counts = z + np.bincount(layout.cluster_of[sequence], minlength=layout.n_clusters)
         greedy_value = layout.costs[sequence].sum() + beta * np.sqrt(counts).sum()
         best_single, best_pos = -np.inf, -1
-        for k in range(layout.n_clusters):  # the most expensive item of a cluster is its best singleton
-            if layout.starts[k + 1] > layout.starts[k]:
-                pos = int(layout.starts[k + 1] - 1)
-                v = layout.costs[pos] + beta * sqrt_gap(z[k])
-                if v > best_single:
-                    best_single, best_pos = v, pos
+        nonempty = np.flatnonzero(np.diff(layout.starts) > 0)
+        if nonempty.size:  # the most expensive item of a cluster is its best singleton
+            last = layout.starts[nonempty + 1] - 1
+            singles = layout.costs[last] + beta * sqrt_gap(z[nonempty])
+            best = int(np.argmax(singles))
+            best_single, best_pos = float(singles[best]), int(last[best])
         if best_pos >= 0 and layout.base_value() + best_single > greedy_value:
             return layout.answer(np.array([best_pos]))
         return layout.answer(sequence)

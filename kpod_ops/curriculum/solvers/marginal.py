@@ -8,7 +8,7 @@ import numpy as np
 
 from ..value import StageProblem
 from .base import EMPTY
-from .layout import prepare, sqrt_gap
+from .layout import SegmentSearch, prepare, sqrt_gap
 
 
 @dataclass(frozen=True)
@@ -18,8 +18,8 @@ class MarginalGreedy:
     No approximation guarantee for the shifted objective f = F + ΔD (it favours large δ and can be
     arbitrarily bad against a knapsack optimum of many small items); kept as a baseline. In a cluster
     the best fitting item is the most expensive one with δ ≤ remaining budget, and the items between
-    it and the previous pick can never fit again, so one pointer per cluster suffices. One Python
-    step per selected item: O(|S|·K·log n).
+    it and the previous pick can never fit again, so one pointer per cluster suffices. One vectorised
+    step (all clusters at once) per selected item: O(|S|·K·log n) array work.
     """
 
     name: str = "marginal_greedy"
@@ -32,22 +32,21 @@ class MarginalGreedy:
         layout = prepare(problem)
         if layout is None:
             return EMPTY
-        beta, z = problem.beta, layout.z.copy()
-        costs = [layout.cluster_costs(k) for k in range(layout.n_clusters)]
-        hi = [c.size for c in costs]  # candidates of cluster k are ranks < hi[k]
+        beta, z = problem.beta, layout.z.copy().astype(np.float64)
+        search = SegmentSearch(layout.costs, layout.cluster_of, layout.starts)
+        clusters = np.flatnonzero(np.diff(layout.starts) > 0)
+        hi = np.diff(layout.starts)[clusters]  # candidates of cluster k are ranks < hi
+        first = layout.starts[clusters]
         remaining, chosen = layout.budget, []
-        while True:
-            best_gain, best_k, best_r = -np.inf, -1, -1
-            for k, c in enumerate(costs):
-                r = int(np.searchsorted(c[: hi[k]], remaining, side="right")) - 1
-                if r >= 0:
-                    gain = c[r] + beta * float(sqrt_gap(z[k]))
-                    if gain > best_gain:
-                        best_gain, best_k, best_r = gain, k, r
-            if best_k < 0:
+        while clusters.size:
+            r = np.minimum(search.count_le(clusters, remaining), hi) - 1  # most expensive fitting candidate
+            gain = np.where(r >= 0, layout.costs[first + np.maximum(r, 0)] + beta * sqrt_gap(z[clusters]), -np.inf)
+            best = int(np.argmax(gain))
+            if gain[best] == -np.inf:
                 break
-            chosen.append(layout.starts[best_k] + best_r)
-            remaining -= costs[best_k][best_r]
-            z[best_k] += 1
-            hi[best_k] = best_r
+            pos = int(first[best] + r[best])
+            chosen.append(pos)
+            remaining -= layout.costs[pos]
+            z[clusters[best]] += 1
+            hi[best] = r[best]
         return layout.answer(np.asarray(chosen, dtype=np.int64))
