@@ -211,3 +211,39 @@ def test_vectorised_solvers_match_the_per_cluster_loops(seed, epsilon):
         ref_positions, ref_value = best_augmented_loop(layout, seq)
         np.testing.assert_array_equal(positions, ref_positions)
         assert value == pytest.approx(ref_value, rel=1e-12)
+
+
+def _work(problem: StageProblem, solver) -> tuple[int, int]:
+    """(numpy.searchsorted calls, peak traced bytes) of one solve."""
+    import tracemalloc
+    from unittest import mock
+
+    calls = 0
+    real = np.searchsorted
+
+    def counting(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        return real(*args, **kwargs)
+
+    tracemalloc.start()
+    try:
+        with mock.patch.object(np, "searchsorted", counting):
+            solver(problem)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return calls, peak
+
+
+@pytest.mark.parametrize("name", ["ftgp", "greedy_max"])
+def test_many_clusters_cost_no_more_calls_or_memory_than_few(name):
+    rng = np.random.default_rng(3)
+    n = 20_000
+    costs = rng.gamma(2.0, 0.5, n)
+    work = {}
+    for k in (5, 1000):
+        problem = StageProblem(costs, rng.integers(0, k, n), 0.05 * costs.sum(), 12.0, k)
+        work[k] = _work(problem, get_solver(name))
+    assert work[1000][0] <= 2 * work[5][0] + 50, work  # per-cluster Python loops would scale with K
+    assert work[1000][1] <= 2 * work[5][1], work  # no (prefix × cluster) tables
