@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ def random_difficulties(seed: int, n_max: int = 40, steps_max: int = 6) -> tuple
 
 
 config = st.fixed_dictionaries({
-    "n_epochs": st.integers(1, 12),
+    "n_epochs": st.integers(2, 12),
     "beta": st.sampled_from([0.0, 12.0]),
     "delta_s": st.sampled_from([1, 2]),
     "solver": st.sampled_from(["ftgp", "greedy_max", "density_greedy", "marginal_greedy"]),
@@ -179,3 +180,57 @@ def test_step_table_input_and_bad_inputs():
         ProgressiveSchedule.build(table, [0, 1, 1], n_stages=3, solver="magic")
     with pytest.raises(KPODInputError, match="values"):
         StepTable.from_flat([1.0, 2.0], [2, 1])
+
+
+def test_last_epoch_trains_the_full_rationale_and_epochs_match_stages():
+    d, labels = {"a": [1.0, 2.0, 3.0], "b": [0.5, 0.5]}, [0, 1]
+    with pytest.raises(KPODInputError, match=r"n_epochs: expected an int >= 2 .*progressive=False.*got 1"):
+        ProgressiveSchedule.build(d, labels, n_epochs=1)
+    single = ProgressiveSchedule.build(d, labels, n_epochs=1, progressive=False)
+    assert set(single.given_steps(1).values()) == {0}
+    with pytest.raises(KPODInputError, match=r"n_stages: expected T < n_epochs=3 .*got 5"):
+        ProgressiveSchedule.build(d, labels, n_epochs=3, n_stages=5)
+    with pytest.raises(KPODInputError, match=r"n_stages: expected T < n_epochs=3"):
+        ProgressiveSchedule.build(d, labels, n_epochs=3, n_stages=3)
+    for bad in (0, -4, 2.7, True, "4"):
+        with pytest.raises(KPODInputError, match="n_epochs"):
+            ProgressiveSchedule.build(d, labels, n_epochs=bad, n_stages=1)
+    with pytest.raises(KPODInputError, match="n_stages"):
+        ProgressiveSchedule.build(d, labels, n_stages=2.7)
+    both = ProgressiveSchedule.build(d, labels, n_epochs=np.int64(5), n_stages=torch.tensor(4))
+    assert (both.config["n_epochs"], both.n_stages) == (5, 4) and type(both.config["n_epochs"]) is int
+    for epochs in range(2, 8):
+        s = ProgressiveSchedule.build(d, labels, n_epochs=epochs)
+        assert s.n_stages < epochs and set(s.given_steps(epochs).values()) == {0}
+
+
+def test_numpy_and_torch_values_become_plain_python_and_load_weights_only():
+    ids = np.arange(4, dtype=np.int64)
+    d = {i: np.array([1.0, 2.0, 0.5]) for i in ids}
+    clusters = {i: np.int32(i % 2) for i in ids}
+    s = ProgressiveSchedule.build(d, clusters, n_epochs=np.int64(6), beta=np.float32(12.0), p=torch.tensor(0.5),
+                                  c0_ratio=np.float64(0.3), delta_s=np.int8(1), solver="ftgp",
+                                  solver_options={"epsilon": np.float32(0.1)})
+    assert all(type(i) is int for i in s.ids)
+    assert type(s.config["beta"]) is float and type(s.config["epsilon"]) is float
+    buf = io.BytesIO()
+    torch.save(s.state_dict(), buf)
+    buf.seek(0)
+    restored = ProgressiveSchedule.from_state_dict(torch.load(buf, weights_only=True))
+    assert restored.given_steps(2) == s.given_steps(2) and s.index_of(np.int64(2)) == 2
+    with pytest.raises(KPODInputError, match="beta"):
+        ProgressiveSchedule.build(d, clusters, n_epochs=4, beta=torch.tensor([1.0, 2.0]))
+    with pytest.raises(KPODInputError, match="beta"):
+        ProgressiveSchedule.build(d, clusters, n_epochs=4, beta=float("nan"))
+
+
+def test_all_zero_difficulties_warn_and_schedule_by_step_count():
+    d = {"a": [0.0, 0.0, 0.0], "b": [0.0, 0.0], "c": [0.0]}
+    with pytest.warns(UserWarning, match="every step difficulty is 0"):
+        s = ProgressiveSchedule.build(d, [0, 1, 0], n_epochs=8)
+    assert s.config["uniform_difficulty"]
+    given = [s.stage_given_steps(t).sum() for t in range(s.n_stages + 1)]
+    assert given[0] > 0 and given[-1] < given[0] and s.jump()[1] < given[0]  # steps move before T + 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ProgressiveSchedule.build({"a": [0.0, 1.0]}, [0], n_epochs=4)  # some signal: no warning

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import bad_input
+from .convert import plain_float
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,10 @@ class DifficultyBudget:
     c0: float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("total", "p", "c0_ratio", "c0"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, plain_float(name, value, "a finite number"))
         if not (math.isfinite(self.total) and self.total >= 0):
             raise bad_input("total", "a finite B >= 0", self.total)
         if isinstance(self.n_stages, bool) or int(self.n_stages) != self.n_stages or self.n_stages < 1:

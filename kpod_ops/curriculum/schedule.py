@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 
 from ..errors import bad_input
 from .budget import DifficultyBudget
+from .convert import plain_float, plain_int
 from .planner import Plan, StageRecord, plan_schedule
 from .solvers import DEFAULT_SOLVER, Solver, get_solver
 from .table import StepTable
@@ -30,6 +32,25 @@ def _cluster_array(clusters: object, ids: tuple[Hashable, ...]) -> np.ndarray:
     if arr.size and (not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0):
         raise bad_input("clusters", "integer labels >= 0", f"dtype {arr.dtype}, min {arr.min()}")
     return arr.astype(np.int64)
+
+
+def _epochs_and_stages(n_epochs: object, n_stages: object, progressive: bool) -> tuple[int, int]:
+    """(N_e, T), checked: T < N_e so that at least the last epoch trains the full rationale."""
+    if n_epochs is None and n_stages is None:
+        raise bad_input("n_epochs", "n_epochs or n_stages (or both)", None)
+    epochs = None if n_epochs is None else plain_int("n_epochs", n_epochs, "an int >= 1", minimum=1)
+    stages = None if n_stages is None else plain_int("n_stages", n_stages, "an int T >= 1", minimum=1)
+    if stages is None:
+        if progressive and epochs < 2:
+            raise bad_input("n_epochs", "an int >= 2 (the stages with given steps, then at least one epoch on the "
+                            "full rationale), or progressive=False for a single epoch", epochs)
+        stages = max(1, epochs // 2)
+    if epochs is None:
+        epochs = 2 * stages
+    if progressive and stages >= epochs:
+        raise bad_input("n_stages", f"T < n_epochs={epochs} (the last epoch trains the full rationale), "
+                        f"e.g. n_stages={max(1, epochs // 2)}", stages)
+    return epochs, stages
 
 
 def _np(x: object) -> np.ndarray:
@@ -75,10 +96,14 @@ class ProgressiveSchedule:
 
         Args:
             difficulties: ``{id: per-step d_k}`` (Eq. 8), a sequence of them (ids 0..n−1), or a
-                :class:`StepTable` (the scalable form).
+                :class:`StepTable` (the scalable form). Ids are stored as plain Python values
+                (NumPy/torch integers become ``int``). If every difficulty is 0 a warning is given
+                and every step counts 1 (``config["uniform_difficulty"]``).
             clusters: cluster label per question (mapping by id, or aligned with the difficulties).
             n_epochs / n_stages: training epochs N_e and the stage T where D reaches B; give either
-                (T = max(1, N_e // 2) by default, the paper's "half the epochs").
+                or both (T = N_e // 2 by default, the paper's "half the epochs"; N_e = 2T when only T
+                is given). The last epoch always trains the full rationale, so 1 <= T <= N_e − 1
+                (N_e >= 2) unless ``progressive=False``.
             p, c0_ratio: budget shape D(t) = C0 + (B − C0)(t/T)^(p+1) with C0 = c0_ratio·B.
             beta: diversity weight β (``0`` = the w.o.-div ablation).
             delta_s: steps a selected question moves per stage (Δs).
@@ -89,28 +114,35 @@ class ProgressiveSchedule:
         """
         table = difficulties if isinstance(difficulties, StepTable) else StepTable.from_rows(difficulties)
         labels = _cluster_array(clusters, table.ids)
-        if n_stages is None:
-            if n_epochs is None:
-                raise bad_input("n_epochs", "n_epochs or n_stages", None)
-            if isinstance(n_epochs, bool) or int(n_epochs) != n_epochs or n_epochs < 1:
-                raise bad_input("n_epochs", "an int >= 1", n_epochs)
-            n_stages = max(1, int(n_epochs) // 2)
-        if n_epochs is None:
-            n_epochs = 2 * int(n_stages)
-        if isinstance(delta_s, bool) or int(delta_s) != delta_s or delta_s < 1:
-            raise bad_input("delta_s", "an int Δs >= 1", delta_s)
+        n_epochs, n_stages = _epochs_and_stages(n_epochs, n_stages, bool(progressive))
+        delta_s = plain_int("delta_s", delta_s, "an int Δs >= 1", minimum=1)
+        beta = plain_float("beta", beta, "a finite β >= 0", minimum=0.0)
+        p = plain_float("p", p, "a finite p >= 0", minimum=0.0)
+        c0_ratio = plain_float("c0_ratio", c0_ratio, "a ratio in [0, 1]", minimum=0.0, maximum=1.0)
+        n_clusters = None if n_clusters is None else plain_int("n_clusters", n_clusters, "an int K >= 1 or None", minimum=1)
+        if table.n_questions and table.total() == 0.0 and progressive:
+            warnings.warn(
+                "ProgressiveSchedule.build: every step difficulty is 0, so the difficulty budget cannot order the "
+                "questions; every step is given difficulty 1 instead (the schedule then moves questions by step "
+                "count). Check the difficulty scoring (model, token weights) if this is unexpected.",
+                UserWarning,
+                stacklevel=2,
+            )
+            table = StepTable(table.ids, table.n_steps, np.ones_like(table.values))
+            uniform = True
+        else:
+            uniform = False
         k = max(int(n_clusters or 0), int(labels.max()) + 1 if labels.size else 1)
         budget = DifficultyBudget(table.total(), int(n_stages), p=p, c0_ratio=c0_ratio)
-        if not (isinstance(beta, (int, float)) and np.isfinite(beta) and beta >= 0):
-            raise bad_input("beta", "a finite β >= 0", beta)
         the_solver = get_solver(solver, **dict(solver_options or {}))
-        plan = plan_schedule(table, labels, budget, beta=float(beta), delta_s=int(delta_s), solver=the_solver,
+        plan = plan_schedule(table, labels, budget, beta=beta, delta_s=delta_s, solver=the_solver,
                              init=init, progressive=bool(progressive), n_clusters=k)
         config = {
             "n_epochs": int(n_epochs), "n_stages": int(n_stages), "p": float(p), "c0_ratio": float(c0_ratio),
             "total": budget.total, "c0": budget.c0, "beta": float(beta), "delta_s": int(delta_s),
             "solver": the_solver.name, "guarantee": the_solver.guarantee, "init": init,
             "progressive": bool(progressive), "n_clusters": k, "n_questions": table.n_questions,
+            "uniform_difficulty": uniform,
         }
         if hasattr(the_solver, "epsilon"):
             config["epsilon"] = float(the_solver.epsilon)

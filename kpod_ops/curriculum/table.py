@@ -8,11 +8,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import bad_input
+from .convert import plain_id
 
 
 @dataclass(frozen=True)
 class StepTable:
     """Question ids, step counts n_i and the step difficulties d_k^(i) laid end to end.
+
+    Ids are kept as plain Python values (NumPy/torch integers become ``int``).
 
     Row i occupies ``values[offsets[i] : offsets[i] + n_steps[i]]`` (step 1 first).
     """
@@ -23,6 +26,7 @@ class StepTable:
     _offsets: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "ids", tuple(plain_id(i) for i in self.ids))
         n = np.ascontiguousarray(self.n_steps, dtype=np.int64)
         v = np.ascontiguousarray(self.values, dtype=np.float64)
         if n.ndim != 1 or v.ndim != 1:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...errors import bad_input
+from ..convert import plain_float
 from ..value import StageProblem
 from .base import EMPTY
 from .layout import Layout, SegmentSearch, best_augmented, blocks_to_positions, prepare, sqrt_gap
@@ -115,8 +116,10 @@ class FTGP:
     name: str = "ftgp"
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.epsilon, (int, float)) and 0 < self.epsilon <= 0.5):
+        epsilon = plain_float("epsilon", self.epsilon, "a float in (0, 0.5]", minimum=0.0, maximum=0.5)
+        if epsilon == 0:
             raise bad_input("epsilon", "a float in (0, 0.5]", self.epsilon)
+        object.__setattr__(self, "epsilon", epsilon)
 
     @property
     def guarantee(self) -> float:
