@@ -73,10 +73,18 @@ class _Patch:
         self.pending: tuple[Any, Any] | None = None
 
 
+def _method_signature(bound: Any) -> inspect.Signature:
+    """The signature of the function behind a bound method, ``self`` included (so that binding the
+    replacement with ``MethodType`` drops ``self`` and nothing else)."""
+    sig = inspect.signature(bound)
+    this = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sig.replace(parameters=[this, *sig.parameters.values()])
+
+
 def _signature_with_batch_keys(forward: Any) -> inspect.Signature:
     """``forward``'s signature plus keyword-only ``token_weights``, ``loss_start``, ``step_ids``, so that
     Trainer's ``remove_unused_columns=True`` keeps those columns."""
-    sig = inspect.signature(forward)
+    sig = _method_signature(forward)
     params = [p for p in sig.parameters.values() if p.name not in BATCH_KEYS]
     extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=None) for k in BATCH_KEYS]
     var_kw = [i for i, p in enumerate(params) if p.kind == inspect.Parameter.VAR_KEYWORD]
@@ -124,7 +132,7 @@ def _make_backbone_guard(original: Any) -> Any:
             )
         return original(*args, **kwargs)
 
-    forward.__signature__ = inspect.signature(original)
+    forward.__signature__ = _method_signature(original)
     return forward
 
 
