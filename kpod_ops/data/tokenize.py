@@ -15,11 +15,14 @@ step before it, so spans are never empty and ``"".join(steps) == rationale`` sti
 
 from __future__ import annotations
 
+import string
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 from ..errors import KPODInputError, bad_input
-from ..steps import assign_tokens, resolve_rule, split_steps
+from ..steps import RULES, assign_tokens, resolve_rule, split_steps
+from .checks import example_list
 from .example import CoTExample
 from .tokenized import TokenizedExample
 
@@ -64,18 +67,43 @@ def _render(example: CoTExample, tokenizer: Any, template: str, answer_template:
     else:
         prompt = template.format(question=example.question)
     steps = split_steps(example.rationale, step_rule)
-    sep = "\n" if resolve_rule(example.rationale, step_rule) == "newline" else " "
+    sep = "\n" if resolve_rule(example.rationale, step_rule) in ("newline", "paragraph") else " "
     answer = answer_template.format(answer=example.answer, sep=sep)
     if not answer:
         raise bad_input("answer_template", "a template that renders to non-empty text", repr(answer_template))
     return prompt, steps, answer
 
 
+def _template_fields(template: str, argument: str, allowed: tuple[str, ...], required: str) -> None:
+    """A format string whose fields are among ``allowed`` and include ``required``."""
+    expected = f"a format string with the field {{{required}}} and no field other than {', '.join('{' + a + '}' for a in allowed)}"
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise bad_input(argument, expected, f"{template!r} ({exc})") from None
+    unknown = sorted(f for f in fields if f not in allowed)
+    if unknown or required not in fields:
+        got = f"{template!r} (unknown field {{{unknown[0]}}})" if unknown else repr(template)
+        raise bad_input(argument, expected, got)
+
+
 def _check_templates(template: str, answer_template: str) -> None:
-    if not isinstance(template, str) or (template != CHAT and "{question}" not in template):
+    if not isinstance(template, str):
         raise bad_input("template", "'chat' or a format string containing '{question}'", repr(template))
-    if not isinstance(answer_template, str) or "{answer}" not in answer_template:
+    if template != CHAT:
+        _template_fields(template, "template", ("question",), "question")
+    if not isinstance(answer_template, str):
         raise bad_input("answer_template", "a format string containing '{answer}'", repr(answer_template))
+    _template_fields(answer_template, "answer_template", ("answer", "sep"), "answer")
+
+
+class TokenizedList(list):
+    """The ``TokenizedExample``s (a plain list) plus ``skipped``: ``(id, length)`` of each example
+    left out by ``on_too_long="skip"``."""
+
+    def __init__(self, examples=(), skipped=None) -> None:
+        super().__init__(examples)
+        self.skipped: list[tuple[str, int]] = list(skipped or [])
 
 
 def _merge_empty(steps: list[str], counts: list[int], ex_id: str) -> tuple[list[str], list[int]]:
@@ -134,10 +162,16 @@ def tokenize_examples(
     """Tokenise many examples in batched tokenizer calls (see ``tokenize_example``).
 
     ``max_length``: sequences longer than this raise (``on_too_long="error"``) or are left out
-    (``"skip"``), so no training step meets an over-long sequence.
+    (``"skip"``, with a warning naming them and ``result.skipped`` listing ``(id, length)``), so no
+    training step meets an over-long sequence. Returns a list (a :class:`TokenizedList`).
     """
+    examples = example_list(examples, "examples", CoTExample)
     eos = _check_tokenizer(tokenizer, architecture)
     _check_templates(template, answer_template)
+    if step_rule not in RULES:
+        raise bad_input("step_rule", f"one of {RULES}", repr(step_rule))
+    if add_bos is not None and not isinstance(add_bos, bool):
+        raise bad_input("add_bos", "True, False or None", repr(add_bos))
     if on_too_long not in ("error", "skip"):
         raise bad_input("on_too_long", "'error' or 'skip'", repr(on_too_long))
     if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2):
@@ -171,17 +205,24 @@ def tokenize_examples(
                 segments.extend([seg] * len(enc[at]))
                 at += 1
             out.append(_build(ex.id, prefix, ids, segments, steps, eos, architecture))
-    if max_length is not None:
-        kept = []
-        for te in out:
-            if len(te.input_ids) <= max_length:
-                kept.append(te)
-            elif on_too_long == "error":
-                raise KPODInputError(
-                    f"example {te.id!r}: sequence length: expected at most max_length={max_length} tokens, got {len(te.input_ids)}"
-                )
-        out = kept
-    return out
+    if max_length is None:
+        return TokenizedList(out)
+    kept, skipped = [], []
+    for te in out:
+        if len(te.input_ids) <= max_length:
+            kept.append(te)
+        elif on_too_long == "error":
+            raise KPODInputError(
+                f"example {te.id!r}: sequence length: expected at most max_length={max_length} tokens, got {len(te.input_ids)}"
+            )
+        else:
+            skipped.append((te.id, len(te.input_ids)))
+    if skipped:
+        shown = ", ".join(f"{i!r} ({n} tokens)" for i, n in skipped[:10])
+        more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        warnings.warn(f"tokenize_examples: left out {len(skipped)} of {len(out)} examples longer than "
+                      f"max_length={max_length} tokens: {shown}{more}", UserWarning, stacklevel=2)
+    return TokenizedList(kept, skipped)
 
 
 def tokenize_example(

@@ -28,8 +28,8 @@ from types import MethodType
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback
 
+from .._optional import require
 from ..curriculum import ProgressiveSchedule
 from ..data.collator import KPODCollator, _KPODCollatorBase
 from ..data.guard import is_guarded, unguard
@@ -37,6 +37,9 @@ from ..data.records import RECORD_KEYS
 from ..errors import KPODInputError, bad_input
 from ..losses import keypoint_cross_entropy
 from .stage import ScheduledGivenSteps
+
+_transformers = require("transformers", extra="hf", feature="kpod_ops.integrations.hf")
+Trainer, TrainerCallback = _transformers.Trainer, _transformers.TrainerCallback
 
 BATCH_KEYS = ("token_weights", "loss_start", "step_ids")
 NORMALISERS = ("sequence", "token")

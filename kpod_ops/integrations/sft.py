@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import Trainer
-from trl import SFTTrainer
-
+from .._optional import require
 from ..errors import bad_input
 from .hf import _KPODTrainerMixin
+
+Trainer = require("transformers", extra="hf", feature="kpod_ops.integrations.sft").Trainer
+SFTTrainer = require("trl", extra="hf", feature="kpod_ops.integrations.sft").SFTTrainer
 
 __all__ = ["KPODSFTTrainer"]
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .._optional import require
 from ..data.answers import answers_match, extract_answer
 from ..data.example import CoTExample
 from ..data.tokenize import tokenize_examples
@@ -50,6 +51,7 @@ def generate(
     progress: bool = True,
 ) -> list[list[int]]:
     """Greedy continuations (without the prompt, cut at the first EOS) of every prompt, in order."""
+    require("tqdm", extra="all", feature="kpod evaluation")
     from tqdm.auto import tqdm
 
     if max_new_tokens < 1 or batch_size < 1:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._optional import require
 from .store import write_json
 
 
@@ -49,6 +50,7 @@ def versions() -> dict[str, str]:
 
 
 def _figure():
+    require("matplotlib", extra="plots", feature="the kpod report's figures")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

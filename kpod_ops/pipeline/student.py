@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from .._optional import require
 from ..errors import KPODInputError
 
 
@@ -40,6 +41,7 @@ def load_student_dir(path: str | Path | None, argument: str = "student") -> tupl
         raise KPODInputError(f"{argument}: expected a Hugging Face model directory, got {path} (not a directory)")
     if not (folder / "config.json").is_file():
         raise KPODInputError(f"{argument}: expected a Hugging Face model directory with config.json, got {folder} without one")
+    require("transformers", extra="hf", feature="loading a student")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -54,6 +56,7 @@ def load_student_dir(path: str | Path | None, argument: str = "student") -> tupl
 
 def add_lora(model: torch.nn.Module, r: int, alpha: int) -> torch.nn.Module:
     """LoRA adapters on every linear layer (``peft``); the base weights are frozen."""
+    require("peft", extra="hf", feature="LoRA students")
     from peft import LoraConfig, get_peft_model
 
     return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, target_modules="all-linear", task_type="CAUSAL_LM"))

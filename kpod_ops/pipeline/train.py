@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._optional import require
 from ..curriculum import ProgressiveSchedule
 from ..data.collator import KPODCollator
 from ..data.tokenized import TokenizedExample
@@ -140,6 +141,7 @@ def train(
     With ``checkpoint_dir`` a checkpoint with the same ``run_hash`` is resumed; one with another
     hash is discarded (saying so).
     """
+    require("tqdm", extra="all", feature="kpod training")
     from tqdm.auto import tqdm
 
     s = settings

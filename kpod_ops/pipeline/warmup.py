@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._optional import require
 from ..errors import bad_input
 from ..losses import keypoint_cross_entropy
 from .optim import autocast, lr_at, make_optimizer, set_lr
@@ -48,6 +49,7 @@ def warm_up(
 
     Mean token cross-entropy (the fused op, ``shift=True``), AdamW, warm-up then cosine decay.
     """
+    require("tqdm", extra="all", feature="the warm-up")
     from tqdm.auto import tqdm
 
     if not texts:
