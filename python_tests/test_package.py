@@ -129,14 +129,67 @@ def test_every_require_call_names_an_extra_that_installs_the_package():
     calls = []
     for path in sorted((ROOT / "kpod_ops").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "require":
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "require"
+                    and isinstance(node.args[0], ast.Constant)):
                 module = node.args[0].value
                 extra = next(k.value.value for k in node.keywords if k.arg == "extra")
                 top = module.split(".")[0]
                 dist = _DISTRIBUTIONS.get(top, top).replace("_", "-")
-                assert dist in [_name(r) for r in extras[extra]], f"{path.name}: {module} is not in extra [{extra}]"
+                names = {_name(r) for e in (extras if extra == "all" else [extra]) for r in extras[e]}
+                assert dist in names, f"{path.name}: {module} is not in extra [{extra}]"
                 calls.append((path.name, top))
     assert {top for _, top in calls} >= {"sklearn", "matplotlib", "tqdm", "peft", "reasoning_gym"}
+
+
+def _optional_imports_without_require(tree) -> list[tuple[int, str]]:
+    """Imports of an optional package outside a try block, in a scope (module or function) that does
+    not first call require() for that package."""
+    import ast
+
+    optional = {name for name in OPTIONAL}
+    found: list[tuple[int, str]] = []
+
+    def visit(scope, required: set[str], in_try: bool) -> None:
+        for node in ast.iter_child_nodes(scope):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                visit(node, set(required), False)
+                continue
+            if isinstance(node, ast.Try):
+                for child in node.body:
+                    visit(ast.Module(body=[child], type_ignores=[]), required, True)
+                for part in (node.handlers, node.orelse, node.finalbody):
+                    for child in part:
+                        visit(ast.Module(body=[child], type_ignores=[]), required, in_try)
+                continue
+            for sub in ast.walk(node):
+                if (isinstance(sub, ast.Call) and getattr(sub.func, "id", None) == "require" and sub.args
+                        and isinstance(sub.args[0], ast.Constant)):
+                    required.add(sub.args[0].value.split(".")[0])
+            if isinstance(node, ast.Import):
+                tops = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                tops = [node.module.split(".")[0]]
+            else:
+                if not isinstance(node, (ast.Expr, ast.Assign, ast.AnnAssign, ast.Return)):
+                    visit(node, required, in_try)
+                continue
+            found.extend((node.lineno, t) for t in tops if t in optional and t not in required and not in_try)
+
+    visit(tree, set(), False)
+    return found
+
+
+def test_optional_packages_are_imported_through_require():
+    """A missing optional package must give the error naming its extra, wherever kpod_ops imports it."""
+    import ast
+
+    bad = []
+    for path in sorted((ROOT / "kpod_ops").rglob("*.py")):
+        if path.name == "_optional.py":
+            continue
+        for line, package in _optional_imports_without_require(ast.parse(path.read_text())):
+            bad.append(f"{path.relative_to(ROOT)}:{line}: import of {package} without require({package!r}, extra=...)")
+    assert not bad, "\n".join(bad)
 
 
 def test_import_and_loss_need_only_torch_and_numpy():
