@@ -32,19 +32,22 @@ from .inputs import accumulation_dtype, check_arguments, denominator, plan_rows,
 from .linear_reference import keypoint_linear_cross_entropy_reference
 
 HIDDEN_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-AUTO_CHUNK_BYTES = 32 * 2**20  # logits chunk of the "auto" chunk size (fp32 elements)
-AUTO_CHUNK_ROWS = (64, 4096)
+AUTO_CHUNK_BYTES = 128 * 2**20  # the largest logits chunk "auto" picks (counted in fp32 elements)
+AUTO_CHUNK_FRACTION = 8  # "auto" uses at most 1/8 of the rows per chunk ...
+AUTO_CHUNK_MIN_ROWS = 64  # ... but never fewer than 64 rows (GEMMs slow down on thin operands)
 
 
 def auto_chunk_size(n_rows: int, hidden_size: int, vocab_size: int) -> int:
-    """Rows per chunk for ``chunk_size="auto"``: a ~32 MiB fp32 logits chunk, 64..4096 rows.
+    """Rows per chunk for ``chunk_size="auto"``: ``N/8`` rows, at most a 128 MiB logits chunk,
+    at least 64 rows.
 
-    Large enough for the GEMMs to run near full speed, small enough that the chunk (and its
-    gradient, written over it) is a small fraction of the ``N × V`` logits at training sizes.
+    The chunk (its gradient is written over it) is then about 1/8 of the ``N × V`` logits that an
+    unfused loss holds several times over, while each chunk's GEMMs are thick enough to run near
+    full speed (measured by ``benchmarks/bench_linear_loss.py``).
     """
-    rows = AUTO_CHUNK_BYTES // (4 * max(1, vocab_size))
-    lo, hi = AUTO_CHUNK_ROWS
-    return int(max(lo, min(hi, rows, max(1, n_rows))))
+    by_bytes = AUTO_CHUNK_BYTES // (4 * max(1, vocab_size))
+    rows = min(n_rows // AUTO_CHUNK_FRACTION, by_bytes)
+    return int(max(1, min(max(n_rows, 1), max(AUTO_CHUNK_MIN_ROWS, rows))))
 
 
 def _check_linear(hidden: object, weight: object, bias: object, chunk_size: object) -> None:

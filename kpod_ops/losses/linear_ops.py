@@ -145,6 +145,8 @@ def _run(
                 nll[s:e] = out[0]
             else:
                 nll.index_copy_(0, rows, out[0])
+        # free this chunk (dz is a view of it) before the next one is allocated: one chunk alive at a time
+        z = dz = h = out = None
     return nll, grad_h, grad_w, grad_b
 
 
