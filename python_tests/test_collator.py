@@ -150,3 +150,54 @@ def test_smollm2_collator_lines_up(request):
         # What is learned is exactly the last step, the answer sentence and EOS.
         assert tok.decode(learned) == te.steps[-1] + f"\nTherefore, the answer is {ex.answer}." + tok.eos_token
         assert tok.decode(out["input_ids"][b, : out["loss_start"][b]]).endswith("".join(te.steps[:-1]))
+
+
+def test_left_padding_is_respected_and_gives_the_same_loss():
+    from kpod_ops.models import tiny_student, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    tokenized = tokenize_examples(load_builtin("arith-cot", n=4, seed=3), tok)
+    given = {te.id: te.n_steps // 2 for te in tokenized}
+    right = KPODCollator(tok, None, given, padding_side="right")(tokenized)
+    tok.padding_side = "left"
+    left = KPODCollator(tok, None, given)(tokenized)  # follows the tokenizer
+    T = left["input_ids"].shape[1]
+    for b, te in enumerate(tokenized):
+        L = len(te.input_ids)
+        o = T - L
+        for key in ("input_ids", "attention_mask", "labels", "token_weights", "step_ids"):
+            assert torch.equal(unguard(left[key])[b, o:], unguard(right[key])[b, :L]), key
+        assert (left["attention_mask"][b, :o] == 0).all() and (unguard(left["labels"])[b, :o] == -100).all()
+        assert int(left["loss_start"][b]) == o + int(right["loss_start"][b])
+        assert left["position_ids"][b, o:].tolist() == list(range(L))
+    assert "position_ids" not in right
+    model = tiny_student(tok, hidden_size=32, num_layers=2, num_heads=2).eval()
+    losses = []
+    for batch in (right, left):
+        extra = {"position_ids": batch["position_ids"]} if "position_ids" in batch else {}
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra).logits
+        losses.append(kpod_ops.keypoint_cross_entropy(logits, unguard(batch["labels"]), batch["token_weights"],
+                                                      batch["loss_start"], reduction="sum", shift=True))
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-4)
+    with pytest.raises(KPODInputError, match="padding_side: expected 'right', 'left'"):
+        KPODCollator(tok, padding_side="center")
+
+
+def test_collator_refuses_tensors_strings_and_bad_label_pad():
+    tok, tokenized, weights = _data()
+    te = tokenized[0]
+    with pytest.raises(KPODInputError, match=rf"given_steps\['{te.id}'\]: expected an int .* got a Tensor of shape \(2,\)"):
+        KPODCollator(tok, None, {te.id: torch.tensor([1, 2])})([te])
+    with pytest.raises(KPODInputError, match="given_steps"):
+        KPODCollator(tok, None, {te.id: torch.tensor(1.0)})([te])
+    assert int(KPODCollator(tok, None, {te.id: torch.tensor(1)})([te])["loss_start"][0]) == te.step_spans[1][0]
+    assert int(KPODCollator(tok, None, {te.id: np.int32(1)})([te])["loss_start"][0]) == te.step_spans[1][0]
+    with pytest.raises(KPODInputError, match=rf"token_weights\['{te.id}'\]: expected numbers .* got dtype <U"):
+        KPODCollator(tok, {te.id: ["0.5"] * te.rationale_len})([te])
+    with pytest.raises(KPODInputError, match="token_weights"):
+        KPODCollator(tok, {te.id: "0.5"})([te])
+    for bad in (0, 5, "x", None, True, -1.5):
+        with pytest.raises(KPODInputError, match="label_pad_token_id: expected a negative int"):
+            KPODCollator(tok, label_pad_token_id=bad)
+    assert (unguard(KPODCollator(tok, label_pad_token_id=-1)([te])["labels"])[0, : te.prompt_len] == -1).all()

@@ -39,6 +39,7 @@ class _KPODCollatorBase:
         pad_token_id: int | None = None,
         pad_to_multiple_of: int | None = None,
         label_pad_token_id: int = -100,
+        padding_side: str | None = None,
     ) -> None:
         if pad_token_id is None and tokenizer is not None:
             pad_token_id = getattr(tokenizer, "pad_token_id", None)
@@ -56,7 +57,15 @@ class _KPODCollatorBase:
         self.given_steps = given_steps  # reassign every epoch with the schedule's c_i(t)
         self.pad_token_id = int(pad_token_id)
         self.pad_to_multiple_of = pad_to_multiple_of
-        self.label_pad_token_id = label_pad_token_id
+        if isinstance(label_pad_token_id, bool) or not isinstance(label_pad_token_id, (int, np.integer)) or label_pad_token_id >= 0:
+            raise bad_input("label_pad_token_id", "a negative int that no token has (the loss's ignore_index, -100 by default)",
+                            repr(label_pad_token_id))
+        self.label_pad_token_id = int(label_pad_token_id)
+        if padding_side is None:
+            padding_side = getattr(tokenizer, "padding_side", None) or "right"
+        if padding_side not in ("right", "left"):
+            raise bad_input("padding_side", "'right', 'left' or None (the tokenizer's padding_side)", repr(padding_side))
+        self.padding_side = padding_side
         eos = getattr(tokenizer, "eos_token_id", None)
         self.eos_token_id = None if eos is None else int(eos)
 
@@ -71,7 +80,16 @@ class _KPODCollatorBase:
             c = source[ex.id]
         else:
             c = source(ex.id)
-        if isinstance(c, (np.integer, torch.Tensor)):
+        if isinstance(c, (np.ndarray, torch.Tensor)):
+            if isinstance(c, np.ndarray):
+                one_int = c.size == 1 and c.dtype.kind in "iu"
+            else:
+                one_int = c.numel() == 1 and not (c.dtype.is_floating_point or c.dtype.is_complex or c.dtype == torch.bool)
+            if not one_int:
+                raise KPODInputError(f"given_steps[{ex.id!r}]: expected an int in [0, {ex.n_steps}], got a "
+                                     f"{type(c).__name__} of shape {tuple(c.shape)} and dtype {c.dtype}")
+            c = c.item()
+        if isinstance(c, np.integer):
             c = int(c)
         if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= ex.n_steps:
             raise KPODInputError(f"given_steps[{ex.id!r}]: expected an int in [0, {ex.n_steps}], got {c!r}")
@@ -90,7 +108,9 @@ class _KPODCollatorBase:
             raw = source[ex.id]
         else:
             raw = source(ex.id)
-        w = raw.detach().cpu().numpy() if isinstance(raw, torch.Tensor) else np.asarray(raw)
+        w = raw.detach().cpu().float().numpy() if isinstance(raw, torch.Tensor) else np.asarray(raw)
+        if w.dtype.kind not in "biuf":
+            raise KPODInputError(f"token_weights[{ex.id!r}]: expected numbers (one weight per rationale token), got dtype {w.dtype}")
         w = w.astype(np.float32, copy=False)
         if w.ndim != 1 or w.shape[0] != ex.rationale_len:
             raise KPODInputError(
@@ -127,7 +147,13 @@ class _KPODCollatorBase:
 
 class KPODCollator(_KPODCollatorBase):
     """Decoder-only batches: ``input_ids``, ``attention_mask``, ``labels``, ``token_weights``,
-    ``loss_start``, ``step_ids`` (right padding; all ``[B, T]`` except ``loss_start`` ``[B]``).
+    ``loss_start``, ``step_ids`` (all ``[B, T]`` except ``loss_start`` ``[B]``).
+
+    Padding follows ``padding_side`` (default: the tokenizer's ``padding_side``, else right). With
+    ``"left"`` every row is right-aligned, ``loss_start`` is shifted with it, and the batch also
+    holds ``position_ids`` (counting from each row's first real token) so a model sees the same
+    positions as without padding. ``label_pad_token_id`` must be negative (the loss's
+    ``ignore_index``: -100 unless you pass another one to the loss).
 
     ``token_weights`` maps example id → 1-D weights over its rationale tokens (length
     ``rationale_len``), or is a callable(id); None means 1 (or a ``"token_weights"`` entry of dict
@@ -153,14 +179,15 @@ class KPODCollator(_KPODCollatorBase):
         for b, (ex, feature) in enumerate(zip(examples, features)):
             L, p, a = len(ex.input_ids), ex.prompt_len, ex.answer_start
             start = ex.loss_start(self._c(ex))
-            input_ids[b, :L] = ex.input_ids
-            attention[b, :L] = 1
-            labels[b, start:L] = input_ids[b, start:L]
-            weights[b, p:a] = self._w(ex, feature)
-            weights[b, a:L] = 1.0
-            step_ids[b, p:a] = ex.step_ids()
-            loss_start[b] = start
-        return {
+            o = T - L if self.padding_side == "left" else 0  # every position of the row moves by o
+            input_ids[b, o : o + L] = ex.input_ids
+            attention[b, o : o + L] = 1
+            labels[b, o + start : o + L] = ex.input_ids[start:]
+            weights[b, o + p : o + a] = self._w(ex, feature)
+            weights[b, o + a : o + L] = 1.0
+            step_ids[b, o + p : o + a] = ex.step_ids()
+            loss_start[b] = o + start
+        batch = {
             "input_ids": torch.from_numpy(input_ids),
             "attention_mask": torch.from_numpy(attention),
             "labels": guard(torch.from_numpy(labels)),
@@ -168,6 +195,9 @@ class KPODCollator(_KPODCollatorBase):
             "loss_start": torch.from_numpy(loss_start),
             "step_ids": torch.from_numpy(step_ids),
         }
+        if self.padding_side == "left":  # positions count from each row's first real token, as without padding
+            batch["position_ids"] = torch.from_numpy(np.maximum(np.cumsum(attention, axis=1) - 1, 0))
+        return batch
 
 
 class KPODSeq2SeqCollator(_KPODCollatorBase):
@@ -176,6 +206,8 @@ class KPODSeq2SeqCollator(_KPODCollatorBase):
     answer are the decoder ``labels``. ``token_weights`` and ``step_ids`` are over label positions
     and index each token by its position in the **full** rationale (W4); ``loss_start`` is 0 (the
     labels already start at step ``c_i + 1``). Use ``keypoint_cross_entropy(..., shift=False)``.
+    ``padding_side="left"`` (or a left-padding tokenizer) pads the encoder input on the left; the
+    decoder labels are always padded on the right.
     """
 
     architecture = "encoder-decoder"
@@ -210,8 +242,9 @@ class KPODSeq2SeqCollator(_KPODCollatorBase):
         weights = np.zeros((B, T), dtype=np.float32)
         step_ids = np.full((B, T), -1, dtype=np.int64)
         for b, (ex, start, enc, w) in enumerate(rows):
-            input_ids[b, : len(enc)] = enc
-            attention[b, : len(enc)] = 1
+            o = S - len(enc) if self.padding_side == "left" else 0  # encoder input only; labels stay left-aligned
+            input_ids[b, o : o + len(enc)] = enc
+            attention[b, o : o + len(enc)] = 1
             target = ex.input_ids[start:]
             labels[b, : len(target)] = target
             n_rat = ex.answer_start - start  # remaining rationale tokens
