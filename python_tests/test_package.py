@@ -192,6 +192,13 @@ def test_optional_packages_are_imported_through_require():
     assert not bad, "\n".join(bad)
 
 
+def test_setup_script_installs_every_extra():
+    import re
+
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    assert re.search(r'pip install [^\n]*"\.\[all[],]', setup), "scripts/setup.sh must install kpod_ops with [all]"
+
+
 def test_import_and_loss_need_only_torch_and_numpy():
     res = _run(
         f"""
