@@ -8,6 +8,7 @@ import numpy as np
 
 from .._optional import require
 from ..errors import bad_input
+from .convert import plain_int
 
 logger = logging.getLogger(__name__)
 
@@ -17,13 +18,17 @@ def cluster_questions(embeddings: object, n_clusters: int = 5, *, seed: int = 0,
 
     With fewer questions than K, K is reduced to the number of questions (logged).
     """
-    x = np.asarray(embeddings.detach().cpu().numpy() if hasattr(embeddings, "detach") else embeddings, dtype=np.float64)
+    try:
+        x = np.asarray(embeddings.detach().cpu().float().numpy() if hasattr(embeddings, "detach") else embeddings, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise bad_input("embeddings", "a 2-D array of numbers [questions, dim]", f"{type(embeddings).__name__} ({exc})") from None
     if x.ndim != 2 or x.shape[0] == 0:
         raise bad_input("embeddings", "a non-empty 2-D array [questions, dim]", f"shape {x.shape}")
     if not np.all(np.isfinite(x)):
         raise bad_input("embeddings", "finite values", "NaN or inf")
-    if isinstance(n_clusters, bool) or int(n_clusters) != n_clusters or n_clusters < 1:
-        raise bad_input("n_clusters", "an int K >= 1", n_clusters)
+    n_clusters = plain_int("n_clusters", n_clusters, "an int K >= 1", minimum=1)
+    seed = plain_int("seed", seed, "an int")
+    n_init = plain_int("n_init", n_init, "an int >= 1", minimum=1)
     k = min(int(n_clusters), x.shape[0])
     if k < n_clusters:
         logger.info("cluster_questions: %d questions < K=%d; using K=%d", x.shape[0], n_clusters, k)

@@ -9,14 +9,19 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from ..data.checks import example_list
 from ..data.tokenized import TokenizedExample
 from ..errors import bad_input
+from .convert import plain_int
 
 EmbedFn = Callable[[Sequence[TokenizedExample]], object]
 
 
 def mean_input_embeddings(model: torch.nn.Module, examples: Sequence[TokenizedExample]) -> np.ndarray:
     """Mean input-embedding vector over each example's question (prompt) tokens, float32 ``[n, H]``."""
+    examples = example_list(examples, "examples", TokenizedExample)
+    if not hasattr(model, "get_input_embeddings"):
+        raise bad_input("model", "a model with get_input_embeddings() (e.g. a transformers model)", type(model).__name__)
     table = model.get_input_embeddings().weight.detach()
     out = torch.zeros(len(examples), table.shape[1], dtype=torch.float32)
     for i, ex in enumerate(examples):
@@ -39,6 +44,8 @@ def question_embeddings(
     Give ``model`` for the default (mean student input embedding) or ``embed_fn(batch) -> [b, H]``
     for your own (e.g. mean GloVe, a sentence encoder); it is called on batches of examples.
     """
+    examples = example_list(examples, "examples", TokenizedExample)
+    batch_size = plain_int("batch_size", batch_size, "an int >= 1", minimum=1)
     if (model is None) == (embed_fn is None):
         raise bad_input("model/embed_fn", "exactly one of them", "both" if model is not None else "neither")
     fn = embed_fn if embed_fn is not None else (lambda batch: mean_input_embeddings(model, batch))

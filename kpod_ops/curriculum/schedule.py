@@ -113,6 +113,8 @@ class ProgressiveSchedule:
             n_clusters: K, if some clusters have no question.
         """
         table = difficulties if isinstance(difficulties, StepTable) else StepTable.from_rows(difficulties)
+        if table.n_questions == 0:
+            raise bad_input("difficulties", "per-step difficulties for at least one question", "none")
         labels = _cluster_array(clusters, table.ids)
         n_epochs, n_stages = _epochs_and_stages(n_epochs, n_stages, bool(progressive))
         delta_s = plain_int("delta_s", delta_s, "an int Δs >= 1", minimum=1)

@@ -12,9 +12,11 @@ import numpy as np
 import torch
 
 from .._optional import require
+from ..data.checks import example_list
 from ..data.tokenized import TokenizedExample
 from ..errors import bad_input
 from ..losses import keypoint_cross_entropy
+from .convert import plain_int
 from .difficulty import step_difficulty
 
 IGNORE = -100
@@ -36,6 +38,8 @@ def scoring_batch(examples: Sequence[TokenizedExample], pad_id: int = 0) -> dict
     Encoder–decoder: the prompt as encoder input, ``decoder_targets`` = rationale + answer ids
     (-100 padded) and ``labels`` = the rationale part of it (aligned with the decoder logits).
     """
+    examples = example_list(examples, "examples", TokenizedExample)
+    pad_id = plain_int("pad_id", pad_id, "an int token id >= 0", minimum=0)
     archs = {ex.architecture for ex in examples}
     if len(archs) > 1:
         raise bad_input("examples", "one architecture per batch", sorted(archs))
@@ -81,8 +85,10 @@ def rationale_nll(
     """
     tqdm = require("tqdm.auto", extra="curriculum", feature="difficulty scoring").tqdm  # lazily: `import kpod_ops` needs only torch, numpy
 
-    if batch_size < 1:
-        raise bad_input("batch_size", "an int >= 1", batch_size)
+    examples = example_list(examples, "examples", TokenizedExample)
+    batch_size = plain_int("batch_size", batch_size, "an int >= 1", minimum=1)
+    if not isinstance(model, torch.nn.Module):
+        raise bad_input("model", "a torch.nn.Module (the student)", type(model).__name__)
     if pad_id is None:
         pad_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -114,6 +120,11 @@ def combine_step_difficulties(
     normalisation: str = "softmax",
 ) -> dict[Hashable, np.ndarray]:
     """Eq. 8 per example from per-token NLL and token weights (both over the rationale tokens)."""
+    examples = example_list(examples, "examples", TokenizedExample)
+    if not isinstance(nll, Mapping):
+        raise bad_input("nll", "a dict {example id: per-token NLL}", type(nll).__name__)
+    if token_weights is not None and not isinstance(token_weights, Mapping):
+        raise bad_input("token_weights", "a dict {example id: weights} or None", type(token_weights).__name__)
     out = {}
     for ex in examples:
         if ex.id not in nll:

@@ -56,12 +56,18 @@ class StepTable:
         """From ``{id: per-step difficulties}`` or a sequence of them (ids 0..n−1)."""
         if isinstance(difficulties, Mapping):
             ids, rows = tuple(difficulties.keys()), list(difficulties.values())
+        elif isinstance(difficulties, (str, bytes)) or not isinstance(difficulties, (Sequence, np.ndarray)):
+            raise bad_input("difficulties", "a dict {id: per-step difficulties}, a list of them or a StepTable",
+                            type(difficulties).__name__)
         else:
             rows = list(difficulties)
             ids = tuple(range(len(rows)))
         arrays = []
         for key, row in zip(ids, rows):
-            a = np.asarray(row.detach().cpu().numpy() if hasattr(row, "detach") else row, dtype=np.float64)
+            try:
+                a = np.asarray(row.detach().cpu().double().numpy() if hasattr(row, "detach") else row, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise bad_input(f"difficulties[{key!r}]", "a 1-D array of per-step difficulties (numbers)", repr(row)[:60]) from None
             if a.ndim != 1:
                 raise bad_input(f"difficulties[{key!r}]", "a 1-D array of per-step difficulties", f"shape {a.shape}")
             arrays.append(a)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import bad_input
+
 
 @dataclass(frozen=True)
 class TokenizedExample:
@@ -68,6 +70,8 @@ class TokenizedExample:
         With ``given_steps == 0`` the first rationale token; with ``given_steps == n_steps`` the
         first answer token.
         """
-        if not 0 <= given_steps <= self.n_steps:
-            raise ValueError(f"given_steps: expected an int in [0, {self.n_steps}], got {given_steps}")
+        if isinstance(given_steps, np.integer):
+            given_steps = int(given_steps)
+        if isinstance(given_steps, bool) or not isinstance(given_steps, int) or not 0 <= given_steps <= self.n_steps:
+            raise bad_input("given_steps", f"an int in [0, {self.n_steps}]", repr(given_steps))
         return self.answer_start if given_steps == self.n_steps else self.step_spans[given_steps][0]
