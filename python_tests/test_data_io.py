@@ -217,3 +217,28 @@ def test_read_jsonl_keeps_a_marker_inside_the_reasoning_and_reports_it(tmp_path)
     got = read_jsonl(_write(tmp_path, lines), filter_wrong_answers=True)
     assert [e.id for e in got] == ["a", "k"] and got[1].rationale == check
     assert got.ambiguous_markers == ["k"] and "1 with an answer marker inside the reasoning" in got.report()
+
+
+def test_data_summary_shows_the_rule_each_rationale_got(tmp_path):
+    from kpod_ops.data import summarize_examples
+
+    paragraphs = "Tom buys 3 apples. Each costs $2.\n\nSo he pays $6. He also buys a pear.\n\nHe pays $7. He has $3 left."
+    examples = [
+        CoTExample("p", "q", paragraphs, "3"),
+        CoTExample("n", "q", "Half is 48/2 = 24 clips.\nSo 48+24 = 72 clips.", "72"),
+        CoTExample("s", "q", "He has 5. He eats 2.", "3"),
+    ]
+    summary = summarize_examples(examples)
+    assert summary.rules == {"paragraph": 1, "newline": 1, "period": 1}
+    assert (summary.steps_min, summary.steps_max) == (2, 6)
+    assert "step_rule='auto' -> " in str(summary) and "paragraph 1" in str(summary)
+    assert summarize_examples(examples, "newline").rules == {"newline": 3}
+    check = {**GOOD, "id": "k", "rationale": "Is the answer is 5 right?\nYes, 5.", "answer": "5"}
+    read = read_jsonl(_write(tmp_path, [GOOD, check]))
+    assert summarize_examples(read).ambiguous_markers == 1
+    with pytest.raises(KPODInputError, match="step_rule"):
+        summarize_examples(examples, "sentence")
+    with pytest.raises(KPODInputError, match="examples: expected a list of CoTExample, got a single CoTExample"):
+        summarize_examples(examples[0])
+    with pytest.raises(KPODInputError, match="examples: expected a list of CoTExample, got a single CoTExample"):
+        write_jsonl(examples[0], tmp_path / "one.jsonl")

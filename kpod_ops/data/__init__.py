@@ -9,6 +9,7 @@ from .gsm_symbolic import load_gsm_symbolic
 from .guard import KPODLabels, is_guarded, unguard
 from .jsonl import ReadResult, read_jsonl, strip_calculator_annotations, write_jsonl
 from .records import as_tokenized, to_record, validate_tokenized
+from .summary import DataSummary, summarize_examples
 from .tokenize import DEFAULT_ANSWER_TEMPLATE, DEFAULT_TEMPLATE, tokenize_example, tokenize_examples
 from .tokenized import TokenizedExample
 
@@ -17,6 +18,7 @@ __all__ = [
     "DEFAULT_ANSWER_TEMPLATE",
     "DEFAULT_TEMPLATE",
     "CoTExample",
+    "DataSummary",
     "KPODCollator",
     "KPODLabels",
     "KPODSeq2SeqCollator",
@@ -35,6 +37,7 @@ __all__ = [
     "parse_number",
     "read_jsonl",
     "strip_calculator_annotations",
+    "summarize_examples",
     "to_record",
     "tokenize_example",
     "tokenize_examples",

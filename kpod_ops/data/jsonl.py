@@ -166,6 +166,10 @@ def read_jsonl(
 
 def write_jsonl(examples: Iterable[CoTExample], path: str | os.PathLike) -> None:
     """Write examples in the format ``read_jsonl`` reads (via a temporary file: never half-written)."""
+    if isinstance(examples, CoTExample):
+        raise bad_input("examples", "a list of CoTExample", "a single CoTExample (wrap it in a list: [example])")
+    if not isinstance(path, (str, os.PathLike)):
+        raise bad_input("path", "a str or os.PathLike path", type(path).__name__)
     file = Path(path)
     tmp = file.with_name(file.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as handle:
