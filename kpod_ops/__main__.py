@@ -22,6 +22,11 @@ def about() -> str:
 def main(argv: list[str] | None = None) -> int:
     """With arguments: run the ``kpod`` command line. Without: :func:`about` and the command's usage."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv in (["--version"], ["-V"]):
+        import kpod_ops
+
+        print(f"kpod_ops {kpod_ops.__version__}")
+        return 0
     try:
         cli = importlib.import_module("kpod_ops.cli")
     except ModuleNotFoundError as exc:

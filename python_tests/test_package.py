@@ -285,6 +285,8 @@ def test_python_m_kpod_ops_says_something_useful(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout
     assert f"kpod_ops {kpod_ops.__version__}" in out and "fused kernels:" in out and "usage: kpod" in out, out
+    res = _run("", "-m", "kpod_ops", "--version", cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout.strip() == f"kpod_ops {kpod_ops.__version__}", res.stdout + res.stderr
     res = _run("", "-m", "kpod_ops", "distill", "--help", cwd=tmp_path)  # arguments go to the kpod command
     assert res.returncode == 0 and "usage: kpod distill" in res.stdout, res.stderr[-3000:]
 
