@@ -23,5 +23,8 @@ TORCH_LIBRARY(kpod, m) {
   m.def(
       "kce_forward_backward_inplace(Tensor(a!) logits, Tensor target, Tensor row_scale, "
       "float label_smoothing) -> Tensor nll");
+  m.def(
+      "kce_backward_inplace(Tensor(a!) logits, Tensor target, Tensor lse, Tensor grad_nll, Tensor grad_lse, "
+      "float label_smoothing) -> ()");
   m.def("scale_(Tensor(a!) x, Tensor scale) -> ()");
 }

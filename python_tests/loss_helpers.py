@@ -4,9 +4,21 @@ measured against an fp64 reference, plus a small absolute floor)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+import kpod_ops
 from kpod_ops import keypoint_cross_entropy, keypoint_cross_entropy_reference
+from kpod_ops._extension import cuda_kernels_built
+
+# Every device-parametrised loss test runs on the CPU, and also on CUDA where a GPU is present
+# and the extension has CUDA kernels (as torch_scatter/testing.py does with its `devices`).
+DEVICES = [torch.device("cpu")]
+if torch.cuda.is_available() and cuda_kernels_built():
+    DEVICES.append(torch.device("cuda"))
+FUSED_CPU = kpod_ops.fused_available("cpu")[0]
+needs_fused = pytest.mark.skipif(not FUSED_CPU, reason="kpod_ops._C not built")
+IMPLS = ["fused", "reference"] if FUSED_CPU else ["reference"]
 
 
 def run(fn, logits, labels, weights=None, loss_start=None, *, weight_grad=True, **kw):
@@ -16,7 +28,8 @@ def run(fn, logits, labels, weights=None, loss_start=None, *, weight_grad=True, 
     if weights is not None:
         w = weights.detach().clone().requires_grad_(weight_grad)
     loss = fn(x, labels, w, loss_start, **kw)
-    seed = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype).reshape(loss.shape) if loss.dim() else None
+    seed = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype, device=loss.device)
+    seed = seed.reshape(loss.shape) if loss.dim() else None
     if loss.dim():
         (loss * seed).sum().backward()
     else:

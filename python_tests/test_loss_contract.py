@@ -8,54 +8,57 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from loss_helpers import GradProbe
+from loss_helpers import DEVICES, IMPLS, GradProbe, needs_fused
+from loss_helpers import FUSED_CPU as FUSED
 
 import kpod_ops
 from kpod_ops import KeypointCrossEntropy, KPODInputError, keypoint_cross_entropy
 
-FUSED = kpod_ops.fused_available("cpu")[0]
-needs_fused = pytest.mark.skipif(not FUSED, reason="kpod_ops._C not built")
-IMPLS = ["fused", "reference"] if FUSED else ["reference"]
+devices = pytest.mark.parametrize("device", DEVICES, ids=str)
 
 
-def _problem(B=2, T=6, V=11, dtype=torch.float32, seed=0):
+def _problem(B=2, T=6, V=11, dtype=torch.float32, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(B, T, V, generator=g).to(dtype)
     labels = torch.randint(0, V, (B, T), generator=g)
     labels[0, 1] = -100
     weights = torch.rand(B, T, generator=g) + 0.1
     start = torch.tensor([2, 0])[:B]
-    return logits, labels, weights, start
+    return logits.to(device), labels.to(device), weights.to(device), start.to(device)
 
 
 # ---------------------------------------------------------------- registration
 
 
 @needs_fused
-def test_opcheck_all_ops():
-    logits, labels, weights, _ = _problem(V=37)
+@devices
+def test_opcheck_all_ops(device):
+    logits, labels, weights, _ = _problem(V=37, device=device)
     target = torch.where(labels < 0, torch.full_like(labels, -1), labels)
-    scale = torch.rand(2, 6)
+    scale = torch.rand(2, 6, device=device)
     scale[1, 2] = 0
     for requires_grad in (False, True):
         x = logits.clone().requires_grad_(requires_grad)
         torch.library.opcheck(torch.ops.kpod.kce_forward.default, (x, target, 0.1))
     nll, lse = torch.ops.kpod.kce_forward(logits, target, 0.0)
-    torch.library.opcheck(torch.ops.kpod.kce_backward.default, (logits, target, lse, torch.rand(2, 6), torch.zeros(2, 6), 0.0))
+    gn, gl = torch.rand(2, 6, device=device), torch.zeros(2, 6, device=device)
+    torch.library.opcheck(torch.ops.kpod.kce_backward.default, (logits, target, lse, gn, gl, 0.0))
+    torch.library.opcheck(torch.ops.kpod.kce_backward_inplace.default, (logits.clone(), target, lse, gn, gl, 0.1))
     torch.library.opcheck(torch.ops.kpod.kce_forward_backward.default, (logits, target, scale, 0.1))
     torch.library.opcheck(torch.ops.kpod.kce_forward_backward_inplace.default, (logits.clone(), target, scale, 0.0))
-    torch.library.opcheck(torch.ops.kpod.scale_.default, (logits.clone(), torch.tensor(0.5)))
+    torch.library.opcheck(torch.ops.kpod.scale_.default, (logits.clone(), torch.tensor(0.5, device=device)))
     # strided (row-padded) logits and an all-skipped batch
-    wide = torch.randn(2, 6, 40)[..., :37]
+    wide = torch.randn(2, 6, 40, device=device)[..., :37]
     torch.library.opcheck(torch.ops.kpod.kce_forward.default, (wide.requires_grad_(), target, 0.0))
     torch.library.opcheck(torch.ops.kpod.kce_forward.default, (logits, torch.full_like(target, -1), 0.0))
 
 
 @needs_fused
+@devices
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean", "weighted_mean"])
 @pytest.mark.parametrize("shift", [False, True])
-def test_gradcheck_float64(reduction, shift):
-    logits, labels, weights, start = _problem(V=13, dtype=torch.float64)
+def test_gradcheck_float64(reduction, shift, device):
+    logits, labels, weights, start = _problem(V=13, dtype=torch.float64, device=device)
     x = logits.clone().requires_grad_(True)
     w = weights.double().requires_grad_(True)
 
@@ -66,9 +69,10 @@ def test_gradcheck_float64(reduction, shift):
 
 
 @needs_fused
-def test_gradcheck_through_registered_backward():
+@devices
+def test_gradcheck_through_registered_backward(device):
     """reduction='none' and the lse output go through kce_backward (the 3-pass path)."""
-    logits, labels, _, _ = _problem(V=9, dtype=torch.float64)
+    logits, labels, _, _ = _problem(V=9, dtype=torch.float64, device=device)
     target = torch.where(labels < 0, torch.full_like(labels, -1), labels)
 
     def f(x):
@@ -79,9 +83,10 @@ def test_gradcheck_through_registered_backward():
 
 
 @needs_fused
+@devices
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_torch_compile_fullgraph(dtype):
-    logits, labels, weights, start = _problem(B=2, T=5, V=33, dtype=dtype)
+def test_torch_compile_fullgraph(dtype, device):
+    logits, labels, weights, start = _problem(B=2, T=5, V=33, dtype=dtype, device=device)
     loss_fn = KeypointCrossEntropy(reduction="mean", shift=True, validate=False)
 
     def step(x, w):
@@ -100,9 +105,10 @@ def test_torch_compile_fullgraph(dtype):
 
 
 @needs_fused
-def test_torch_compile_inductor_forward_backward():
-    logits, labels, weights, start = _problem(V=17)
-    compiled = torch.compile(lambda x, w: keypoint_cross_entropy(x, labels, w, start, reduction="sum", validate=False), fullgraph=True)
+@devices
+def test_torch_compile_inductor_forward_backward(device):
+    logits, labels, weights, start = _problem(V=17, device=device)
+    compiled = torch.compile(lambda x, w: keypoint_cross_entropy(x, labels, w, start, reduction="sum"), fullgraph=True)
     x = logits.clone().requires_grad_(True)
     loss = compiled(x, weights)
     loss.backward()
@@ -129,12 +135,13 @@ def test_autocast_bf16_logits_accepted():
 # ---------------------------------------------------------------- invariants K1–K9
 
 
+@devices
 @pytest.mark.parametrize("impl", IMPLS)
-def test_k1_unit_weights_equal_token_ce(impl):
+def test_k1_unit_weights_equal_token_ce(impl, device):
     """ω ≡ 1, start at the first rationale token: the 'sum' loss is plain token-level CE (Eq. 1)."""
-    logits, labels, _, _ = _problem(B=2, T=8, V=50)
+    logits, labels, _, _ = _problem(B=2, T=8, V=50, device=device)
     labels[:] = torch.randint(0, 50, labels.shape)
-    start = torch.tensor([3, 5])
+    start = torch.tensor([3, 5], device=device)
     got = keypoint_cross_entropy(logits, labels, None, start, reduction="sum", impl=impl)
     masked = labels.clone()
     for b, s in enumerate(start.tolist()):
@@ -143,9 +150,10 @@ def test_k1_unit_weights_equal_token_ce(impl):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@devices
 @pytest.mark.parametrize("impl", IMPLS)
-def test_k3_inactive_rows_exactly_zero(impl):
-    logits, labels, weights, start = _problem(V=21)
+def test_k3_inactive_rows_exactly_zero(impl, device):
+    logits, labels, weights, start = _problem(V=21, device=device)
     logits[0, :2] = float("nan")  # before loss_start
     logits[0, 1] = float("inf")  # ignored label
     weights[1, 3] = 0.0
@@ -171,48 +179,54 @@ def test_k4_linear_in_weights(a, b, seed):
     assert L(w1).item() >= 0.0
 
 
+@devices
 @pytest.mark.parametrize("impl", IMPLS)
-def test_k5_gradient_formula_and_rows_sum_to_zero(impl):
-    logits, labels, weights, start = _problem(V=23)
+def test_k5_gradient_formula_and_rows_sum_to_zero(impl, device):
+    logits, labels, weights, start = _problem(V=23, device=device)
     x = logits.clone().requires_grad_(True)
     keypoint_cross_entropy(x, labels, weights, start, reduction="sum", impl=impl).backward()
-    active = (labels != -100) & (torch.arange(6).unsqueeze(0) >= start.unsqueeze(1))
+    active = (labels != -100) & (torch.arange(6, device=device).unsqueeze(0) >= start.unsqueeze(1))
     expected = weights.unsqueeze(-1) * (torch.softmax(logits, -1) - F.one_hot(labels.clamp(min=0), 23))
     expected = torch.where(active.unsqueeze(-1), expected, torch.zeros(()))
     torch.testing.assert_close(x.grad, expected, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(x.grad.sum(-1), torch.zeros(2, 6), rtol=0, atol=1e-5)
+    torch.testing.assert_close(x.grad.sum(-1), torch.zeros(2, 6, device=device), rtol=0, atol=1e-5)
 
 
+@devices
 @pytest.mark.parametrize("impl", IMPLS)
-def test_k6_shift_invariance(impl):
-    logits, labels, weights, start = _problem(V=31)
+def test_k6_shift_invariance(impl, device):
+    logits, labels, weights, start = _problem(V=31, device=device)
     base = keypoint_cross_entropy(logits, labels, weights, start, reduction="none", impl=impl)
-    moved = keypoint_cross_entropy(logits + torch.randn(2, 6, 1) * 5, labels, weights, start, reduction="none", impl=impl)
+    moved = keypoint_cross_entropy(logits + torch.randn(2, 6, 1, device=device) * 5, labels, weights, start, reduction="none", impl=impl)
     torch.testing.assert_close(base, moved, rtol=1e-4, atol=1e-4)
 
 
+@devices
 @pytest.mark.parametrize("impl", IMPLS)
-def test_k7_earlier_start_never_decreases_loss(impl):
-    logits, labels, weights, _ = _problem(B=2, T=9, V=17)
+def test_k7_earlier_start_never_decreases_loss(impl, device):
+    logits, labels, weights, _ = _problem(B=2, T=9, V=17, device=device)
     losses = [
-        keypoint_cross_entropy(logits, labels, weights, torch.tensor([c, c]), reduction="sum", shift=True, impl=impl).item()
+        keypoint_cross_entropy(logits, labels, weights, torch.tensor([c, c], device=device), reduction="sum", shift=True, impl=impl).item()
         for c in range(10, -1, -1)
     ]
     assert all(b >= a - 1e-6 for a, b in zip(losses, losses[1:]))
 
 
+@devices
 @pytest.mark.parametrize("impl", IMPLS)
-def test_k8_reductions_consistent(impl):
-    logits, labels, weights, start = _problem(V=19)
+def test_k8_reductions_consistent(impl, device):
+    logits, labels, weights, start = _problem(V=19, device=device)
     kw = dict(impl=impl)
     s = keypoint_cross_entropy(logits, labels, weights, start, reduction="sum", **kw)
     m = keypoint_cross_entropy(logits, labels, weights, start, reduction="mean", **kw)
     wm = keypoint_cross_entropy(logits, labels, weights, start, reduction="weighted_mean", **kw)
-    active = (labels != -100) & (torch.arange(6).unsqueeze(0) >= start.unsqueeze(1))
+    active = (labels != -100) & (torch.arange(6, device=device).unsqueeze(0) >= start.unsqueeze(1))
     torch.testing.assert_close(m, s / active.sum(), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(wm, s / weights[active].sum(), rtol=1e-6, atol=1e-6)
     n = keypoint_cross_entropy(logits, labels, weights, start, reduction="mean", num_items_in_batch=torch.tensor(3), **kw)
     torch.testing.assert_close(n, s / 3, rtol=1e-6, atol=1e-6)
+    n_int = keypoint_cross_entropy(logits, labels, weights, start, reduction="mean", num_items_in_batch=3, **kw)
+    torch.testing.assert_close(n_int, s / 3, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -236,14 +250,16 @@ def test_k9_none_then_per_step_softmax_is_eq8(impl):
 # ---------------------------------------------------------------- edges
 
 
+@devices
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean", "weighted_mean"])
-def test_empty_and_all_inactive_give_zero_not_nan(impl, reduction):
+def test_empty_and_all_inactive_give_zero_not_nan(impl, reduction, device):
     for logits, labels in [
         (torch.randn(0, 5, 7), torch.zeros(0, 5, dtype=torch.long)),
         (torch.randn(3, 4, 7), torch.full((3, 4), -100)),
         (torch.randn(0, 7), torch.zeros(0, dtype=torch.long)),
     ]:
+        logits, labels = logits.to(device), labels.to(device)
         x = logits.clone().requires_grad_(True)
         loss = keypoint_cross_entropy(x, labels, reduction=reduction, impl=impl)
         assert torch.isfinite(loss).all() and loss.abs().sum() == 0
@@ -251,19 +267,21 @@ def test_empty_and_all_inactive_give_zero_not_nan(impl, reduction):
         assert x.grad is not None and x.grad.abs().sum() == 0
 
 
+@devices
 @pytest.mark.parametrize("impl", IMPLS)
-def test_loss_start_beyond_sequence_and_zero(impl):
-    logits, labels, weights, _ = _problem(V=12)
-    beyond = keypoint_cross_entropy(logits, labels, weights, torch.tensor([100, 6]), reduction="sum", impl=impl)
+def test_loss_start_beyond_sequence_and_zero(impl, device):
+    logits, labels, weights, _ = _problem(V=12, device=device)
+    beyond = keypoint_cross_entropy(logits, labels, weights, torch.tensor([100, 6], device=device), reduction="sum", impl=impl)
     assert beyond.item() == 0.0
-    zero = keypoint_cross_entropy(logits, labels, weights, torch.tensor([0, 0]), reduction="sum", impl=impl)
+    zero = keypoint_cross_entropy(logits, labels, weights, torch.tensor([0, 0], device=device), reduction="sum", impl=impl)
     none = keypoint_cross_entropy(logits, labels, weights, None, reduction="sum", impl=impl)
     torch.testing.assert_close(zero, none)
 
 
 @needs_fused
-def test_zero_denominator_from_num_items_gives_zero_gradient():
-    logits, labels, weights, start = _problem(V=12)
+@devices
+def test_zero_denominator_from_num_items_gives_zero_gradient(device):
+    logits, labels, weights, start = _problem(V=12, device=device)
     x = logits.clone().requires_grad_(True)
     w = weights.clone().requires_grad_(True)
     loss = keypoint_cross_entropy(x, labels, w, start, reduction="weighted_mean", num_items_in_batch=0, impl="fused")
@@ -272,20 +290,21 @@ def test_zero_denominator_from_num_items_gives_zero_gradient():
 
 
 @needs_fused
-def test_inplace_writes_gradient_and_guards_reuse():
-    logits, labels, weights, start = _problem(V=15)
+@devices
+def test_inplace_writes_gradient_and_guards_reuse(device):
+    logits, labels, weights, start = _problem(V=15, device=device)
     ref_x = logits.clone().requires_grad_(True)
     ref = keypoint_cross_entropy(ref_x, labels, weights, start, reduction="mean", impl="fused")
     ref.backward()
-    lin_in = torch.randn(2, 6, 4, requires_grad=True)
-    head = torch.nn.Linear(4, 15)
+    lin_in = torch.randn(2, 6, 4, requires_grad=True, device=device)
+    head = torch.nn.Linear(4, 15, device=device)
     x = head(lin_in)
     probe = x.sin()  # saves x for its backward: reusing x after the in-place write must fail loudly
     loss = keypoint_cross_entropy(x, labels, weights, start, reduction="mean", inplace_backward=True, impl="fused")
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         (loss + probe.sum()).backward()
     # without another reader the gradient reaches the head through the overwritten buffer
-    x2 = GradProbe.apply(torch.zeros((), requires_grad=True), logits)
+    x2 = GradProbe.apply(torch.zeros((), requires_grad=True, device=device), logits)
     loss2 = keypoint_cross_entropy(x2, labels, weights, start, reduction="mean", inplace_backward=True, impl="fused")
     (loss2 * 3).backward()
     torch.testing.assert_close(loss2.detach(), ref.detach())
@@ -312,11 +331,12 @@ def test_fused_available_reports_reason():
 # ---------------------------------------------------------------- bad input
 
 
+@devices
 @pytest.mark.parametrize("impl", IMPLS)
-def test_bad_input_errors_name_argument_expected_and_actual(impl):
-    logits, labels, weights, start = _problem(V=10)
+def test_bad_input_errors_name_argument_expected_and_actual(impl, device):
+    logits, labels, weights, start = _problem(V=10, device=device)
     cases = [
-        (dict(labels=labels.clone().index_put_((torch.tensor(1), torch.tensor(4)), torch.tensor(10))), r"labels: expected values in \[0, 10\).*got 10 at position \(1, 4\)"),
+        (dict(labels=labels.clone().index_put_((torch.tensor(1), torch.tensor(4)), torch.tensor(10, device=device))), r"labels: expected values in \[0, 10\).*got 10 at position \(1, 4\)"),
         (dict(labels=labels[:, :5]), r"labels: expected shape \(2, 6\)"),
         (dict(labels=labels.int()), r"labels: expected dtype torch.int64.*torch.int32"),
         (dict(logits=logits.int()), r"logits: expected dtype float32"),
@@ -324,7 +344,7 @@ def test_bad_input_errors_name_argument_expected_and_actual(impl):
         (dict(token_weights=weights[:, :3]), r"token_weights: expected shape \(2, 6\)"),
         (dict(token_weights=weights.long()), r"token_weights: expected a floating-point dtype"),
         (dict(loss_start=start.int()), r"loss_start: expected dtype torch.int64"),
-        (dict(loss_start=torch.tensor([1, 2, 3])), r"loss_start: expected shape \(2,\)"),
+        (dict(loss_start=torch.tensor([1, 2, 3], device=device)), r"loss_start: expected shape \(2,\)"),
         (dict(reduction="avg"), r"reduction: expected one of"),
         (dict(num_items_in_batch=5, reduction="sum"), r"num_items_in_batch: expected None unless"),
         (dict(token_weights=-weights, reduction="weighted_mean"), r"token_weights: expected non-negative weights.*got -"),
@@ -344,10 +364,11 @@ def test_bad_input_errors_name_argument_expected_and_actual(impl):
 
 
 @needs_fused
-def test_validate_false_out_of_range_label_gives_nan_not_a_crash():
+@devices
+def test_validate_false_out_of_range_label_gives_nan_not_a_crash(device):
     """Without validation an out-of-range label cannot be reported; the kernels make it loud (NaN),
     never read out of bounds, and never throw from inside a kernel (same on CPU and CUDA)."""
-    logits, labels, _, _ = _problem(V=10)
+    logits, labels, _, _ = _problem(V=10, device=device)
     labels[1, 2] = 12
     per = keypoint_cross_entropy(logits, labels, validate=False, reduction="none", impl="fused")
     assert torch.isnan(per[1, 2]) and torch.isfinite(per[0]).all()
@@ -367,8 +388,9 @@ def test_module_repr_and_forward():
 
 
 @needs_fused
-def test_backward_twice_with_retain_graph():
-    logits, labels, weights, start = _problem(V=14)
+@devices
+def test_backward_twice_with_retain_graph(device):
+    logits, labels, weights, start = _problem(V=14, device=device)
     x = logits.clone().requires_grad_(True)
     loss = keypoint_cross_entropy(x, labels, weights, start, reduction="mean", impl="fused")
     (loss * 2).backward(retain_graph=True)

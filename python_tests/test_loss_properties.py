@@ -81,6 +81,9 @@ def test_fused_matches_reference(problem):
     check_against_reference(logits, labels, weights, loss_start, **kwargs)
 
 
+_INPLACE_TOL = {torch.float16: dict(rtol=2.0**-10, atol=1e-7)}
+
+
 @given(problems(max_v=4099), st.sampled_from(["sum", "mean", "weighted_mean"]))
 @settings(max_examples=25)
 def test_inplace_matches_functional(problem, reduction):
@@ -95,10 +98,13 @@ def test_inplace_matches_functional(problem, reduction):
     w = None if weights is None else weights.clone().requires_grad_(True)
     loss = kpod_ops.keypoint_cross_entropy(x, labels, w, loss_start, inplace_backward=True, impl="fused", **kwargs)
     loss.backward()
-    torch.testing.assert_close(loss.detach(), ref[0], rtol=0, atol=0, equal_nan=True)
-    torch.testing.assert_close(GradProbe.captured.reshape(ref[1].shape), ref[1], rtol=0, atol=0, equal_nan=True)
+    # fp16: the in-place mode computes the gradient in backward (as the functional mode's two-kernel
+    # path does) but folds the per-row scale in another order: equal up to fp32 rounding
+    tol = _INPLACE_TOL.get(logits.dtype, dict(rtol=0, atol=0))
+    torch.testing.assert_close(loss.detach(), ref[0], equal_nan=True, **tol)
+    torch.testing.assert_close(GradProbe.captured.reshape(ref[1].shape), ref[1], equal_nan=True, **tol)
     if w is not None:
-        torch.testing.assert_close(w.grad, ref[2], rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(w.grad, ref[2], equal_nan=True, **tol)
 
 
 @given(problems(max_v=4099))
@@ -109,3 +115,29 @@ def test_no_grad_forward_matches_reference(problem):
         got = kpod_ops.keypoint_cross_entropy(logits, labels, weights, loss_start, impl="fused", **kwargs)
         ref = reference(logits.double(), labels, None if weights is None else weights.double(), loss_start, **kwargs)
     torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-3 if logits.dtype != torch.float32 else 1e-4, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_long_rows_in_blocks_match_reference(monkeypatch, dtype):
+    """Rows longer than the L2 budget go block by block (forced here with a 16 KiB budget):
+    loss and gradients as the reference, non-finite logits included, in place as functional."""
+    monkeypatch.setenv("KPOD_CPU_ROW_BUDGET_KB", "16")
+    g = torch.Generator().manual_seed(3)
+    B, T, V = 2, 3, 40_000  # several 32 KiB blocks per row
+    logits = (torch.randn(B, T, V, generator=g) * 4).to(dtype)
+    logits[1, 2, 30_000] = 40.0  # the row's maximum in a late block
+    labels = torch.randint(0, V, (B, T), generator=g)
+    weights = torch.rand(B, T, generator=g) + 0.5
+    for smoothing in (0.0, 0.1):
+        check_against_reference(logits, labels, weights, reduction="sum", label_smoothing=smoothing)
+    ref = run(fused, logits, labels, weights, reduction="mean")
+    x = GradProbe.apply(torch.zeros((), requires_grad=True), logits.clone())
+    loss = kpod_ops.keypoint_cross_entropy(x, labels, weights, reduction="mean", inplace_backward=True, impl="fused")
+    loss.backward()
+    tol = _INPLACE_TOL.get(dtype, dict(rtol=0, atol=0))
+    torch.testing.assert_close(loss.detach(), ref[0], **tol)
+    torch.testing.assert_close(GradProbe.captured, ref[1], **tol)
+    special = logits.clone()
+    special[0, 1, 35_000] = float("inf")  # an active row with +inf in a late block: the exact path
+    special[1, 0, 5] = float("nan")
+    check_against_reference(special, labels, weights, reduction="sum")

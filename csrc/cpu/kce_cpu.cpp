@@ -6,7 +6,9 @@
 #include <torch/library.h>
 
 #include <sys/mman.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -125,38 +127,75 @@ std::tuple<at::Tensor, at::Tensor> kce_forward_cpu(const at::Tensor& logits, con
   return {nll, lse};
 }
 
-at::Tensor kce_backward_cpu(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
-                            const at::Tensor& grad_nll, const at::Tensor& grad_lse, double label_smoothing) {
-  const char* op = "kpod::kce_backward";
+// Shared body of kce_backward and its in-place variant (out_base == nullptr: write over the logits).
+template <typename scalar_t>
+void backward_rows(const at::Tensor& logits, scalar_t* out_base, bool out_zeroed, const int64_t* tgt,
+                   const at::Tensor& lse, const at::Tensor& grad_nll, const at::Tensor& grad_lse, double eps) {
+  using acc_t = typename cpu::Acc<scalar_t>::type;
+  const int64_t V = logits.size(2);
+  const acc_t* lse_p = lse.data_ptr<acc_t>();
+  const acc_t* gn = grad_nll.data_ptr<acc_t>();
+  const acc_t* gl = grad_lse.data_ptr<acc_t>();
+  for_each_row<scalar_t>(logits, [&](int64_t r, const scalar_t* z) {
+    scalar_t* o = out_base == nullptr ? const_cast<scalar_t*>(z) : out_base + r * V;
+    const int64_t y = tgt[r];
+    if (y == -1 || (gn[r] == acc_t(0) && gl[r] == acc_t(0))) {
+      if (!out_zeroed) cpu::row_zero(o, V);  // nothing flows into this row: zeros without reading it
+      return;
+    }
+    if (y < 0 || y >= V) { row_fill_nan(o, V); return; }
+    cpu::row_backward<scalar_t>(z, o, V, y, eps, lse_p[r], gn[r], gl[r], static_cast<double>(z[y]));
+  });
+}
+
+void check_backward_args(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
+                         const at::Tensor& grad_nll, const at::Tensor& grad_lse, const char* op) {
   check_logits(logits, op);
   const auto acc = acc_type(logits);
   check_rowwise(target, logits, op, "target", at::kLong);
   check_rowwise(lse, logits, op, "lse", acc);
   check_rowwise(grad_nll, logits, op, "grad_nll", acc);
   check_rowwise(grad_lse, logits, op, "grad_lse", acc);
-  const int64_t B = logits.size(0), T = logits.size(1), V = logits.size(2);
+}
+
+at::Tensor kce_backward_cpu(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
+                            const at::Tensor& grad_nll, const at::Tensor& grad_lse, double label_smoothing) {
+  check_backward_args(logits, target, lse, grad_nll, grad_lse, "kpod::kce_backward");
   const int64_t* tgt = target.data_ptr<int64_t>();
   GradBuffer buffer = empty_gradient(logits, tgt);
-  auto grad = buffer.tensor;
-  const bool zeroed = buffer.zeroed;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "kce_backward_cpu", [&] {
-    using acc_t = typename cpu::Acc<scalar_t>::type;
-    const acc_t* lse_p = lse.data_ptr<acc_t>();
-    const acc_t* gn = grad_nll.data_ptr<acc_t>();
-    const acc_t* gl = grad_lse.data_ptr<acc_t>();
-    scalar_t* out = grad.data_ptr<scalar_t>();
-    for_each_row<scalar_t>(logits, [&](int64_t r, const scalar_t* z) {
-      scalar_t* o = out + r * V;
-      const int64_t y = tgt[r];
-      if (y == -1 || (gn[r] == acc_t(0) && gl[r] == acc_t(0))) {
-        if (!zeroed) cpu::row_zero(o, V);  // nothing flows into this row: zeros without reading it
-        return;
-      }
-      if (y < 0 || y >= V) { row_fill_nan(o, V); return; }
-      cpu::row_backward<scalar_t>(z, o, V, y, label_smoothing, lse_p[r], gn[r], gl[r]);
-    });
+    backward_rows<scalar_t>(logits, buffer.tensor.data_ptr<scalar_t>(), buffer.zeroed, tgt, lse, grad_nll, grad_lse,
+                            label_smoothing);
   });
-  return grad;
+  return buffer.tensor;
+}
+
+void kce_backward_inplace_cpu(at::Tensor logits, const at::Tensor& target, const at::Tensor& lse,
+                              const at::Tensor& grad_nll, const at::Tensor& grad_lse, double label_smoothing) {
+  check_backward_args(logits, target, lse, grad_nll, grad_lse, "kpod::kce_backward_inplace");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "kce_backward_inplace_cpu", [&] {
+    backward_rows<scalar_t>(logits, nullptr, false, target.data_ptr<int64_t>(), lse, grad_nll, grad_lse,
+                            label_smoothing);
+  });
+}
+
+// A row is processed in one piece when its logits plus its fp32 exp buffer fit in this budget: half
+// of one core's L2 (sysconf, read once), 256 KiB where unknown; KPOD_CPU_ROW_BUDGET_KB overrides it
+// (read every call: tests and tuning). Longer rows go block by block (kBlockBytes of logits per
+// block, an L1/L2-sized piece).
+constexpr int64_t kBlockBytes = 32 * 1024;
+
+int64_t l2_budget_bytes() {
+  const char* v = std::getenv("KPOD_CPU_ROW_BUDGET_KB");
+  if (v != nullptr && *v != '\0') return static_cast<int64_t>(std::atoll(v)) * 1024;
+  static const int64_t detected = [] {
+    long l2 = -1;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    return l2 > 0 ? static_cast<int64_t>(l2) / 2 : int64_t(256) * 1024;
+  }();
+  return detected;
 }
 
 // Shared body of the two forward+backward variants (out == logits for the in-place one).
@@ -169,8 +208,10 @@ void forward_backward_rows(const at::Tensor& logits, scalar_t* out_base, bool ou
   const int64_t B = logits.size(0), T = logits.size(1), V = logits.size(2);
   const int64_t sB = logits.stride(0), sT = logits.stride(1);
   scalar_t* base = logits.data_ptr<scalar_t>();
+  const bool blocked = V * static_cast<int64_t>(sizeof(scalar_t) + sizeof(acc_t)) > l2_budget_bytes();
+  const int64_t block = std::max<int64_t>(1024, kBlockBytes / static_cast<int64_t>(sizeof(scalar_t)));
   at::parallel_for(0, B * T, grain_for(V), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> buf(static_cast<size_t>(V));  // the row's exp values, cache-resident
+    std::vector<acc_t> buf(blocked ? 0 : static_cast<size_t>(V));  // the row's exp values, cache-resident
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / T, t = r - b * T;
       scalar_t* z = base + b * sB + t * sT;
@@ -180,19 +221,28 @@ void forward_backward_rows(const at::Tensor& logits, scalar_t* out_base, bool ou
         if (!out_zeroed) cpu::row_zero(o, V);
         continue;
       }
-      if (y < 0 || y >= V) {
+      const acc_t s = scale[r];
+      const bool y_ok = y >= 0 && y < V;
+      if (s == acc_t(0)) {  // loss only (the weights' gradient needs it); a zero gradient row, as on CUDA
+        acc_t lse_unused;
+        if (y_ok) {
+          cpu::row_forward<scalar_t>(z, V, y, eps, nll_p + r, &lse_unused);
+        } else {
+          nll_p[r] = std::numeric_limits<acc_t>::quiet_NaN();
+        }
+        if (!out_zeroed) cpu::row_zero(o, V);
+        continue;
+      }
+      if (!y_ok) {
         nll_p[r] = std::numeric_limits<acc_t>::quiet_NaN();
         row_fill_nan(o, V);
         continue;
       }
-      const acc_t s = scale[r];
-      if (s == acc_t(0)) {
-        acc_t lse_unused;
-        cpu::row_forward<scalar_t>(z, V, y, eps, nll_p + r, &lse_unused);
-        if (!out_zeroed) cpu::row_zero(o, V);
-        continue;
+      if (blocked) {
+        cpu::row_forward_backward_blocked<scalar_t>(z, o, V, y, eps, static_cast<double>(s), block, nll_p + r);
+      } else {
+        cpu::row_forward_backward<scalar_t>(z, o, V, y, eps, static_cast<double>(s), buf.data(), nll_p + r);
       }
-      cpu::row_forward_backward<scalar_t>(z, o, V, y, eps, static_cast<double>(s), buf.data(), nll_p + r);
     }
   });
 }
@@ -230,11 +280,37 @@ at::Tensor kce_forward_backward_inplace_cpu(at::Tensor logits, const at::Tensor&
   return nll;
 }
 
+// x *= scale, the product taken in fp32 (fp64 for fp64) and rounded once: the scale is never
+// rounded to x's dtype (a GradScaler scale of 65536 is inf in fp16; 1/3 in bf16 is biased).
 void scale_cpu(at::Tensor x, const at::Tensor& scale) {
   TORCH_CHECK(scale.numel() == 1, "kpod::scale_: scale must have one element, got shape ", scale.sizes());
+  TORCH_CHECK(scale.device().is_cpu(), "kpod::scale_: scale must be a CPU tensor, got ", scale.device());
   const double s = scale.item<double>();  // a CPU read: no device synchronisation involved
-  if (s == 1.0) return;
-  x.mul_(s);
+  if (s == 1.0 || x.numel() == 0) return;
+  if (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) {
+    x.mul_(s);
+    return;
+  }
+  if (!x.is_contiguous()) {
+    x.copy_(x.to(at::kFloat).mul_(s));
+    return;
+  }
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "kpod_scale_cpu", [&] {
+    using L = cpu::Lanes<scalar_t>;
+    using AVec = typename L::AVec;
+    scalar_t* p = x.data_ptr<scalar_t>();
+    const float sf = static_cast<float>(s);
+    at::parallel_for(0, x.numel(), 32768, [&](int64_t begin, int64_t end) {
+      const AVec vs(sf);
+      int64_t i = begin;
+      for (; i + L::kStep <= end; i += L::kStep) {
+        AVec a, b;
+        L::load(p + i, a, b);
+        L::store(p + i, a * vs, b * vs);
+      }
+      for (; i < end; ++i) p[i] = static_cast<scalar_t>(static_cast<float>(p[i]) * sf);
+    });
+  });
 }
 
 }  // namespace
@@ -244,6 +320,7 @@ TORCH_LIBRARY_IMPL(kpod, CPU, m) {
   m.impl("kce_backward", &kce_backward_cpu);
   m.impl("kce_forward_backward", &kce_forward_backward_cpu);
   m.impl("kce_forward_backward_inplace", &kce_forward_backward_inplace_cpu);
+  m.impl("kce_backward_inplace", &kce_backward_inplace_cpu);
   m.impl("scale_", &scale_cpu);
 }
 

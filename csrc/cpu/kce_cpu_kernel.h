@@ -6,8 +6,13 @@
 //   row_forward_backward max(+Σz) pass, exp pass storing e=exp(z-m) in
 //                        an fp32 buffer (L1/L2-resident), scale pass
 //                        writing the gradient                          -> 1 exp per element
+//   row_forward_backward_blocked  (rows whose logits + fp32 buffer exceed the L2 budget)
+//                        per block: max(+Σz) then Σexp while the block
+//                        is cached, merged online; then one pass
+//                        exp(z-lse) scaled, written                    -> 2 exp per element
 //   row_backward         one pass: exp(z-lse) scaled, written          -> 1 exp per element
-// Only the first pass of a row touches DRAM; the later ones hit the cache while the row is hot.
+// Short rows touch DRAM in their first pass only; long rows are read from DRAM at most twice.
+// Every function may write `out` over `z` (in place): the target logit is read before any write.
 #pragma once
 
 #include <ATen/cpu/vec/functional.h>
@@ -15,6 +20,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -222,10 +228,11 @@ inline void row_forward_backward(const scalar_t* z, scalar_t* out, int64_t V, in
 }
 
 // One row of kce_backward: grad = (g_nll + g_lse) * exp(z - lse) - g_nll * ((1-eps) onehot + eps/V).
+// zy = z[y], read by the caller before `out` (which may alias z) is written.
 template <typename scalar_t>
 inline void row_backward(const scalar_t* z, scalar_t* out, int64_t V, int64_t y, double eps,
                          typename Acc<scalar_t>::type lse, typename Acc<scalar_t>::type g_nll,
-                         typename Acc<scalar_t>::type g_lse) {
+                         typename Acc<scalar_t>::type g_lse, double zy) {
   using L = Lanes<scalar_t>;
   using acc_t = typename L::acc_t;
   using AVec = typename L::AVec;
@@ -249,10 +256,51 @@ inline void row_backward(const scalar_t* z, scalar_t* out, int64_t V, int64_t y,
     L::store(out + i, g0, g1);
   }
   for (; i < V; ++i) out[i] = static_cast<scalar_t>(std::exp(static_cast<acc_t>(z[i]) - lse) * a - c);
-  const double py = std::exp(static_cast<double>(z[y]) - static_cast<double>(lse));
+  const double py = std::exp(zy - static_cast<double>(lse));
   out[y] = static_cast<scalar_t>(static_cast<double>(a) * py - static_cast<double>(c) -
                                  static_cast<double>(g_nll) * (1.0 - eps));
 }
 
+
+// kce_forward_backward for a row too long to stay in L2 between sweeps: the softmax statistics are
+// gathered block by block (each block's max, then its Σexp while the block is still cached, merged
+// online), then one sweep writes the gradient. The logits are read from memory twice, the
+// gradient written once. `out` may alias `z`.
+template <typename scalar_t>
+inline void row_forward_backward_blocked(const scalar_t* z, scalar_t* out, int64_t V, int64_t y, double eps,
+                                         double s, int64_t block, typename Acc<scalar_t>::type* nll) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const double zy = static_cast<double>(z[y]);
+  double m = -std::numeric_limits<double>::infinity(), sum = 0.0, sum_z = 0.0;
+  for (int64_t b0 = 0; b0 < V; b0 += block) {
+    const int64_t n = std::min(block, V - b0);
+    const RowStats st = row_max_sum(z + b0, n, eps != 0.0);
+    if (!std::isfinite(st.max)) {  // inf/NaN: the exact path, as for short rows (nothing written yet)
+      const double l = row_lse_exact(z, V, row_max_sum(z, V, false).max);
+      const double smooth = eps != 0.0 ? eps / static_cast<double>(V) * row_max_sum(z, V, true).sum_z : 0.0;
+      *nll = static_cast<acc_t>(l - (1.0 - eps) * zy - smooth);
+      for (int64_t i = 0; i < V; ++i) {
+        const double p = std::exp(static_cast<double>(z[i]) - l);
+        const double t = (i == y ? (1.0 - eps) : 0.0) + eps / static_cast<double>(V);
+        out[i] = static_cast<scalar_t>(s * (p - t));
+      }
+      return;
+    }
+    const acc_t mb = static_cast<acc_t>(st.max);
+    const double sb = static_cast<double>(row_sum_exp<scalar_t>(z + b0, n, mb, nullptr));
+    const double mbd = static_cast<double>(mb);
+    if (mbd > m) {
+      sum = sum * std::exp(m - mbd) + sb;
+      m = mbd;
+    } else {
+      sum += sb * std::exp(mbd - m);
+    }
+    sum_z += st.sum_z;
+  }
+  const double l = m + std::log(sum);
+  const double smooth = eps != 0.0 ? eps / static_cast<double>(V) * sum_z : 0.0;
+  *nll = static_cast<acc_t>(l - (1.0 - eps) * zy - smooth);
+  row_backward<scalar_t>(z, out, V, y, eps, static_cast<acc_t>(l), static_cast<acc_t>(s), acc_t(0), zy);
+}
 }  // namespace cpu
 }  // namespace kpod

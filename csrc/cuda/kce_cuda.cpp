@@ -89,23 +89,34 @@ std::tuple<at::Tensor, at::Tensor> kce_forward_cuda(const at::Tensor& logits, co
   return {nll, lse};
 }
 
-at::Tensor kce_backward_cuda(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
-                             const at::Tensor& grad_nll, const at::Tensor& grad_lse, double label_smoothing) {
-  const char* op = "kpod::kce_backward";
+void backward_into(const char* op, const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
+                   const at::Tensor& grad_nll, const at::Tensor& grad_lse, const at::Tensor& grad,
+                   double label_smoothing) {
   const cuda::RowsIn in = check_logits(logits, op);
   check_target(target, logits, op);
   check_rows(lse, logits, op, "lse");
   check_rows(grad_nll, logits, op, "grad_nll");
   check_rows(grad_lse, logits, op, "grad_lse");
   const c10::cuda::CUDAGuard guard(logits.device());
-  at::Tensor grad = at::empty({in.B, in.T, in.V}, logits.options());
-  if (grad.numel() == 0) return grad;
+  if (logits.numel() == 0) return;
   const cuda::RowsOut out{grad.data_ptr(), grad.stride(0), grad.stride(1)};
   C10_CUDA_CHECK(cuda::kce_backward(dtype_of(logits, op, "logits"), in, target.data_ptr<int64_t>(), lse.data_ptr(),
                                     grad_nll.data_ptr(), grad_lse.data_ptr(), out, label_smoothing,
                                     at::cuda::getCurrentCUDAStream()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor kce_backward_cuda(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
+                             const at::Tensor& grad_nll, const at::Tensor& grad_lse, double label_smoothing) {
+  at::Tensor grad = at::empty(logits.sizes(), logits.options().memory_format(at::MemoryFormat::Contiguous));
+  backward_into("kpod::kce_backward", logits, target, lse, grad_nll, grad_lse, grad, label_smoothing);
   return grad;
+}
+
+void kce_backward_inplace_cuda(at::Tensor logits, const at::Tensor& target, const at::Tensor& lse,
+                               const at::Tensor& grad_nll, const at::Tensor& grad_lse, double label_smoothing) {
+  // each element is read and then overwritten by the same thread (same strides in and out)
+  backward_into("kpod::kce_backward_inplace", logits, target, lse, grad_nll, grad_lse, logits, label_smoothing);
 }
 
 at::Tensor fwd_bwd_into(const char* op, const at::Tensor& logits, const at::Tensor& target,
@@ -157,7 +168,9 @@ void scale_cuda(at::Tensor x, const at::Tensor& scale) {
     T = x.size(0), V = x.size(1);
     rows.st = x.stride(0);
   } else {
-    x.mul_(s.to(x.scalar_type()));  // other layouts: a plain device multiply (still no host sync)
+    // other layouts: a device multiply in fp32, rounded once (no host sync; the scale is never
+    // rounded to x's dtype first)
+    x.copy_(x.to(at::kFloat).mul_(s));
     return;
   }
   C10_CUDA_CHECK(cuda::scale_inplace(dt, rows, B, T, V, sp, at::cuda::getCurrentCUDAStream()));
@@ -172,6 +185,7 @@ TORCH_LIBRARY_IMPL(kpod, CUDA, m) {
   m.impl("kce_backward", &kpod::kce_backward_cuda);
   m.impl("kce_forward_backward", &kpod::kce_forward_backward_cuda);
   m.impl("kce_forward_backward_inplace", &kpod::kce_forward_backward_inplace_cuda);
+  m.impl("kce_backward_inplace", &kpod::kce_backward_inplace_cuda);
   m.impl("scale_", &kpod::scale_cuda);
 }
 

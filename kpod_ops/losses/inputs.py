@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import KPODInputError, bad_input
+from ..errors import bad_input
+from .validation import checked_labels
 
 REDUCTIONS = ("none", "sum", "mean", "weighted_mean")
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -140,29 +141,23 @@ def plan_rows(
     return RowPlan(logits3, labels2, weights2, active, lead, shift)
 
 
-def validate_values(plan: RowPlan, reduction: str, ignore_index: int) -> None:
-    """The checks that read values (one device→host synchronisation on CUDA)."""
-    V = plan.logits3.shape[-1]
-    bad = plan.active & ((plan.labels < 0) | (plan.labels >= V))
-    if bool(bad.any()):
-        b, r = (int(i) for i in bad.nonzero()[0].tolist())
-        value = int(plan.labels[b, r])
-        where = (b, r + 1) if plan.shift else (b, r)
-        where = where if len(plan.lead_shape) == 2 else (where[1],)
-        raise KPODInputError(
-            f"labels: expected values in [0, {V}) or ignore_index={ignore_index} on active positions, "
-            f"got {value} at position {where}"
-        )
-    if reduction == "weighted_mean" and plan.weights is not None:
-        negative = plan.active & (plan.weights < 0)
-        if bool(negative.any()):
-            b, r = (int(i) for i in negative.nonzero()[0].tolist())
-            where = (b, r + 1) if plan.shift else (b, r)
-            where = where if len(plan.lead_shape) == 2 else (where[1],)
-            raise KPODInputError(
-                "token_weights: expected non-negative weights on active positions with reduction='weighted_mean', "
-                f"got {float(plan.weights[b, r])} at position {where}"
-            )
+def validated_labels(plan: RowPlan, reduction: str, ignore_index: int) -> torch.Tensor:
+    """``plan.labels`` after the value checks of ``validate=True`` (one device→host synchronisation
+    on CUDA, inside an op so that ``torch.compile`` keeps it): a bad active label, or a negative
+    active weight with ``weighted_mean``, raises :class:`KPODInputError` naming value and position."""
+    weights = plan.weights if reduction == "weighted_mean" else None
+    return checked_labels(
+        plan.labels, plan.active, weights, plan.logits3.shape[-1], ignore_index, 1 if plan.shift else 0,
+        len(plan.lead_shape) == 1,
+    )
+
+
+def row_targets(labels: torch.Tensor, read: torch.Tensor, vocab: int) -> torch.Tensor:
+    """The kernels' ``target``: the label on rows to read, -1 (skip) elsewhere. An active label
+    outside ``[0, vocab)`` (possible only with ``validate=False``) becomes ``vocab``, which the
+    kernels turn into a NaN row whatever its value (a user label -1 must not read as "skip")."""
+    in_range = (labels >= 0) & (labels < vocab)
+    return torch.where(read, torch.where(in_range, labels, vocab), -1).contiguous()
 
 
 def accumulation_dtype(logits: torch.Tensor) -> torch.dtype:
@@ -172,26 +167,51 @@ def accumulation_dtype(logits: torch.Tensor) -> torch.dtype:
 
 def denominator(
     plan: RowPlan,
-    weights: torch.Tensor,
+    weights: torch.Tensor | None,
     reduction: str,
     num_items_in_batch: object,
     acc: torch.dtype,
-) -> torch.Tensor | None:
-    """The divisor of the reduction as a 0-dim tensor (None for 'none' and 'sum')."""
+) -> torch.Tensor | float | None:
+    """The divisor of the reduction: None for 'none' and 'sum'; a Python float for a number
+    ``num_items_in_batch`` (no host→device copy); else a 0-dim tensor on the logits' device."""
     if reduction in ("none", "sum"):
         return None
     if num_items_in_batch is not None:
         if isinstance(num_items_in_batch, torch.Tensor):
-            return num_items_in_batch.detach().to(device=plan.active.device, dtype=acc)
-        return torch.tensor(float(num_items_in_batch), dtype=acc, device=plan.active.device)
-    if reduction == "mean":
+            n = num_items_in_batch.detach()
+            if n.device.type == "cpu" and plan.active.device.type != "cpu" and not torch.compiler.is_compiling():
+                return float(n)  # a CPU read, not a blocking copy to the device
+            return n.to(device=plan.active.device, dtype=acc)
+        return float(num_items_in_batch)
+    if reduction == "mean" or weights is None:
         return plan.active.sum().to(acc)
     return torch.where(plan.active, weights, 0).sum()
 
 
-def safe_divide(total: torch.Tensor, den: torch.Tensor | None) -> torch.Tensor:
+def live_rows(active: torch.Tensor, den: torch.Tensor | float | None) -> torch.Tensor:
+    """Active rows, or none at all when the divisor is 0 (the loss is then 0 with zero gradient:
+    no row is read, so no non-finite logit can turn 0·x into NaN)."""
+    if den is None:
+        return active
+    if isinstance(den, torch.Tensor):
+        return active & (den != 0)
+    return active if den != 0 else torch.zeros_like(active)
+
+
+def inverse(den: torch.Tensor | float | None) -> torch.Tensor | float:
+    """``1/den``, 0 where ``den == 0``, 1 without a divisor."""
+    if den is None:
+        return 1.0
+    if isinstance(den, torch.Tensor):
+        return safe_divide(torch.ones_like(den), den)
+    return 1.0 / den if den != 0 else 0.0
+
+
+def safe_divide(total: torch.Tensor, den: torch.Tensor | float | None) -> torch.Tensor:
     """``total / den`` with 0 (and zero gradient) where ``den == 0``."""
     if den is None:
         return total
+    if not isinstance(den, torch.Tensor):
+        return total * (1.0 / den) if den != 0 else total * 0.0  # den == 0: nothing was read, total is 0
     zero = den == 0
     return torch.where(zero, torch.zeros_like(total), total / torch.where(zero, torch.ones_like(den), den))

@@ -8,16 +8,21 @@ from torch import nn
 from .._extension import fused_available
 from ..errors import bad_input
 from . import registration
+from .fused_scalar import fused_scalar_loss
 from .inputs import (
     RowPlan,
     accumulation_dtype,
     check_arguments,
     denominator,
+    inverse,
+    live_rows,
     plan_rows,
+    row_targets,
     safe_divide,
-    validate_values,
+    validated_labels,
 )
 from .reference import keypoint_cross_entropy_reference
+from .zero_weights import zero_weight_rows
 
 IMPLS = ("auto", "fused", "reference")
 
@@ -26,92 +31,10 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
-class _ScalarLossFromGradient(torch.autograd.Function):
-    """A scalar reduction whose logits gradient was already produced in the forward pass.
-
-    ``grad_buffer`` holds ``row_scale·(softmax − (1−ε)·onehot − ε/V)``; backward scales it by the
-    upstream gradient on the device (untouched when that is 1) and hands it to ``logits``.
-    ``weights_eff`` is ω on active rows and 0 elsewhere (detached); the gradient w.r.t. the caller's
-    weights is returned through ``weights_in``.
-    """
-
-    @staticmethod
-    def forward(ctx, logits, weights_in, grad_buffer, nll, target, active, weights_eff, inv, den_is_weight_sum):
-        use = weights_eff != 0
-        loss = torch.where(use, weights_eff * nll, 0.0).sum() * inv
-        # kept as an attribute, not saved: in the in-place mode it aliases the logits, whose version
-        # counter is bumped after this Function so that every *other* saved use of them fails loudly
-        ctx.grad_buffer = grad_buffer
-        ctx.save_for_backward(nll, target, active, inv, loss)
-        ctx.den_is_weight_sum = den_is_weight_sum
-        ctx.logits_shape = logits.shape
-        ctx.weights_dtype = None if weights_in is None else weights_in.dtype
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        nll, target, active, inv, loss = ctx.saved_tensors
-        grad_logits = grad_weights = None
-        if ctx.needs_input_grad[0]:
-            g = grad_loss.detach().to(torch.float32).reshape(())
-            grad = ctx.grad_buffer
-            if getattr(ctx, "applied_scale", None) is None:
-                # first backward: scale in place, on the device, untouched when g == 1
-                torch.ops.kpod.scale_(grad, g)
-                ctx.applied_scale = g
-                grad_logits = grad.view(ctx.logits_shape)
-            else:
-                # a later backward (retain_graph, gradcheck): the buffer holds grad·g₁, so rescale
-                # out of place; after a first backward with g₁ = 0 this yields NaN rather than a
-                # silently wrong gradient
-                grad_logits = (grad * (g / ctx.applied_scale).to(grad.dtype)).view(ctx.logits_shape)
-        if ctx.needs_input_grad[1]:
-            # d/dω of where(ω != 0, ω·ℓ, 0) is ℓ where ω != 0 and 0 where ω == 0 (the masked definition);
-            # weighted_mean adds -L/Σω on every active row through its divisor
-            term = torch.where(target >= 0, nll, torch.zeros_like(nll))
-            if ctx.den_is_weight_sum:
-                term = term - torch.where(active, loss, torch.zeros_like(loss))
-            grad_weights = (term * inv * grad_loss).to(ctx.weights_dtype)
-        return grad_logits, grad_weights, None, None, None, None, None, None, None
-
-
-def _fused_scalar_with_gradient(
-    logits: torch.Tensor,
-    plan: RowPlan,
-    weights_in: torch.Tensor | None,
-    target: torch.Tensor,
-    weights_eff: torch.Tensor,
-    den: torch.Tensor | None,
-    label_smoothing: float,
-    den_is_weight_sum: bool,
-    inplace: bool,
-) -> torch.Tensor:
-    """Scalar reduction with the logits gradient produced in the same pass as the loss."""
-    one = torch.ones((), dtype=weights_eff.dtype, device=logits.device)
-    inv = safe_divide(one, den)  # 1/den, or 0 (with zero gradient) when den == 0; 1 without a divisor
-    row_scale = (weights_eff * inv).contiguous()
-    if inplace:
-        # The gradient overwrites the logits. Their version counter is bumped once the graph edge
-        # exists (what mark_dirty does), so any other saved use of them fails loudly in backward.
-        # Autograd's history is not rebased: for logits that are a view (a reshaped lm_head output)
-        # a rebase would make backward allocate and copy the whole base, undoing the in-place mode.
-        with torch.no_grad():
-            nll = torch.ops.kpod.kce_forward_backward_inplace(plan.logits3, target, row_scale, label_smoothing)
-        loss = _ScalarLossFromGradient.apply(
-            logits, weights_in, logits.detach(), nll, target, plan.active, weights_eff, inv, den_is_weight_sum
-        )
-        torch.autograd.graph.increment_version(logits)
-        return loss
-    with torch.no_grad():
-        nll, grad = torch.ops.kpod.kce_forward_backward(plan.logits3, target, row_scale, label_smoothing)
-    return _ScalarLossFromGradient.apply(
-        logits, weights_in, grad, nll, target, plan.active, weights_eff, inv, den_is_weight_sum
-    )
-
-
 def _fused(
     logits: torch.Tensor,
     plan: RowPlan,
+    labels: torch.Tensor,
     token_weights: torch.Tensor | None,
     reduction: str,
     num_items_in_batch: object,
@@ -123,26 +46,32 @@ def _fused(
     weights = None if plan.weights is None else plan.weights.to(acc)  # None means ω ≡ 1
     weights_need_grad = token_weights is not None and token_weights.requires_grad and torch.is_grad_enabled()
     logits_need_grad = logits.requires_grad and torch.is_grad_enabled()
-    # rows whose loss counts: active with ω != 0 (ω = 0 rows have zero loss and, by the masked
-    # definition, zero gradient for both logits and weights); every other row is never read
-    use = plan.active if weights is None else plan.active & (weights != 0)
-    target = torch.where(use, plan.labels, -1).contiguous()
-    if reduction != "none" and logits_need_grad and not _compiling():
-        weights_eff = plan.active.to(acc) if weights is None else torch.where(plan.active, weights.detach(), 0.0)
-        den = denominator(plan, weights_eff, reduction, num_items_in_batch, acc)
-        return _fused_scalar_with_gradient(
-            logits, plan, plan.weights if weights_need_grad else None, target, weights_eff, den,
-            float(label_smoothing), reduction == "weighted_mean" and num_items_in_batch is None, inplace_backward,
+    den = denominator(plan, weights, reduction, num_items_in_batch, acc)
+    live = live_rows(plan.active, den)  # active rows; none when the divisor is 0
+    nonzero = live if weights is None else live & (weights != 0)  # rows whose loss counts
+    # rows read: those that count, plus ω = 0 rows when the weights need their gradient (ℓ);
+    # every other row is never read
+    read = live if weights_need_grad else nonzero
+    target = row_targets(labels, read, logits3.shape[-1])
+    eps = float(label_smoothing)
+    fp16_functional = logits3.dtype == torch.float16 and not inplace_backward
+    if reduction != "none" and logits_need_grad and not _compiling() and not fp16_functional:
+        inv = inverse(den)
+        w_eff = nonzero.to(acc) if weights is None else torch.where(nonzero, weights.detach(), 0.0)
+        row_scale = (w_eff * inv).contiguous()
+        return fused_scalar_loss(
+            logits, logits3, plan.weights if weights_need_grad else None, target, row_scale, read, nonzero, live, inv,
+            eps, reduction == "weighted_mean" and num_items_in_batch is None and weights is not None, inplace_backward,
         )
-    nll, _lse = torch.ops.kpod.kce_forward(logits3, target, float(label_smoothing))
-    contribution = torch.where(use, nll if weights is None else weights * nll, 0.0)
+    # the registered op: loss (and lse) now, the gradient in backward with the upstream gradient known
+    # (the path under torch.compile, for reduction="none" and for fp16 logits)
+    nll, _lse = torch.ops.kpod.kce_forward(logits3, target, eps)
+    contribution = torch.where(nonzero, nll if weights is None else weights * nll, 0.0)
+    if weights_need_grad:
+        contribution = contribution + zero_weight_rows(weights, nll, read & ~nonzero)
     if reduction == "none":
         return plan.to_label_positions(contribution)
-    total = contribution.sum()
-    if reduction == "sum":
-        return total
-    den_weights = plan.active.to(acc) if weights is None else weights
-    return safe_divide(total, denominator(plan, den_weights, reduction, num_items_in_batch, acc))
+    return safe_divide(contribution.sum(), den)
 
 
 def keypoint_cross_entropy(
@@ -178,14 +107,20 @@ def keypoint_cross_entropy(
         reduction: ``"none"`` (fp32 per position), ``"sum"``, ``"mean"`` (÷ active positions) or
             ``"weighted_mean"`` (÷ Σ active ω, which needs ω ≥ 0).
         num_items_in_batch: replaces the divisor of ``"mean"``/``"weighted_mean"`` (Hugging Face's
-            gradient-accumulation / DDP convention). A zero divisor gives 0 with zero gradient.
+            gradient-accumulation / DDP convention). A zero divisor gives 0 with zero gradient,
+            whatever the logits hold. A Python number is used as such (no host→device copy).
         shift: causal-LM convention (logits at ``t−1`` predict label ``t``), done without copies.
-        validate: check that active labels lie in ``[0, V)`` (and ω ≥ 0 for ``weighted_mean``);
-            one device→host synchronisation on CUDA. ``False`` skips it (CUDA graphs).
+        validate: check that active labels lie in ``[0, V)`` (and ω ≥ 0 for ``weighted_mean``) and
+            raise :class:`~kpod_ops.KPODInputError` naming the value and its position, in eager mode
+            and under ``torch.compile(fullgraph=True)`` alike; one device→host synchronisation on
+            CUDA. ``False`` skips it (CUDA graphs): an active label outside ``[0, V)`` then gives a
+            NaN loss and gradient row, whatever its value.
         inplace_backward: eager, scalar reductions: the gradient is computed in the forward pass
-            and written over ``logits`` (no extra ``N×V`` memory). **The logits must not be used
-            afterwards**; autograd's version counter makes any saved use fail loudly. Falls back
-            to the functional op under ``torch.compile``.
+            (for fp16 logits: in backward, once the upstream gradient is known) and written over
+            ``logits`` (no extra ``N×V`` memory). **The logits must not be used afterwards**;
+            autograd's version counter makes any saved use fail loudly. The logits must be produced
+            by an op (not a leaf, nor a view of one). Falls back to the functional op under
+            ``torch.compile``.
         impl: ``"auto"`` (fused where a kernel exists for the device), ``"fused"`` or
             ``"reference"``.
     """
@@ -203,18 +138,30 @@ def keypoint_cross_entropy(
             num_items_in_batch=num_items_in_batch, label_smoothing=label_smoothing, shift=shift, validate=validate,
         )
     plan = plan_rows(logits, labels, token_weights, loss_start, ignore_index, shift)
-    if validate:
-        validate_values(plan, reduction, ignore_index)
+    checked = validated_labels(plan, reduction, ignore_index) if validate else plan.labels
     inplace = bool(inplace_backward) and logits.requires_grad and torch.is_grad_enabled() and not _compiling()
     inplace = inplace and logits.numel() > 0  # nothing to write into an empty tensor
-    if inplace and (logits.is_leaf or plan.logits3.data_ptr() != logits.data_ptr() or not logits.is_contiguous()):
-        raise bad_input(
-            "inplace_backward",
-            "contiguous logits produced by an op (e.g. the lm_head output): autograd forbids writing into a leaf "
-            "tensor that requires grad; pass inplace_backward=False for this input",
-            "a leaf tensor" if logits.is_leaf else "a non-contiguous tensor",
-        )
-    return _fused(logits, plan, token_weights, reduction, num_items_in_batch, label_smoothing, inplace)
+    if inplace:
+        _check_inplace_target(logits, plan)
+    return _fused(logits, plan, checked, token_weights, reduction, num_items_in_batch, label_smoothing, inplace)
+
+
+def _check_inplace_target(logits: torch.Tensor, plan: RowPlan) -> None:
+    base = logits._base
+    if logits.is_leaf:
+        got = "a leaf tensor"
+    elif base is not None and base.is_leaf and base.requires_grad:
+        got = "a view of a leaf tensor that requires grad"
+    elif plan.logits3.data_ptr() != logits.data_ptr() or not logits.is_contiguous():
+        got = "a non-contiguous tensor"
+    else:
+        return
+    raise bad_input(
+        "inplace_backward",
+        "contiguous logits produced by an op (e.g. the lm_head output): the gradient would overwrite a leaf "
+        "tensor's data; pass inplace_backward=False for this input",
+        got,
+    )
 
 
 class KeypointCrossEntropy(nn.Module):

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .inputs import accumulation_dtype, check_arguments, safe_divide
-from .inputs import plan_rows as _plan_rows
-from .inputs import validate_values as _validate_values
+from .inputs import accumulation_dtype, check_arguments, live_rows, safe_divide
+from .validation import checked_labels
+from .zero_weights import zero_weight_rows
 
 
 def keypoint_cross_entropy_reference(
@@ -34,11 +34,10 @@ def keypoint_cross_entropy_reference(
 ) -> torch.Tensor:
     """Reference semantics of :func:`kpod_ops.keypoint_cross_entropy` (see its docstring)."""
     check_arguments(logits, labels, token_weights, loss_start, reduction, num_items_in_batch, label_smoothing, shift)
-    if validate:
-        _validate_values(_plan_rows(logits, labels, token_weights, loss_start, ignore_index, shift), reduction, ignore_index)
     acc = accumulation_dtype(logits)
     lead = tuple(logits.shape[:-1])
     V = logits.shape[-1]
+    zero = torch.zeros((), dtype=acc, device=logits.device)
     z = logits if logits.dim() == 3 else logits.unsqueeze(0)
     y = labels.reshape(z.shape[:2])
     w = torch.ones(y.shape, dtype=acc, device=y.device) if token_weights is None else token_weights.reshape(y.shape).to(acc)
@@ -51,25 +50,46 @@ def keypoint_cross_entropy_reference(
         active = active & (t >= 1)
         # prediction for label position t is logits row t-1; position 0 gets a dummy row
         z = torch.cat([z[:, :1], z[:, :-1]], dim=1) if T > 0 else z
-    use = active & (w != 0)  # rows whose loss counts; all others are masked out before the softmax
-    zf = torch.where(use.unsqueeze(-1), z.to(acc), torch.zeros((), dtype=acc, device=z.device))
-    target = torch.where(use, y, torch.zeros_like(y))
-    if zf.numel() > 0:
-        ell = F.cross_entropy(
-            zf.reshape(-1, V), target.reshape(-1), reduction="none", label_smoothing=float(label_smoothing)
-        ).reshape(B, T)
-    else:
-        ell = zf.sum(-1)  # empty, but still connected to the logits for autograd
-    contribution = torch.where(use, w * ell, torch.zeros((), dtype=acc, device=z.device))
-    if reduction == "none":
-        return contribution.reshape(lead)
-    total = contribution.sum()
-    if reduction == "sum":
-        return total
-    if num_items_in_batch is not None:
-        den = torch.as_tensor(num_items_in_batch, device=z.device).detach().to(acc)
+    if validate:
+        check_w = w if (reduction == "weighted_mean" and token_weights is not None) else None
+        y = checked_labels(y, active, check_w, V, ignore_index, 0, logits.dim() == 2)
+    if reduction in ("none", "sum"):
+        den = None
+    elif num_items_in_batch is not None:
+        n = num_items_in_batch
+        den = n.detach().to(device=z.device, dtype=acc) if isinstance(n, torch.Tensor) else float(n)
     elif reduction == "mean":
         den = active.sum().to(acc)
     else:
-        den = torch.where(active, w, torch.zeros((), dtype=acc, device=z.device)).sum()
-    return safe_divide(total, den)
+        den = torch.where(active, w, zero).sum()
+    live = live_rows(active, den)  # no row counts when the divisor is 0
+    use = live & (w != 0)  # rows whose loss counts; all others are masked out before the softmax
+    weights_need_grad = token_weights is not None and token_weights.requires_grad and torch.is_grad_enabled()
+    read = live if weights_need_grad else use  # ω = 0 rows still give the weights a gradient (ℓ)
+    bad = read & ((y < 0) | (y >= V))  # only without validation: a NaN row, whatever the label
+
+    def row_losses(rows: torch.Tensor) -> torch.Tensor:
+        """ℓ on ``rows`` (from a copy of the logits masked to them), log V elsewhere."""
+        ok = rows & ~bad
+        zf = torch.where(ok.unsqueeze(-1), z.to(acc), zero)
+        if zf.numel() == 0:
+            return zf.sum(-1)  # empty, but still connected to the logits for autograd
+        target = torch.where(ok, y, torch.zeros_like(y))
+        ell = F.cross_entropy(
+            zf.reshape(-1, V), target.reshape(-1), reduction="none", label_smoothing=float(label_smoothing)
+        ).reshape(B, T)
+        if not validate:
+            # NaN loss and NaN gradient on those rows only (the factor is 0 elsewhere, so is its gradient)
+            poison = torch.where(rows & bad, float("nan"), 0.0).to(acc).unsqueeze(-1)
+            ell = torch.where(rows & bad, (z.to(acc) * poison).sum(-1), ell)
+        return ell
+
+    contribution = torch.where(use, w * row_losses(use), zero)
+    if weights_need_grad:
+        # ω = 0 rows: value 0, d/dω = ℓ, from their own masked copy, so that nothing (not even a NaN
+        # row's 0·NaN) flows from them into the logits' first-order gradient
+        zero_rows = read & (w == 0)
+        contribution = contribution + zero_weight_rows(w, row_losses(zero_rows), zero_rows)
+    if reduction == "none":
+        return contribution.reshape(lead)
+    return safe_divide(contribution.sum(), den)

@@ -14,7 +14,12 @@ skipped: never read, loss 0, gradient row 0):
     ``row_scale == 0``).
 ``kce_forward_backward_inplace(logits!, target, row_scale, label_smoothing) -> nll``
     the same, the gradient written over the logits.
-``scale_(x!, scale)``: ``x *= scale`` read on the device; untouched when ``scale == 1``.
+``kce_backward_inplace(logits!, target, lse, grad_nll, grad_lse, label_smoothing) -> ()``
+    ``kce_backward``'s gradient written over the logits (each element read before it is written).
+``scale_(x!, scale)``: ``x *= scale`` read on the device, multiplied in fp32 (fp64 for fp64) and
+    rounded once (the scale is never rounded to x's dtype); untouched when ``scale == 1``.
+
+Double backward through ``kce_forward`` is refused with a clear error when attempted.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import torch
 
 from .._extension import _LOAD_ERROR
+from .fused_scalar import refuse_double_backward
 from .inputs import accumulation_dtype
 
 REGISTERED = False
@@ -51,6 +57,10 @@ def _register() -> None:
     def _kce_forward_backward_inplace_fake(logits, target, row_scale, label_smoothing):
         return logits.new_empty(logits.shape[:2], dtype=accumulation_dtype(logits))
 
+    @torch.library.register_fake("kpod::kce_backward_inplace")
+    def _kce_backward_inplace_fake(logits, target, lse, grad_nll, grad_lse, label_smoothing):
+        return None
+
     @torch.library.register_fake("kpod::scale_")
     def _scale_fake(x, scale):
         return None
@@ -65,13 +75,16 @@ def _register() -> None:
         logits, target, lse = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None
-        zeros = None
-        if grad_nll is None or grad_lse is None:
-            zeros = torch.zeros_like(lse)
-        grad_nll = zeros if grad_nll is None else grad_nll.contiguous()
-        grad_lse = zeros if grad_lse is None else grad_lse.contiguous()
-        grad = torch.ops.kpod.kce_backward(logits, target, lse, grad_nll, grad_lse, ctx.label_smoothing)
-        return grad, None, None
+        create_graph = torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        with torch.no_grad():
+            zeros = None
+            if grad_nll is None or grad_lse is None:
+                zeros = torch.zeros_like(lse)
+            grad_nll = zeros if grad_nll is None else grad_nll.detach().contiguous()
+            grad_lse = zeros if grad_lse is None else grad_lse.detach().contiguous()
+            grad = torch.ops.kpod.kce_backward(logits.detach(), target, lse.detach(), grad_nll, grad_lse, ctx.label_smoothing)
+        grads = (grad, None, None)
+        return refuse_double_backward(grads) if create_graph else grads
 
     torch.library.register_autograd("kpod::kce_forward", _backward_forward, setup_context=_setup_forward)
     REGISTERED = True
