@@ -398,3 +398,34 @@ def test_patched_signature_lists_the_batch_keys():
     after = list(inspect.signature(model.forward).parameters)
     assert after[: len(before) - 1] == before[:-1] and {"token_weights", "loss_start", "step_ids"} <= set(after)
     assert list(inspect.signature(model.model.forward).parameters)[0] == "input_ids"
+
+
+def test_evaluate_reports_answer_accuracy(tmp_path):
+    from kpod_ops.integrations.evaluation import answer_accuracy
+
+    tok, tokenized, weights = tiny_data(8)
+    model = tiny_llama(tok)
+    args = train_args(tmp_path, per_device_train_batch_size=4, per_device_eval_batch_size=4, max_steps=1)
+    trainer = KPODTrainer(model, args, train_dataset=tokenized, eval_dataset=tokenized[:4], processing_class=tok,
+                          token_weights=weights, answer_accuracy=True, max_new_tokens=8)
+    metrics = trainer.evaluate()
+    assert {"eval_loss", "eval_answer_accuracy", "eval_answered"} <= set(metrics)
+    assert 0.0 <= metrics["eval_answer_accuracy"] <= metrics["eval_answered"] <= 1.0
+
+    class Oracle(torch.nn.Module):
+        """Generates each example's own rationale and answer: accuracy must be 1."""
+
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(1))
+            self.by_prompt = {te.prompt_ids: te.input_ids[te.prompt_len:] for te in tokenized}
+
+        def generate(self, input_ids, attention_mask, max_new_tokens, **kw):
+            rows = []
+            for ids, m in zip(input_ids.tolist(), attention_mask.tolist()):
+                prompt = tuple(i for i, keep in zip(ids, m) if keep)
+                rows.append(ids + list(self.by_prompt[prompt]))
+            width = max(map(len, rows))
+            return torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+
+    assert answer_accuracy(Oracle(), tok, tokenized, batch_size=3) == {"answer_accuracy": 1.0, "answered": 1.0}

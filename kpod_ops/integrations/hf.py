@@ -417,6 +417,9 @@ class KPODTrainer(_KPODTrainerMixin, Trainer):
             id → weights); used when ``data_collator`` is None to build a ``KPODCollator``.
         schedule: a ``ProgressiveSchedule`` (or its saved state_dict path); adds a :class:`KPODCallback`.
         fused_linear: passed to :func:`apply_kpod_loss`.
+        answer_accuracy: ``evaluate()`` also generates an answer for every evaluation example from
+            its prompt tokens and reports ``eval_answer_accuracy`` (see
+            :func:`~kpod_ops.integrations.evaluation.answer_accuracy`); ``max_new_tokens`` bounds it.
 
     The model is patched with :func:`apply_kpod_loss` if it is not already. Works with
     ``remove_unused_columns`` True or False and with DDP (``torchrun``); refuses DataParallel.
@@ -424,11 +427,34 @@ class KPODTrainer(_KPODTrainerMixin, Trainer):
 
     def __init__(self, model: Any = None, args: Any = None, data_collator: Any = None, *rest: Any,
                  normaliser: str = "sequence", token_weights: Any = None, schedule: Any = None,
-                 fused_linear: bool | str = False, **kwargs: Any) -> None:
-        processing_class = kwargs.get("processing_class")
+                 fused_linear: bool | str = False, answer_accuracy: bool = False, max_new_tokens: int = 128,
+                 **kwargs: Any) -> None:
+        processing_class = kwargs.get("processing_class", rest[2] if len(rest) > 2 else None)
+        if answer_accuracy and processing_class is None:
+            raise bad_input("processing_class", "the tokenizer when answer_accuracy=True (it decodes the answers)", None)
         data_collator, kwargs["callbacks"] = self._kpod_setup(
             model, data_collator, processing_class, normaliser, token_weights, schedule, fused_linear,
             kwargs.get("callbacks"),
         )
+        self.kpod_answer_accuracy = bool(answer_accuracy)
+        self.kpod_max_new_tokens = max_new_tokens
         super().__init__(model, args, data_collator, *rest, **kwargs)
         self._kpod_check_args()
+
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
+                 metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Trainer's evaluation (the KPOD loss), plus ``{prefix}_answer_accuracy`` with ``answer_accuracy=True``."""
+        metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        if self.kpod_answer_accuracy:
+            from .evaluation import answer_accuracy
+
+            dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+            if isinstance(dataset, Mapping):
+                raise bad_input("eval_dataset", "one dataset with answer_accuracy=True", "a dict of datasets")
+            scores = answer_accuracy(self.model, self.processing_class, list(dataset),
+                                     max_new_tokens=self.kpod_max_new_tokens,
+                                     batch_size=self.args.per_device_eval_batch_size)
+            extra = {f"{metric_key_prefix}_{k}": v for k, v in scores.items()}
+            metrics.update(extra)
+            self.log(extra)
+        return metrics
