@@ -7,6 +7,8 @@ floor. Sized to run in about a minute on one H100/H200.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -269,6 +271,7 @@ def test_opcheck():
     opcheck(torch.ops.kpod.kce_backward.default, (x.detach(), t, lse, s, torch.rand_like(s), 0.1))
     opcheck(torch.ops.kpod.kce_forward_backward.default, (x.detach(), t, s, 0.1))
     opcheck(torch.ops.kpod.kce_forward_backward_inplace.default, (x.detach().clone(), t, s, 0.0))
+    opcheck(torch.ops.kpod.kce_backward_inplace.default, (x.detach().clone(), t, lse, s, torch.rand_like(s), 0.1))
     opcheck(torch.ops.kpod.scale_.default, (x.detach().clone(), torch.tensor(2.0, device=DEV)))
 
 
@@ -320,3 +323,87 @@ def test_beyond_int32_elements():
     torch.testing.assert_close(x[0, rows].double(), ref_grad, rtol=1e-2, atol=1e-6)
     del x
     torch.cuda.empty_cache()
+
+
+# ---- synchronisation and CUDA graphs ------------------------------------------------------------
+def _sync_warnings(fn):
+    """Run fn under torch.cuda.set_sync_debug_mode('warn'); the number of synchronising calls."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_no_host_sync_without_validation(inplace):
+    """validate=False: nothing synchronises (an int num_items_in_batch is no host→device copy)."""
+    logits, labels, w = _inputs(2, 16, 3001, torch.bfloat16, seed=12)
+    w = w.abs()
+    n_tensor = torch.tensor(5.0, device=DEV)
+    leaf = logits.clone().requires_grad_(True)
+    cases = [("mean", 7), ("mean", n_tensor), ("weighted_mean", None), ("weighted_mean", 0), ("sum", None)]
+    if not inplace:
+        cases.append(("none", None))
+
+    def body():
+        for reduction, n in cases:
+            x = leaf * 1.0 if inplace else leaf
+            loss = kpod_ops.keypoint_cross_entropy(x, labels, w, reduction=reduction, num_items_in_batch=n,
+                                                   validate=False, inplace_backward=inplace, impl="fused")
+            (loss.sum() * 0.5).backward()
+
+    assert _sync_warnings(body) == 0
+
+
+def test_validation_synchronises_once():
+    logits, labels, w = _inputs(2, 16, 3001, torch.bfloat16, seed=13)
+    x = logits.clone().requires_grad_(True)
+    w = w.abs()
+
+    def body():
+        loss = kpod_ops.keypoint_cross_entropy(x, labels, w, reduction="weighted_mean", impl="fused")
+        loss.backward()
+
+    assert _sync_warnings(body) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_graph_capture_forward_backward(dtype):
+    """validate=False: the op's forward and backward capture in a CUDA graph and replay exactly."""
+    logits, labels, w = _inputs(2, 24, 5003, dtype, seed=14)
+    w = w.abs()
+    x = logits.clone().requires_grad_(True)
+
+    def step():
+        loss = kpod_ops.keypoint_cross_entropy(x, labels, w, reduction="mean", num_items_in_batch=30,
+                                               validate=False, impl="fused")
+        loss.backward()
+        return loss
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            x.grad = None
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    x.grad = None
+    with torch.cuda.graph(graph):
+        static_loss = step()
+    fresh, _, _ = _inputs(2, 24, 5003, dtype, seed=15)
+    with torch.no_grad():
+        x.copy_(fresh)
+    graph.replay()
+    torch.cuda.synchronize()
+    y = fresh.clone().requires_grad_(True)
+    want = kpod_ops.keypoint_cross_entropy(y, labels, w, reduction="mean", num_items_in_batch=30, validate=False,
+                                           impl="fused")
+    want.backward()
+    torch.testing.assert_close(static_loss, want)
+    torch.testing.assert_close(x.grad, y.grad)

@@ -174,14 +174,19 @@ def test_bf16_gradient_has_no_bias_from_the_upstream_scale(device, inplace):
 
 
 @needs_fused
-def test_scale_op_multiplies_in_fp32():
-    """scale_ never rounds the scale to the tensor's dtype (65536 is inf in fp16; 1/3 in bf16 is biased)."""
-    x = torch.full((4, 1000), 2.0**-20, dtype=torch.float16)
-    torch.ops.kpod.scale_(x, torch.tensor(65536.0))
-    assert torch.isfinite(x).all() and x.eq(2.0**-4).all()
-    y = torch.ones(4, 1000, dtype=torch.bfloat16)
-    torch.ops.kpod.scale_(y, torch.tensor(1 / 3))
-    assert y.eq(torch.tensor(1 / 3).bfloat16()).all()
+@devices
+def test_scale_op_multiplies_in_fp32(device):
+    """scale_ never rounds the scale to the tensor's dtype (65536 is inf in fp16; 1/3 in bf16 is
+    biased), whatever the layout."""
+    for layout in ("contiguous", "row_strided", "transposed"):
+        base = torch.full((4, 6, 1000), 2.0**-20, dtype=torch.float16, device=device)
+        x = {"contiguous": base, "row_strided": base[:, :5, :999], "transposed": base.transpose(0, 1)}[layout]
+        torch.ops.kpod.scale_(x, torch.tensor(65536.0, device=device))
+        assert torch.isfinite(x).all() and x.eq(2.0**-4).all(), layout
+        y = torch.ones(4, 1000, dtype=torch.bfloat16, device=device)
+        y = y if layout == "contiguous" else y.t()
+        torch.ops.kpod.scale_(y, torch.tensor(1 / 3, device=device))
+        assert y.eq(torch.tensor(1 / 3).bfloat16().to(device)).all(), layout
 
 
 # ---------------------------------------------------------------- 4. zero denominator
