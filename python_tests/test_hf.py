@@ -307,7 +307,9 @@ def test_packed_batches_are_refused():
     packed = torch.cat([torch.arange(T // 2), torch.arange(T - T // 2)]).expand(2, T)
     with pytest.raises(KPODInputError, match="packed / padding-free"):
         model(**b, position_ids=packed)
-    model(**b, position_ids=torch.arange(T).expand(2, T))  # ordinary position ids are fine
+    right = model(**b, position_ids=torch.arange(T).expand(2, T)).loss  # ordinary position ids are fine
+    left = model(**KPODCollator(tok, weights, given(tokenized), padding_side="left")(tokenized)).loss
+    assert float(left) == pytest.approx(float(right), rel=1e-4)  # left padding's position ids are not packing
     trl = pytest.importorskip("trl")
     from kpod_ops.integrations.sft import KPODSFTTrainer
 

@@ -100,7 +100,8 @@ def _check_not_packed(kwargs: Mapping[str, Any]) -> None:
     packed = any(k in kwargs for k in ("cu_seq_lens_q", "cu_seq_lens_k", "seq_idx"))
     position_ids = kwargs.get("position_ids")
     if not packed and isinstance(position_ids, torch.Tensor) and position_ids.dim() == 2 and position_ids.shape[1] > 1:
-        packed = bool((position_ids[:, 1:] == 0).any())
+        # a position that restarts at 0 after counting up (left padding repeats 0 before the first token: fine)
+        packed = bool(((position_ids[:, 1:] == 0) & (position_ids[:, :-1] > 0)).any())
     if packed:
         raise KPODInputError(
             "batch: expected one sequence per row (loss_start is one label position per row), got a packed / "
