@@ -242,3 +242,12 @@ def test_data_summary_shows_the_rule_each_rationale_got(tmp_path):
         summarize_examples(examples[0])
     with pytest.raises(KPODInputError, match="examples: expected a list of CoTExample, got a single CoTExample"):
         write_jsonl(examples[0], tmp_path / "one.jsonl")
+
+
+def test_records_refuse_other_objects():
+    from kpod_ops.data import to_record, validate_tokenized
+
+    with pytest.raises(KPODInputError, match="example: expected a TokenizedExample, got dict"):
+        to_record({"id": "a"})
+    with pytest.raises(KPODInputError, match="example: expected a TokenizedExample, got list"):
+        validate_tokenized([1, 2])

@@ -13,6 +13,8 @@ RECORD_KEYS = ("id", "input_ids", "prompt_len", "step_spans", "answer_start", "a
 
 def to_record(example: TokenizedExample) -> dict[str, Any]:
     """A dict of plain lists/ints that ``datasets.Dataset.from_list`` can store."""
+    if not isinstance(example, TokenizedExample):
+        raise bad_input("example", "a TokenizedExample", type(example).__name__)
     return {
         "id": example.id,
         "input_ids": list(example.input_ids),
@@ -26,6 +28,8 @@ def to_record(example: TokenizedExample) -> dict[str, Any]:
 
 def validate_tokenized(example: TokenizedExample, argument: str = "example") -> TokenizedExample:
     """Check the span invariants (non-empty, contiguous, partition ``[prompt_len, answer_start)``)."""
+    if not isinstance(example, TokenizedExample):
+        raise bad_input(argument, "a TokenizedExample", type(example).__name__)
     where = f"{argument} {example.id!r}"
     n = len(example.input_ids)
     if not example.step_spans:
