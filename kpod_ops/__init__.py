@@ -57,7 +57,7 @@ from .weighting import (
     weight_stats,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the only version string: pyproject.toml reads it (dynamic version)
 
 __all__ = [
     "AnswerPredictor",
