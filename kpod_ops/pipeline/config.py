@@ -32,22 +32,22 @@ _METHOD_SETTINGS: dict[str, dict[str, Any]] = {
 _QUICK: dict[str, Any] = {
     "data": {
         "source": "arith-cot",  # a built-in name or a JSONL path
-        "n_train": 2000,
-        "n_val": 300,
+        "n_train": 1000,
+        "n_val": 200,
         "n_test": 1000,
         "test_percent": 20,  # --data files: share of questions (by hash) in the test split
         "val_percent": 10,  # --data files: share of the rest in the validation split
         "max_length": 320,
         "step_rule": "auto",
     },
-    "student": {"kind": "tiny", "path": None, "hidden_size": 128, "num_layers": 4, "num_heads": 4, "lora_r": 0, "lora_alpha": 16},
-    "warmup": {"enabled": True, "corpus": "arith-text", "n_texts": 4000, "epochs": 2, "batch_size": 32, "lr": 3e-3, "max_length": 256},
+    "student": {"kind": "tiny", "path": None, "hidden_size": 64, "num_layers": 3, "num_heads": 4, "lora_r": 0, "lora_alpha": 16},
+    "warmup": {"enabled": True, "corpus": "arith-text", "n_texts": 2000, "epochs": 2, "batch_size": 32, "lr": 3e-3, "max_length": 128},
     "weights": {
-        "n_examples": 600,  # mask learner training examples (a subset of train; val from the validation split)
+        "n_examples": 300,  # mask learner training examples (a subset of train; val from the validation split)
         "renormalize": True,  # loss weights scaled to mean 1 per rationale (see docs/method.md)
         "learner": {
             "alpha": 0.5,
-            "epochs": 2,
+            "epochs": 1,
             "batch_size": 16,
             "lr": 2e-3,
             "num_prefixes": 4,
@@ -60,7 +60,7 @@ _QUICK: dict[str, Any] = {
     },
     "curriculum": {"n_clusters": 5, "beta": 12.0, "p": 0.5, "c0_ratio": 0.3, "normalisation": "softmax", "solver": "ftgp"},
     "train": {
-        "epochs": 6,
+        "epochs": 4,
         "batch_size": 32,  # sequences per optimiser step (global batch)
         "micro_batch_size": 32,  # sequences per forward pass; batch_size / micro_batch_size = accumulation steps
         "lr": 3e-3,
@@ -70,7 +70,7 @@ _QUICK: dict[str, Any] = {
         "normaliser": "sequence",  # "sequence": sum / sequences in the global batch; "token": sum / active tokens
         "checkpoint_every": 50,  # optimiser steps between checkpoints (and one at every epoch end)
     },
-    "eval": {"max_new_tokens": 200, "batch_size": 128},
+    "eval": {"max_new_tokens": 160, "batch_size": 125},
     "precision": "fp32",
     "allow_degenerate": False,
 }

@@ -18,6 +18,13 @@ from ..losses import keypoint_cross_entropy
 from .optim import autocast, lr_at, make_optimizer, set_lr
 
 
+def pack(rows: Sequence[Sequence[int]], block: int) -> list[list[int]]:
+    """Concatenate token rows (each already ending with EOS) and cut them into blocks of ``block``
+    tokens: no padding, so every token of a batch is trained on (standard LM pre-training)."""
+    flat = [t for row in rows for t in row]
+    return [flat[s : s + block] for s in range(0, len(flat), block) if len(flat[s : s + block]) > 1]
+
+
 def _batches(ids: list[list[int]], order: np.ndarray, size: int, pad: int):
     for s in range(0, len(order), size):
         rows = [ids[i] for i in order[s : s + size]]
@@ -45,9 +52,10 @@ def warm_up(
     precision: str = "fp32",
     progress: bool = True,
 ) -> list[float]:
-    """Train ``model`` in place as a causal LM on ``texts`` (each ends with EOS); returns the loss per step.
+    """Train ``model`` in place as a causal LM on ``texts``; returns the loss per step.
 
-    Mean token cross-entropy (the fused op, ``shift=True``), AdamW, warm-up then cosine decay.
+    The texts (each followed by EOS) are packed into blocks of ``max_length`` tokens; mean token
+    cross-entropy (the fused op, ``shift=True``), AdamW, linear warm-up then cosine decay.
     """
     require("tqdm", extra="all", feature="the warm-up")
     from tqdm.auto import tqdm
@@ -55,7 +63,7 @@ def warm_up(
     if not texts:
         raise bad_input("texts", "at least one warm-up text", "none")
     eos = tokenizer.eos_token_id
-    ids = [row[: max_length - 1] + [eos] for row in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+    ids = pack([row + [eos] for row in tokenizer(list(texts), add_special_tokens=False)["input_ids"]], max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     steps_per_epoch = (len(ids) + batch_size - 1) // batch_size
     total = steps_per_epoch * epochs

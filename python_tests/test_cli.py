@@ -1,0 +1,187 @@
+"""`kpod` end to end on a tiny random student and 16 examples: a finished run, resume after SIGKILL
+(bitwise the same student), stage reuse, `kpod eval`, and the bad inputs users hit first."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kpod_ops.cli import main
+from kpod_ops.data import load_builtin, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A tiny random student (no warm-up), small everything; the random mask learner collapses, so the
+# run must allow degenerate weights explicitly.
+TINY = {
+    "data": {"test_percent": 25, "val_percent": 10, "max_length": 400},
+    "student": {"hidden_size": 32, "num_layers": 2, "num_heads": 2},
+    "warmup": {"enabled": False},
+    "weights": {"n_examples": 8, "learner": {"epochs": 1, "batch_size": 8, "mlp_hidden": 16}},
+    "curriculum": {"n_clusters": 2},
+    "train": {"epochs": 6, "batch_size": 4, "micro_batch_size": 2, "checkpoint_every": 1},
+    "eval": {"max_new_tokens": 12, "batch_size": 4},
+}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    data = folder / "data.jsonl"
+    write_jsonl(load_builtin("arith-cot", "train", n=16, seed=3), data)
+    config = folder / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    return folder, data, config
+
+
+def _args(data, config, out, *extra):
+    return ["distill", "--data", str(data), "--config", str(config), "--out", str(out), "--allow-degenerate", "--quiet", *extra]
+
+
+@pytest.fixture(scope="module")
+def finished_run(inputs):
+    folder, data, config = inputs
+    out = folder / "run"
+    assert main(_args(data, config, out)) == 0
+    return out
+
+
+def test_distill_writes_report_student_and_test_split(finished_run, inputs):
+    report = json.loads((finished_run / "report.json").read_text())
+    for key in ("preset", "method", "seed", "test_accuracy", "n_test", "timings", "config", "versions", "machine"):
+        assert key in report
+    assert report["preset"] == "quick" and report["method"] == "kpod" and report["seed"] == 0
+    assert 0.0 <= report["test_accuracy"] <= 1.0 and report["n_test"] >= 1
+    assert report["weights"]["degenerate"]  # the random learner collapsed and the report says so
+    test_lines = (finished_run / "data" / "test.jsonl").read_text().splitlines()
+    assert len(test_lines) == report["n_test"]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(finished_run / "student")
+    tok = AutoTokenizer.from_pretrained(finished_run / "student")
+    assert model.config.model_type == "llama" and tok.eos_token == "<eos>"
+    assert (finished_run / "student" / "model.safetensors").is_file()
+    assert (finished_run / "report.md").read_text().startswith("# kpod distill")
+    assert (finished_run / "plots" / "loss.png").is_file()
+
+
+def test_eval_reproduces_the_reports_accuracy(finished_run, tmp_path, capsys):
+    out = tmp_path / "metrics.json"
+    assert main(["eval", "--run", str(finished_run), "--data", str(finished_run / "data" / "test.jsonl"), "--out", str(out), "--quiet"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    report = json.loads((finished_run / "report.json").read_text())
+    assert printed == json.loads(out.read_text())
+    assert printed["accuracy"] == report["test_accuracy"] and printed["n"] == report["n_test"]
+
+
+def test_rerun_reuses_finished_stages_and_redoes_changed_ones(finished_run, inputs, tmp_path, capsys):
+    _, data, config = inputs
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    assert main(_args(data, config, run)) == 0
+    said = capsys.readouterr().out
+    assert "[train] reusing the finished stage" in said and "[weights] reusing" in said
+    changed = tmp_path / "changed.json"
+    changed.write_text(json.dumps({**TINY, "train": {**TINY["train"], "lr": 1e-3}}))
+    before = (run / "student" / "model.safetensors").read_bytes()
+    assert main(_args(data, changed, run)) == 0
+    said = capsys.readouterr().out
+    assert "[train] configuration changed" in said and "[weights] reusing" in said
+    assert (run / "student" / "model.safetensors").read_bytes() != before
+
+
+def _wait_for_checkpoint(folder: Path, proc: subprocess.Popen, timeout: float = 120.0) -> int:
+    state = folder / "train" / "checkpoint" / "state.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if state.is_file():
+            try:
+                step = json.loads(state.read_text())["step"]
+            except (json.JSONDecodeError, KeyError, OSError):
+                step = 0
+            if step >= 2:
+                return step
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before it could be interrupted:\n{proc.stderr.read()}")
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint appeared")
+
+
+def test_resume_after_sigkill_gives_bitwise_the_same_student(finished_run, inputs, tmp_path):
+    _, data, config = inputs
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "kpod_ops.cli", *_args(data, config, out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        step = _wait_for_checkpoint(out, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    total = json.loads((finished_run / "train" / "stage.json").read_text())["steps"]
+    assert step < total and not (out / "train" / "stage.json").exists()  # killed in the middle of training
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "resuming from the checkpoint" in done.stdout
+    assert json.loads((out / "train" / "stage.json").read_text())["resumed_at_step"] >= step
+    assert (out / "student" / "model.safetensors").read_bytes() == (finished_run / "student" / "model.safetensors").read_bytes()
+
+
+def _fails(argv, capsys, *needles):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kpod: error:"), err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_bad_inputs_give_a_clear_error_and_write_nothing(inputs, tmp_path, capsys):
+    _, data, config = inputs
+    out = tmp_path / "out"
+    _fails(_args(tmp_path / "missing.jsonl", config, out), capsys, "--data", "missing.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(data.read_text().splitlines()[0] + "\n{not json\n")
+    _fails(_args(bad, config, out), capsys, "bad.jsonl:2", "invalid JSON")
+    not_model = tmp_path / "not_a_model"
+    not_model.mkdir()
+    _fails(_args(data, config, out, "--student", str(not_model)), capsys, "--student", "config.json")
+    _fails(["distill", "--preset", "huge", "--out", str(out)], capsys, "--preset", "quick")
+    _fails(["distill", "--method", "magic", "--out", str(out)], capsys, "--method", "standard")
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps({"train": {"epochz": 3}}))
+    _fails(["distill", "--config", str(unknown), "--out", str(out)], capsys, "epochz")
+    assert not out.exists()
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    _fails(_args(data, config, a_file / "sub"), capsys, "--out", "writable")
+    _fails(["eval", "--run", str(tmp_path), "--data", str(data)], capsys, "--run", "report.json")
+
+
+def test_degenerate_weights_stop_the_run_unless_allowed(inputs, tmp_path, capsys):
+    _, data, config = inputs
+    out = tmp_path / "degenerate"
+    argv = [a for a in _args(data, config, out) if a != "--allow-degenerate"]
+    _fails(argv, capsys, "degenerate", "--allow-degenerate")
+    assert (out / "data" / "stage.json").is_file()  # what was done is kept
+    assert not (out / "weights" / "stage.json").exists() and not (out / "report.json").exists()
+
+
+def test_help_lists_every_option_with_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["distill", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--preset", "--out", "--method", "--seed", "--config", "--student", "--data", "--precision", "--allow-degenerate"):
+        assert option in text
+    assert "default: quick" in text and "no-diversity" in text

@@ -1,0 +1,174 @@
+"""Unit tests of the distillation pipeline's pieces: tokenizer, training loop, evaluation, stages, compare."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from kpod_ops import KPODInputError, keypoint_cross_entropy, load_builtin, tokenize_examples
+from kpod_ops.data.collator import KPODCollator
+from kpod_ops.models import tiny_student, tiny_tokenizer
+from kpod_ops.pipeline import TrainSettings, evaluate, generate, merge, method_settings, preset_config, prompt_ids, train
+from kpod_ops.pipeline.compare import paired_bootstrap, table
+from kpod_ops.pipeline.config import stage_hash
+from kpod_ops.pipeline.store import Stage, optimizer_from_files, optimizer_to_files
+from kpod_ops.pipeline.warmup import pack
+
+
+@functools.cache
+def _tok():
+    return tiny_tokenizer()
+
+
+def _student(seed: int = 0):
+    return tiny_student(_tok(), hidden_size=32, num_layers=2, num_heads=2, seed=seed)
+
+
+@functools.cache
+def _examples(n: int = 8):
+    return tuple(tokenize_examples(load_builtin("arith-cot", "train", n=n, seed=0), _tok()))
+
+
+def test_tiny_tokenizer_round_trips_text_and_reads_numbers_digit_by_digit():
+    tok = _tok()
+    text = "Q: Zyx has 107 apples.\nA: Let's think step by step.\n17 + 4 = 21; xylophone!?"
+    ids = tok(text)["input_ids"]
+    assert tok.decode(ids) == text and tok.unk_token_id not in ids
+    assert tok.convert_ids_to_tokens(tok("107")["input_ids"]) == ["1", "0", "7"]
+    assert tok.eos_token == "<eos>" and tok.pad_token == "<pad>" and tok.bos_token is None
+    for ex in load_builtin("arith-cot", "test", n=50, seed=0):
+        assert tok.unk_token_id not in tok(ex.question + ex.rationale)["input_ids"]
+    assert tiny_tokenizer().get_vocab() == tok.get_vocab()  # built deterministically
+
+
+def test_tiny_student_is_seeded_and_checks_its_sizes():
+    a, b = _student(1), _student(1)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    with pytest.raises(KPODInputError, match="hidden_size"):
+        tiny_student(_tok(), hidden_size=30, num_heads=4)
+
+
+def test_pack_keeps_every_token_in_order():
+    blocks = pack([[1, 2, 3], [4, 5], [6, 7, 8], [9, 10]], 4)
+    assert blocks == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]
+    assert pack([[1, 2, 3], [4, 5]], 4) == [[1, 2, 3, 4]]  # a lone last token has nothing to predict
+
+
+def _trained(micro: int, normaliser: str = "sequence"):
+    model = _student()
+    settings = TrainSettings(epochs=1, batch_size=4, micro_batch_size=micro, lr=1e-2, normaliser=normaliser, checkpoint_every=100)
+    history = train(model, _tok(), list(_examples()), settings, progress=False).history
+    return model, [h["loss"] for h in history]
+
+
+@pytest.mark.parametrize("normaliser", ["sequence", "token"])
+def test_gradient_accumulation_does_not_change_the_update(normaliser):
+    (whole, loss_whole), (split, loss_split) = _trained(4, normaliser), _trained(1, normaliser)
+    assert len(loss_whole) == 2 and loss_whole == pytest.approx(loss_split, rel=1e-5)  # step 2 sees step 1's update
+    for p, q in zip(whole.parameters(), split.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)  # Adam magnifies float noise of near-zero gradients
+
+
+def test_sequence_normaliser_is_the_weighted_sum_over_the_global_batch_divided_by_its_sequences():
+    examples = list(_examples())
+    rng = np.random.default_rng(0)
+    weights = {te.id: rng.uniform(0.5, 1.5, te.rationale_len).astype(np.float32) for te in examples}
+    model = _student()
+    settings = TrainSettings(epochs=1, batch_size=8, micro_batch_size=4, lr=1e-3, checkpoint_every=100)
+    history = train(model, _tok(), examples, settings, token_weights=weights, progress=False).history
+    fresh = _student()
+    order = np.random.default_rng([0, 11, 1]).permutation(len(examples))
+    batch = KPODCollator(_tok(), token_weights=weights)([examples[i] for i in order])
+    with torch.no_grad():
+        logits = fresh(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        expected = keypoint_cross_entropy(logits, batch["labels"], batch["token_weights"], batch["loss_start"], shift=True,
+                                          reduction="sum") / len(examples)
+    assert history[0]["loss"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_optimizer_state_round_trips_through_safetensors_and_json():
+    model = _student()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(input_ids=torch.tensor([[5, 6, 7]])).logits.sum().backward()
+    opt.step()
+    tensors, rest = optimizer_to_files(opt)
+    import json
+
+    rest = json.loads(json.dumps(rest))
+    other = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer_from_files(other, tensors, rest)
+    a, b = opt.state_dict(), other.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    for k in a["state"]:
+        for key, value in a["state"][k].items():
+            assert torch.equal(value, b["state"][k][key])
+
+
+def test_batched_left_padded_generation_equals_one_prompt_at_a_time():
+    tok, model = _tok(), _student(3)
+    examples = load_builtin("arith-cot", "test", n=6, seed=0)
+    prompts = prompt_ids(examples, tok)
+    assert len({len(p) for p in prompts}) > 1  # different lengths, so the batch is padded
+    kw = {"pad_id": tok.pad_token_id, "eos_id": tok.eos_token_id, "max_new_tokens": 8, "progress": False}
+    assert generate(model, prompts, batch_size=6, **kw) == generate(model, prompts, batch_size=1, **kw)
+
+
+def test_prompts_are_exactly_the_training_prompt_tokens_and_answers_are_matched():
+    tok = _tok()
+    examples = load_builtin("arith-cot", "test", n=3, seed=0)
+    for prompt, te in zip(prompt_ids(examples, tok), tokenize_examples(examples, tok)):
+        assert prompt == list(te.input_ids[: te.prompt_len]) and tok.decode(prompt).endswith("step by step.\n")
+    result = evaluate(_student(), tok, examples, max_new_tokens=4, batch_size=2, progress=False)
+    assert result.n == 3 and 0 <= result.n_correct <= 3 and len(result.generations) == 3
+    assert {"id", "generation", "predicted", "gold", "correct"} <= set(result.generations[0])
+
+
+def test_stage_reuses_only_a_matching_hash_and_redoes_otherwise(tmp_path):
+    said = []
+    stage = Stage(tmp_path, "s", "aaa", said.append)
+    assert stage.finished() is None
+    stage.start()
+    (stage.dir / "artefact").write_text("x")
+    stage.finish(value=1)
+    again = Stage(tmp_path, "s", "aaa", said.append).finished()
+    assert again["value"] == 1 and again["reused"] and "reusing" in said[-1]
+    assert Stage(tmp_path, "s", "bbb", said.append).finished() is None
+    assert "configuration changed" in said[-1] and not (tmp_path / "s").exists()
+    unfinished = Stage(tmp_path, "u", "aaa", said.append)
+    unfinished.start()
+    assert Stage(tmp_path, "u", "aaa", said.append).finished() is None  # no record: not done
+
+
+def test_stage_hashes_follow_what_a_stage_depends_on():
+    config = preset_config("quick")
+    changed_lr = merge(config, {"train": {"lr": 1e-4}})
+    assert stage_hash(config, "warmup") == stage_hash(changed_lr, "warmup")
+    assert stage_hash(config, "train") != stage_hash(changed_lr, "train")
+    assert stage_hash(config, "warmup") != stage_hash({**config, "seed": 1}, "warmup")
+    assert stage_hash(config, "data") == stage_hash({**config, "seed": 1}, "data")  # --seed never moves the splits
+
+
+def test_config_merge_and_methods_reject_unknown_names():
+    with pytest.raises(KPODInputError, match="epochz"):
+        merge(preset_config("quick"), {"train": {"epochz": 3}})
+    with pytest.raises(KPODInputError, match="--preset"):
+        preset_config("nope")
+    with pytest.raises(KPODInputError, match="--method"):
+        method_settings("nope")
+    assert method_settings("standard") == {"loss_weights": False, "curriculum": False, "normalisation": None,
+                                           "progressive": False, "beta": None}
+    assert method_settings("no-diversity")["beta"] == 0.0 and method_settings("no-sig-dif")["normalisation"] == "uniform"
+    merged = merge(preset_config("quick"), {"weights": {"learner": {"tau": 0.5}}})
+    assert merged["weights"]["learner"]["tau"] == 0.5 and merged["weights"]["learner"]["alpha"] == 0.5
+
+
+def test_compare_table_pairs_seeds_and_bootstraps_the_difference():
+    rows = table({"standard": [0.40, 0.50, 0.45], "kpod": [0.45, 0.56, 0.49]})
+    kpod = next(r for r in rows if r["method"] == "kpod")
+    assert kpod["diff_vs_standard"] == pytest.approx(0.05)
+    lo, hi = kpod["diff_ci95"]
+    assert 0.04 - 1e-9 <= lo <= 0.05 <= hi <= 0.06 + 1e-9
+    assert paired_bootstrap([0.1]) == (pytest.approx(0.1), pytest.approx(0.1))
