@@ -41,16 +41,32 @@ from .inputs import accumulation_dtype
 OPS_REGISTERED = hasattr(torch.ops, "kpod") and hasattr(torch.ops.kpod, "kce_forward_backward_inplace")
 
 
-def _selected_rows(use: torch.Tensor) -> torch.Tensor | None:
-    """Indices of the rows to compute, or None when every row is selected (no gather needed)."""
-    idx = use.nonzero().flatten()  # the one synchronisation of the call
-    return None if idx.numel() == use.numel() else idx
+def _selected_rows(use: torch.Tensor, row_scale: torch.Tensor | None) -> tuple[torch.Tensor | None, int, int]:
+    """``(idx, n_grad, n)``: the ``n`` selected rows, those with a non-zero ``row_scale`` first.
+
+    Only the first ``n_grad`` rows take part in the gradient GEMMs; the others (selected for their
+    loss alone, e.g. ω = 0 rows whose weight needs ℓ) are only run forward, so that a non-finite
+    hidden row with a zero gradient row can never turn ``0·inf`` into NaN in the weight gradient.
+    ``idx`` is None when every row is selected for the gradient (no gather needed).
+    """
+    N = use.numel()
+    if row_scale is None:
+        idx = use.nonzero().flatten()  # the one synchronisation of the call
+        return (None if idx.numel() == N else idx), 0, idx.numel()
+    key = torch.where(use & (row_scale != 0), 0, torch.where(use, 1, 2))
+    n_grad, n_fwd, _ = torch.bincount(key, minlength=3).tolist()  # the one synchronisation of the call
+    if n_grad == N:
+        return None, N, N
+    idx = torch.argsort(key, stable=True)[: n_grad + n_fwd]
+    return idx, n_grad, n_grad + n_fwd
 
 
-def _chunks(n: int, chunk_size: int) -> Iterator[tuple[int, int]]:
+def _chunks(n: int, chunk_size: int, n_grad: int) -> Iterator[tuple[int, int]]:
+    """Chunks of at most ``chunk_size`` rows that never straddle the ``n_grad`` boundary."""
     step = max(1, int(chunk_size))
-    for start in range(0, n, step):
-        yield start, min(n, start + step)
+    for lo, hi in ((0, n_grad), (n_grad, n)):
+        for start in range(lo, hi, step):
+            yield start, min(hi, start + step)
 
 
 def _check_labels(labels: torch.Tensor, idx: torch.Tensor | None, V: int, check: Sequence[int]) -> None:
@@ -113,19 +129,18 @@ def _run(
     grad_h = torch.zeros((N, H) if need_h else (0,), dtype=acc, device=hidden.device)
     grad_w = torch.zeros((V, H) if need_w else (0,), dtype=acc, device=hidden.device)
     grad_b = torch.zeros(V if need_b else 0, dtype=acc, device=hidden.device)
-    idx = _selected_rows(use)
+    idx, n_grad, n = _selected_rows(use, row_scale)
     labels = target if idx is None else target.index_select(0, idx)
     _check_labels(labels, idx, V, check)
     scale = None
     if row_scale is not None:
         scale = (row_scale if idx is None else row_scale.index_select(0, idx)).to(acc)
-    n = labels.numel()
-    for s, e in _chunks(n, chunk_size):
+    for s, e in _chunks(n, chunk_size, n_grad):
         rows = None if idx is None else idx[s:e]
         h = hidden[s:e] if rows is None else hidden.index_select(0, rows)
         z = _logits(h, weight, bias)
         t = _kernel_target(labels[s:e], V)
-        if scale is None:
+        if scale is None or s >= n_grad:
             out, _lse = torch.ops.kpod.kce_forward(z, t, float(label_smoothing))
         else:  # the gradient overwrites the chunk's logits (our own buffer)
             out = torch.ops.kpod.kce_forward_backward_inplace(z, t, scale[s:e].reshape(1, -1).contiguous(), float(label_smoothing))

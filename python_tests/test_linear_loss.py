@@ -1,0 +1,333 @@
+"""The fused linear keypoint cross-entropy against ``F.linear`` + the keypoint CE reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import kpod_ops
+from kpod_ops import KPODInputError, keypoint_linear_cross_entropy, keypoint_linear_cross_entropy_reference
+from kpod_ops.losses import linear_ops
+
+pytestmark = pytest.mark.skipif(
+    not kpod_ops.fused_available("cpu")[0], reason="the compiled extension is needed for the fused linear loss"
+)
+
+REDUCTIONS = ["none", "sum", "mean", "weighted_mean"]
+
+
+def _problem(seed, B, T, H, V, dtype=torch.float32, *, p_ignore=0.2, p_zero_w=0.2, bias=True, starts=True):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(B, T, H, generator=g, dtype=torch.float64)
+    weight = torch.randn(V, H, generator=g, dtype=torch.float64) * H**-0.5 * 2
+    b = torch.randn(V, generator=g, dtype=torch.float64) if bias else None
+    labels = torch.randint(0, V, (B, T), generator=g)
+    labels[torch.rand(B, T, generator=g) < p_ignore] = -100
+    w = torch.rand(B, T, generator=g, dtype=torch.float64) + 0.05
+    w[torch.rand(B, T, generator=g) < p_zero_w] = 0.0
+    loss_start = torch.randint(0, T + 1, (B,), generator=g) if starts else None
+    cast = [x if x is None else x.to(dtype) for x in (hidden, weight, b, w)]
+    return cast, labels, loss_start
+
+
+def _leaves(tensors):
+    return [None if x is None else x.detach().clone().requires_grad_() for x in tensors]
+
+
+def _run(fn, tensors, labels, loss_start, upstream, **kw):
+    hidden, weight, bias, w = _leaves(tensors)
+    out = fn(hidden, weight, labels, w, loss_start, bias, **kw)
+    g = upstream if out.dim() else upstream.reshape(())
+    out.backward(g.to(out.dtype))
+    return out.detach(), [None if x is None else x.grad for x in (hidden, weight, bias, w)]
+
+
+def _per_position_loss(tensors, labels, loss_start, **kw):
+    """ℓ at every active position (weights 1), from the reference: for the ω = 0 weight gradients."""
+    hidden, weight, bias, _ = (None if x is None else x.detach().double() for x in tensors)
+    return keypoint_linear_cross_entropy_reference(hidden, weight, labels, None, loss_start, bias, reduction="none", **kw)
+
+
+@given(
+    seed=st.integers(0, 2**16),
+    B=st.integers(1, 3),
+    T=st.integers(1, 9),
+    H=st.integers(1, 6),
+    V=st.integers(1, 13),
+    reduction=st.sampled_from(REDUCTIONS),
+    shift=st.booleans(),
+    starts=st.booleans(),
+    bias=st.booleans(),
+    smoothing=st.sampled_from([0.0, 0.1]),
+    chunk=st.integers(1, 8),
+    items=st.sampled_from([None, 7]),
+)
+def test_matches_reference_outputs_and_all_gradients(seed, B, T, H, V, reduction, shift, starts, bias, smoothing, chunk, items):
+    tensors, labels, loss_start = _problem(seed, B, T, H, V, bias=bias, starts=starts)
+    nib = items if reduction in ("mean", "weighted_mean") else None
+    kw = dict(reduction=reduction, shift=shift, label_smoothing=smoothing, num_items_in_batch=nib)
+    upstream = torch.randn(B, T, generator=torch.Generator().manual_seed(seed)) if reduction == "none" else torch.tensor(1.7)
+    out, grads = _run(keypoint_linear_cross_entropy, tensors, labels, loss_start, upstream, chunk_size=chunk, **kw)
+    ref, ref_grads = _run(
+        keypoint_linear_cross_entropy_reference, [None if x is None else x.double() for x in tensors], labels,
+        loss_start, upstream.double(), **kw,
+    )
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    w = tensors[3]
+    for name, got, want in zip(["hidden", "weight", "bias", "token_weights"], grads, ref_grads):
+        if want is None:
+            assert got is None, name
+            continue
+        if name == "token_weights":  # ω = 0 entries are checked against ℓ in their own test
+            keep = w != 0
+            got, want = got[keep], want[keep]
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean", "weighted_mean", "none"])
+def test_zero_weight_rows_give_their_weight_a_gradient(reduction):
+    tensors, labels, loss_start = _problem(3, 2, 6, 4, 7, p_ignore=0.0, p_zero_w=0.4, starts=False)
+    upstream = torch.randn(2, 6, generator=torch.Generator().manual_seed(1)) if reduction == "none" else torch.tensor(1.0)
+    out, grads = _run(keypoint_linear_cross_entropy, tensors, labels, None, upstream, reduction=reduction)
+    w = tensors[3].double()
+    ell = _per_position_loss(tensors, labels, None)
+    zero = w == 0
+    assert zero.any()
+    if reduction == "none":
+        expected = upstream.double() * ell
+    elif reduction == "sum":
+        expected = ell
+    elif reduction == "mean":
+        expected = ell / ell.numel()
+    else:
+        expected = (ell - (w * ell).sum() / w.sum()) / w.sum()
+    torch.testing.assert_close(grads[3].double()[zero], expected[zero], rtol=1e-5, atol=1e-6)
+    assert bool((out.double()[zero] == 0).all()) if reduction == "none" else True
+
+
+def test_bf16_close_to_fp64_reference():
+    tensors, labels, loss_start = _problem(5, 2, 16, 8, 64, torch.bfloat16)
+    out, grads = _run(keypoint_linear_cross_entropy, tensors, labels, loss_start, torch.tensor(1.0), chunk_size=5)
+    assert out.dtype == torch.float32
+    ref, ref_grads = _run(
+        keypoint_linear_cross_entropy_reference, [x.double() for x in tensors], labels, loss_start, torch.tensor(1.0)
+    )
+    low, low_grads = _run(keypoint_linear_cross_entropy_reference, tensors, labels, loss_start, torch.tensor(1.0))
+    # flash-attention rule: within 2x the error of plain PyTorch in bf16, plus a small floor
+    assert abs(out.double() - ref) <= 2 * abs(low.double() - ref) + 1e-2
+    for got, plain, want in zip(grads, low_grads, ref_grads):
+        err = (got.double() - want).abs().max()
+        assert err <= 2 * (plain.double() - want).abs().max() + 2e-3
+
+
+def test_fp16_gradient_is_scaled_before_rounding():
+    """fp16 with a GradScaler-sized upstream scale: no gradient flushed to zero, rounded once."""
+    g = torch.Generator().manual_seed(0)
+    N, H, V = 64, 8, 512
+    hidden = torch.randn(N, H, generator=g)
+    weight = torch.randn(V, H, generator=g) * 0.3
+    labels = torch.randint(0, V, (N,), generator=g)
+    h16 = hidden.half().requires_grad_()
+    w16 = weight.half().requires_grad_()
+    loss = keypoint_linear_cross_entropy(h16, w16, labels, chunk_size=16)
+    (loss * 32768.0).backward()
+    h64 = h16.detach().double().requires_grad_()
+    w64 = w16.detach().double().requires_grad_()
+    (keypoint_linear_cross_entropy_reference(h64, w64, labels) * 32768.0).backward()
+    for got, want in ((h16.grad, h64.grad), (w16.grad, w64.grad)):
+        assert torch.isfinite(got).all()
+        normal = want.abs() > 6.2e-5
+        assert not bool((got[normal] == 0).any())
+        rel = ((got.double() - want).abs() / want.abs())[normal]
+        assert float(rel.median()) <= 1e-3
+
+
+def test_all_inactive_gives_zero_loss_and_zero_gradients():
+    tensors, labels, _ = _problem(1, 2, 5, 4, 9)
+    loss_start = torch.tensor([5, 5])
+    for reduction in REDUCTIONS:
+        upstream = torch.ones(2, 5) if reduction == "none" else torch.tensor(1.0)
+        out, grads = _run(keypoint_linear_cross_entropy, tensors, labels, loss_start, upstream, reduction=reduction)
+        assert float(out.abs().sum()) == 0.0
+        for x in grads:
+            assert float(x.abs().sum()) == 0.0
+
+
+def test_non_finite_inactive_or_zero_weight_rows_do_not_leak():
+    tensors, labels, _ = _problem(2, 1, 6, 4, 9, p_ignore=0.0, p_zero_w=0.0, starts=False)
+    hidden, weight, bias, w = tensors
+    hidden[0, 0] = float("nan")  # before loss_start
+    hidden[0, 3] = float("inf")  # ω = 0
+    w[0, 3] = 0.0
+    labels[0, 4] = -100
+    hidden[0, 4] = float("nan")  # ignore_index
+    out, grads = _run(keypoint_linear_cross_entropy, (hidden, weight, bias, w.detach()), labels, torch.tensor([1]),
+                      torch.tensor(1.0), reduction="sum")
+    assert torch.isfinite(out)
+    for x in grads[:3]:
+        assert torch.isfinite(x).all()
+
+
+def test_zero_divisor_with_non_finite_active_row_gives_zero():
+    tensors, labels, _ = _problem(2, 1, 4, 3, 5, p_ignore=0.0, p_zero_w=0.0, starts=False)
+    tensors[0][0, 1] = float("inf")
+    out, grads = _run(keypoint_linear_cross_entropy, tensors, labels, None, torch.tensor(1.0), num_items_in_batch=0)
+    assert float(out) == 0.0
+    for x in grads:
+        assert float(x.abs().sum()) == 0.0
+
+
+def test_inactive_rows_never_reach_the_matmul(monkeypatch):
+    """Only active rows go through the LM head, in chunks of at most chunk_size rows."""
+    seen = []
+    real = linear_ops._logits
+
+    def spy(h, weight, bias):
+        seen.append(h.shape[0])
+        return real(h, weight, bias)
+
+    monkeypatch.setattr(linear_ops, "_logits", spy)
+    tensors, labels, _ = _problem(4, 2, 10, 4, 11, p_ignore=0.0, p_zero_w=0.0)
+    loss_start = torch.tensor([7, 4])  # 3 + 6 active positions
+    for reduction in ("mean", "none"):
+        seen.clear()
+        upstream = torch.ones(2, 10) if reduction == "none" else torch.tensor(1.0)
+        _run(keypoint_linear_cross_entropy, tensors, labels, loss_start, upstream, reduction=reduction, chunk_size=4)
+        assert sum(seen) == 9 * (1 if reduction == "mean" else 2)  # "none" recomputes in backward
+        assert max(seen) <= 4
+    seen.clear()
+    w = tensors[3].detach()
+    w[1, 5:] = 0.0  # ω = 0 rows need nothing while the weights need no gradient
+    loss = keypoint_linear_cross_entropy(tensors[0], tensors[1], labels, w, loss_start, chunk_size=64)
+    assert sum(seen) == 4 and torch.isfinite(loss)
+
+
+def test_retain_graph_gives_exact_repeated_gradients():
+    tensors, labels, loss_start = _problem(6, 2, 7, 5, 11)
+    hidden, weight, bias, w = _leaves(tensors)
+    loss = keypoint_linear_cross_entropy(hidden, weight, labels, w, loss_start, bias, chunk_size=3)
+    first = [x.detach().clone() for x in torch.autograd.grad(loss, (hidden, weight, bias, w), retain_graph=True)]
+    again = torch.autograd.grad(loss, (hidden, weight, bias, w), retain_graph=True)
+    for a, b in zip(first, again):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        b.mul_(100.0)  # mutating a returned gradient must not change a later one
+    for _ in range(3):
+        loss.backward(retain_graph=True)
+    for x, a in zip((hidden, weight, bias, w), first):
+        torch.testing.assert_close(x.grad, 3 * a, rtol=1e-5, atol=1e-6)
+        x.grad.zero_()
+    loss.backward(torch.tensor(2.0))
+    for x, a in zip((hidden, weight, bias, w), first):
+        torch.testing.assert_close(x.grad, 2 * a, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_buffers_are_released_after_backward():
+    tensors, labels, loss_start = _problem(7, 2, 6, 4, 9)
+    hidden, weight, bias, w = _leaves(tensors)
+    loss = keypoint_linear_cross_entropy(hidden, weight, labels, w, loss_start, bias)
+    node = loss.grad_fn
+    assert node.buffers is not None
+    loss.backward()
+    assert node.buffers is None
+
+
+def test_validation_names_value_and_position():
+    tensors, labels, _ = _problem(8, 2, 5, 3, 6, p_ignore=0.0)
+    labels[1, 3] = 6
+    with pytest.raises(KPODInputError, match=r"got 6 at position \(1, 3\)"):
+        keypoint_linear_cross_entropy(tensors[0], tensors[1], labels)
+    labels[1, 3] = -1  # not ignore_index: without validation a NaN row, never silently skipped
+    assert torch.isnan(keypoint_linear_cross_entropy(tensors[0], tensors[1], labels, validate=False))
+    with pytest.raises(KPODInputError, match="non-negative"):
+        w = torch.ones(2, 5)
+        w[0, 2] = -1.0
+        labels[1, 3] = 0
+        keypoint_linear_cross_entropy(tensors[0], tensors[1], labels, w, reduction="weighted_mean")
+
+
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("hidden_1d", "hidden"),
+        ("weight_shape", "lm_head_weight"),
+        ("weight_dtype", "lm_head_weight"),
+        ("bias_shape", "bias"),
+        ("chunk", "chunk_size"),
+        ("labels_shape", "labels"),
+        ("loss_start_2d", "loss_start"),
+    ],
+)
+def test_bad_inputs_name_the_argument(case, match):
+    h, W, b = torch.randn(2, 3, 4), torch.randn(5, 4), torch.randn(5)
+    y = torch.zeros(2, 3, dtype=torch.long)
+    kw = {}
+    if case == "hidden_1d":
+        h = torch.randn(4)
+    elif case == "weight_shape":
+        W = torch.randn(5, 3)
+    elif case == "weight_dtype":
+        W = W.double()
+    elif case == "bias_shape":
+        b = torch.randn(4)
+    elif case == "chunk":
+        kw["chunk_size"] = 0
+    elif case == "labels_shape":
+        y = torch.zeros(2, 4, dtype=torch.long)
+    elif case == "loss_start_2d":
+        h, y = h.reshape(6, 4), y.reshape(6)
+        kw["loss_start"] = torch.zeros(2, dtype=torch.long)
+    with pytest.raises(KPODInputError, match=match):
+        keypoint_linear_cross_entropy(h, W, y, bias=b, **kw)
+
+
+def test_module_form_matches_function():
+    tensors, labels, loss_start = _problem(9, 2, 6, 4, 9)
+    hidden, weight, bias, w = tensors
+    module = kpod_ops.KeypointLinearCrossEntropy(reduction="weighted_mean", shift=True, chunk_size=3)
+    got = module(hidden, weight, labels, w, loss_start, bias)
+    want = keypoint_linear_cross_entropy(hidden, weight, labels, w, loss_start, bias, reduction="weighted_mean", shift=True)
+    torch.testing.assert_close(got, want)
+    assert "chunk_size=3" in repr(module)
+
+
+def test_opcheck_registered_ops():
+    g = torch.Generator().manual_seed(0)
+    N, H, V = 10, 4, 7
+    h, W, b = torch.randn(N, H, generator=g), torch.randn(V, H, generator=g), torch.randn(V, generator=g)
+    target = torch.randint(0, V, (N,), generator=g)
+    use = torch.rand(N, generator=g) > 0.3
+    scale = torch.rand(N, generator=g)
+    check = [5, 0, 0]
+    torch.library.opcheck(
+        linear_ops.nll, (h.requires_grad_(), W.requires_grad_(), b.requires_grad_(), target, use, 0.1, 3, check)
+    )
+    d = (h.detach(), W.detach(), b.detach())
+    torch.library.opcheck(linear_ops.forward_backward, (*d, target, use, scale, 0.1, 3, check, [True, True, True]))
+    torch.library.opcheck(linear_ops.backward, (*d, target, use, scale, 0.0, 4, [True, False, True]))
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_scalar_and_none():
+    tensors, labels, loss_start = _problem(10, 2, 6, 4, 9)
+
+    def scalar(hidden, weight, w, bias):
+        return keypoint_linear_cross_entropy(hidden, weight, labels, w, loss_start, bias, reduction="weighted_mean", shift=True)
+
+    def per_position(hidden, weight, w, bias):
+        return keypoint_linear_cross_entropy(hidden, weight, labels, w, loss_start, bias, reduction="none")
+
+    for fn in (scalar, per_position):
+        compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+        got_leaves, want_leaves = _leaves(tensors), _leaves(tensors)
+        h, W, b, w = got_leaves
+        got = compiled(h, W, w, b)
+        h2, W2, b2, w2 = want_leaves
+        want = fn(h2, W2, w2, b2)
+        torch.testing.assert_close(got, want)
+        upstream = torch.randn_like(got)
+        got.backward(upstream)
+        want.backward(upstream)
+        for a, c in zip(got_leaves, want_leaves):
+            torch.testing.assert_close(a.grad, c.grad, rtol=1e-5, atol=1e-6)
