@@ -15,9 +15,12 @@ LM-head weight. Side by side:
 
 with every position active and with 30% active (``loss_start`` at 70% of each 512-token sequence;
 ignore_index for the others). Each configuration runs in a fresh process: peak extra memory is the
-peak RSS above the RSS once the inputs exist, less the weight's gradient (a parameter gradient,
-which every method must produce); time is the median of the repetitions after the first.
-Every configuration runs with the default allocator and with THP_MEM_ALLOC_ENABLE=1.
+peak RSS above the RSS once the inputs exist (after a tiny warm-up call of the same method), less
+the weight's gradient (a parameter gradient, which every method must produce); time is the median
+of the repetitions after the first. The methods alternate over ``--rounds`` rounds (a fresh process
+each time) so that the load of a shared machine falls on all of them alike; the figures are the
+medians over the rounds. Every configuration runs with the default allocator and with
+THP_MEM_ALLOC_ENABLE=1.
 
   python benchmarks/bench_linear_loss.py                  # the README table
   python benchmarks/bench_linear_loss.py --n 1024 --reps 1 --allocators default   # quick look
@@ -164,7 +167,8 @@ def main() -> None:
     p.add_argument("--active", type=float, nargs="+", default=[1.0, 0.3])
     p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     p.add_argument("--allocators", nargs="+", default=["default", "thp"], choices=["default", "thp"])
-    p.add_argument("--reps", type=int, default=2, help="timed repetitions after the first (memory) one")
+    p.add_argument("--reps", type=int, default=1, help="timed repetitions after the first (memory) one")
+    p.add_argument("--rounds", type=int, default=2, help="fresh processes per method, alternating")
     p.add_argument("--chunk-size", default="auto")
     p.add_argument("--out", default=None, help="JSON file for the results (default: benchmarks/results/...)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -179,11 +183,19 @@ def main() -> None:
     rows = []
     for allocator in args.allocators:
         for active in args.active:
+            runs: dict[str, list[dict]] = {m: [] for m in methods}
+            for _ in range(args.rounds):
+                for method in methods:
+                    run = _run_child(args, method, active, allocator)
+                    runs[method].append(run)
+                    print(f"{allocator:8s} active={active:.0%} {method:10s} time {run['time_s']:.3f} s  "
+                          f"peak extra {run['peak_extra_mib']:.0f} MiB", flush=True)
             for method in methods:
-                row = _run_child(args, method, active, allocator)
+                row = dict(runs[method][0])
+                row["time_s"] = statistics.median(r["time_s"] for r in runs[method])
+                row["peak_extra_mib"] = statistics.median(r["peak_extra_mib"] for r in runs[method])
+                row["rounds"] = runs[method]
                 rows.append(row)
-                print(f"{allocator:8s} active={active:.0%} {method:10s} time {row['time_s']:.3f} s  "
-                      f"peak extra {row['peak_extra_mib']:.0f} MiB", flush=True)
     print("\nratios vs eager in the same configuration (time, peak extra memory):")
     for allocator in args.allocators:
         for active in args.active:

@@ -32,18 +32,20 @@ from .inputs import accumulation_dtype, check_arguments, denominator, plan_rows,
 from .linear_reference import keypoint_linear_cross_entropy_reference
 
 HIDDEN_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-AUTO_CHUNK_BYTES = 128 * 2**20  # the largest logits chunk "auto" picks (counted in fp32 elements)
-AUTO_CHUNK_FRACTION = 8  # "auto" uses at most 1/8 of the rows per chunk ...
+AUTO_CHUNK_BYTES = 256 * 2**20  # the largest logits chunk "auto" picks (counted in fp32 elements)
+AUTO_CHUNK_FRACTION = 4  # "auto" uses at most 1/4 of the rows per chunk ...
 AUTO_CHUNK_MIN_ROWS = 64  # ... but never fewer than 64 rows (GEMMs slow down on thin operands)
 
 
 def auto_chunk_size(n_rows: int, hidden_size: int, vocab_size: int) -> int:
-    """Rows per chunk for ``chunk_size="auto"``: ``N/8`` rows, at most a 128 MiB logits chunk,
+    """Rows per chunk for ``chunk_size="auto"``: ``N/4`` rows, at most a 256 MiB logits chunk,
     at least 64 rows.
 
-    The chunk (its gradient is written over it) is then about 1/8 of the ``N × V`` logits that an
-    unfused loss holds several times over, while each chunk's GEMMs are thick enough to run near
-    full speed (measured by ``benchmarks/bench_linear_loss.py``).
+    The chunk (its gradient is written over it) is then a quarter of the ``N × V`` logits, which
+    an unfused loss holds about three times over (under a tenth of its extra memory), while each
+    chunk's GEMMs are thick enough to run at full speed: on a 2-core CPU, 256-row chunks made the
+    GEMMs of N = 2048 rows ~1.3x slower than one unchunked GEMM, 1024-row chunks did not
+    (``benchmarks/bench_linear_loss.py`` measures the whole loss).
     """
     by_bytes = AUTO_CHUNK_BYTES // (4 * max(1, vocab_size))
     rows = min(n_rows // AUTO_CHUNK_FRACTION, by_bytes)
@@ -239,23 +241,32 @@ def keypoint_linear_cross_entropy(
                 "token_weights: expected non-negative weights on active positions with reduction='weighted_mean', "
                 f"got {float(weights[n])} at position {where}"
             )
-    # rows to compute: active ones, less ω = 0 unless the weights need ℓ there for their gradient
+    den = None
+    if reduction in ("mean", "weighted_mean"):
+        den_weights = active.to(acc) if weights is None else torch.where(active, weights, 0.0)
+        den = denominator(plan, den_weights.reshape(plan.active.shape), reduction, num_items_in_batch, acc)
+    # rows to compute: active ones, less ω = 0 unless the weights need ℓ there for their gradient,
+    # and none when the divisor is 0 (the loss is then 0 with zero gradient, even for a row whose
+    # logits are not finite)
     use = active if weights is None or weights_need_grad else active & (weights != 0)
+    if isinstance(den, torch.Tensor):
+        use = use & (den != 0)
+    elif den is not None and float(den) == 0.0:
+        use = torch.zeros_like(use)
     check = [plan.labels.shape[1], int(shift), int(len(lead) == 1)] if validate else []
     needs_grad = grad_on and (
         hidden.requires_grad or lm_head_weight.requires_grad or (bias is not None and bias.requires_grad) or weights_need_grad
     )
     if reduction != "none" and needs_grad and hidden.dtype != torch.float16:
         weights_eff = use.to(acc) if weights is None else torch.where(use, weights.detach(), 0.0)
-        den_weights = active.to(acc) if weights is None else torch.where(active, weights.detach(), 0.0)
-        den = denominator(plan, den_weights.reshape(plan.active.shape), reduction, num_items_in_batch, acc)
         den_is_weight_sum = reduction == "weighted_mean" and num_items_in_batch is None and weights is not None
         return _ScalarLinearLoss.apply(
             # (active is passed only when it differs from use: autograd.Function under compile
             # refuses the same tensor twice)
             hidden2, lm_head_weight, bias, weights if weights_need_grad else None, target, use,
-            None if use is active else active,
-            weights_eff.contiguous(), den, den_is_weight_sum, float(label_smoothing), chunk, check,
+            None if use is active else active, weights_eff.contiguous(),
+            den.detach() if isinstance(den, torch.Tensor) else den, den_is_weight_sum, float(label_smoothing), chunk,
+            check,
         )
     nll = linear_ops.nll(hidden2, lm_head_weight, bias, target, use, float(label_smoothing), chunk, check)
     if weights is None:
@@ -267,8 +278,7 @@ def keypoint_linear_cross_entropy(
     total = contribution.sum()
     if reduction == "sum":
         return total
-    den_weights = active.to(acc) if weights is None else torch.where(active, weights, 0.0)
-    return safe_divide(total, denominator(plan, den_weights.reshape(plan.active.shape), reduction, num_items_in_batch, acc))
+    return safe_divide(total, den)
 
 
 class KeypointLinearCrossEntropy(nn.Module):
