@@ -330,12 +330,12 @@ class RecordingKPODTrainer(KPODTrainer):
 @pytest.mark.parametrize("workers,persistent", [(0, False), (2, False), (2, True)])
 def test_stage_reaches_dataloader_workers(tmp_path, workers, persistent):
     tok, tokenized, weights = tiny_data(8)
-    schedule = tiny_schedule(tokenized, n_epochs=4)
+    schedule = tiny_schedule(tokenized, n_epochs=2)
     expected = {
-        epoch: sorted(te.loss_start(schedule.given_steps(epoch)[te.id]) for te in tokenized) for epoch in range(1, 5)
+        epoch: sorted(te.loss_start(schedule.given_steps(epoch)[te.id]) for te in tokenized) for epoch in (1, 2)
     }
-    assert expected[1] != expected[4]  # the curriculum moves, so a stale stage would be caught
-    args = train_args(tmp_path, per_device_train_batch_size=4, num_train_epochs=4, learning_rate=1e-3,
+    assert expected[1] != expected[2]  # the curriculum moves, so a stale stage would be caught
+    args = train_args(tmp_path, per_device_train_batch_size=4, num_train_epochs=2, learning_rate=1e-3,
                       dataloader_num_workers=workers, dataloader_persistent_workers=persistent)
     trainer = RecordingKPODTrainer(tiny_llama(tok), args, train_dataset=tokenized, processing_class=tok,
                                    token_weights=weights, schedule=schedule)
@@ -372,22 +372,22 @@ def test_scheduled_given_steps_follow_stage():
 
 
 def test_resume_mid_schedule_continues_the_curve(tmp_path):
-    tok, tokenized, weights = tiny_data(8)
-    schedule = tiny_schedule(tokenized, n_epochs=4)
+    tok, tokenized, weights = tiny_data(12)
+    schedule = tiny_schedule(tokenized, n_epochs=2)
 
     def run(out, resume=None):
-        args = train_args(out, per_device_train_batch_size=4, num_train_epochs=4, learning_rate=3e-3,
-                          save_strategy="steps", save_steps=3)
+        args = train_args(out, per_device_train_batch_size=4, num_train_epochs=2, learning_rate=3e-3,
+                          save_strategy="steps", save_steps=4)
         trainer = KPODTrainer(tiny_llama(tok), args, train_dataset=tokenized, processing_class=tok,
                               token_weights=weights, schedule=schedule)
         trainer.train(resume_from_checkpoint=resume)
         return {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h and "train_loss" not in h}
 
-    full = run(tmp_path / "full")  # saves checkpoint-3: epoch 1.5, stage 2
-    resumed = run(tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-3"))
+    full = run(tmp_path / "full")  # 3 steps per epoch; saves checkpoint-4: epoch 1.33, stage 2
+    resumed = run(tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-4"))
     assert schedule.given_steps(1) != schedule.given_steps(2)  # resuming at stage 1 would change the curve
-    assert sorted(full) == sorted(resumed) == list(range(1, 9))  # steps 1-3 restored from the checkpoint
-    np.testing.assert_allclose([resumed[s] for s in range(4, 9)], [full[s] for s in range(4, 9)], rtol=1e-5)
+    assert sorted(full) == sorted(resumed) == [1, 2, 3, 4, 5, 6]  # steps 1-4 restored from the checkpoint
+    np.testing.assert_allclose([resumed[5], resumed[6]], [full[5], full[6]], rtol=1e-5)
 
 
 def test_patched_signature_lists_the_batch_keys():

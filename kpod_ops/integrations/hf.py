@@ -382,6 +382,9 @@ class _KPODTrainerMixin:
         return data_collator, callbacks
 
     def _kpod_check_args(self) -> None:
+        if getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False):
+            raise bad_input("args", "DDP or a single process (FSDP and DeepSpeed ZeRO are not supported by the KPOD "
+                            "trainers yet)", "fsdp / deepspeed enabled")
         if self.args.n_gpu > 1:
             raise bad_input("args", "one device per process (torchrun / accelerate launch), not DataParallel",
                             f"n_gpu={self.args.n_gpu}")
