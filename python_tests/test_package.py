@@ -199,6 +199,20 @@ def test_setup_script_installs_every_extra():
     assert re.search(r'pip install [^\n]*"\.\[all[],]', setup), "scripts/setup.sh must install kpod_ops with [all]"
 
 
+def test_readme_extras_table_matches_pyproject():
+    import re
+
+    extras = _pyproject()["project"]["optional-dependencies"]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `(\w+)` \|[^|]*\| ([^|]*) \|$", readme, re.M))
+    assert set(rows) == set(extras) - {"test"}, sorted(rows)
+    for extra, listed in rows.items():
+        if extra == "all":
+            continue
+        named = {_name(p.strip()) for p in listed.split(",") if p.strip()}
+        assert named == {_name(r) for r in extras[extra]}, f"README extras table, [{extra}]: {sorted(named)}"
+
+
 def test_import_and_loss_need_only_torch_and_numpy():
     res = _run(
         f"""
