@@ -106,7 +106,15 @@ def _grad_weight_into(acc: torch.Tensor, dz: torch.Tensor, h: torch.Tensor) -> N
         acc.addmm_(dz.t().to(acc.dtype), h.to(acc.dtype))
 
 
-def _run(
+def _run(*args: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_loop` with autocast off: the ops compute in the dtype they are given (cast first)."""
+    hidden = args[0]
+    assert isinstance(hidden, torch.Tensor)
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _loop(*args)
+
+
+def _loop(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,

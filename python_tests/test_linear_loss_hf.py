@@ -1,0 +1,134 @@
+"""The Hugging Face patch: a Llama-style model trains on the fused linear loss without logits."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import kpod_ops
+from kpod_ops import KPODInputError, keypoint_cross_entropy
+
+transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.skipif(not kpod_ops.fused_available("cpu")[0], reason="needs the compiled extension")
+
+from kpod_ops.integrations.linear_patch import (  # noqa: E402
+    is_linear_patched,
+    patch_linear_loss,
+    supports,
+    unpatch_linear_loss,
+)
+
+V = 96
+
+
+def _tiny_llama(seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True)
+    cfg.update(overrides)
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg))
+
+
+def _batch(seed: int = 0, B: int = 3, T: int = 12):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, V, (B, T), generator=g)
+    labels = ids.clone()
+    labels[0, -3:] = -100
+    weights = torch.rand(B, T, generator=g) + 0.1
+    starts = torch.tensor([2, 5, 0])[:B]
+    return ids, labels, weights, starts
+
+
+def test_patched_loss_and_gradients_match_the_logits_path():
+    model = _tiny_llama()
+    ref = copy.deepcopy(model)
+    patch_linear_loss(model)
+    assert is_linear_patched(model)
+    ids, labels, weights, starts = _batch()
+    model.train()
+    ref.train()
+    out = model(input_ids=ids, labels=labels, token_weights=weights, loss_start=starts)
+    assert out.logits is None  # no [B, T, V] logits in training
+    logits = ref(input_ids=ids).logits
+    want = keypoint_cross_entropy(logits, labels, weights, starts, shift=True)
+    torch.testing.assert_close(out.loss, want, rtol=1e-5, atol=1e-6)
+    out.loss.backward()
+    want.backward()
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+    # plain causal-LM loss (no KPOD fields) equals Hugging Face's own
+    model.zero_grad()
+    plain = model(input_ids=ids, labels=labels).loss
+    torch.testing.assert_close(plain, ref(input_ids=ids, labels=labels).loss, rtol=1e-5, atol=1e-6)
+    # eval mode still returns logits; num_items_in_batch replaces the divisor
+    model.eval()
+    with torch.no_grad():
+        ev = model(input_ids=ids, labels=labels, num_items_in_batch=7)
+    assert ev.logits is not None and ev.logits.shape == (3, 12, V)
+    torch.testing.assert_close(ev.loss, keypoint_cross_entropy(ev.logits, labels, shift=True, reduction="sum") / 7)
+    unpatch_linear_loss(model)
+    assert not is_linear_patched(model) and "forward" not in model.__dict__
+
+
+def test_training_curve_matches_unpatched_model():
+    torch.manual_seed(0)
+    model = _tiny_llama(1)
+    ref = copy.deepcopy(model)
+    patch_linear_loss(model)
+    curves = []
+    for m in (model, ref):
+        m.train()
+        opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+        losses = []
+        for step in range(12):
+            ids, labels, weights, starts = _batch(step)
+            if m is model:
+                loss = m(input_ids=ids, labels=labels, token_weights=weights, loss_start=starts).loss
+            else:
+                loss = keypoint_cross_entropy(m(input_ids=ids).logits, labels, weights, starts, shift=True)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+        curves.append(losses)
+    assert curves[0][-1] < curves[0][0]  # it learns
+    torch.testing.assert_close(torch.tensor(curves[0]), torch.tensor(curves[1]), rtol=1e-3, atol=1e-4)
+
+
+def test_peft_wrapped_model_is_patched_through_the_wrapper():
+    peft = pytest.importorskip("peft")
+    model = _tiny_llama(2)
+    ref = copy.deepcopy(model)
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    wrapped = peft.get_peft_model(model, cfg)
+    ref_wrapped = peft.get_peft_model(ref, copy.deepcopy(cfg))
+    ref_wrapped.load_state_dict(wrapped.state_dict())
+    patch_linear_loss(wrapped)
+    ids, labels, weights, starts = _batch(3)
+    wrapped.train()
+    out = wrapped(input_ids=ids, labels=labels, token_weights=weights, loss_start=starts)
+    assert out.logits is None
+    want = keypoint_cross_entropy(ref_wrapped(input_ids=ids).logits, labels, weights, starts, shift=True)
+    torch.testing.assert_close(out.loss, want, rtol=1e-5, atol=1e-6)
+    # a LoRA-adapted LM head is not hidden @ weight.T: refused with the reason
+    lm = peft.get_peft_model(_tiny_llama(3), peft.LoraConfig(r=2, target_modules=["lm_head"]))
+    ok, why = supports(lm)
+    assert not ok and "lm_head" in why
+    with pytest.raises(KPODInputError, match="lm_head"):
+        patch_linear_loss(lm)
+
+
+def test_unsupported_models_are_refused_with_a_reason():
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=V, n_embd=16, n_layer=1, n_head=2))
+    ok, why = supports(gpt2)
+    assert not ok and "gpt2" in why
+    with pytest.raises(KPODInputError, match="gpt2"):
+        patch_linear_loss(gpt2)
+    model = _tiny_llama()
+    model.lm_head.weight.ds_id = 7  # what DeepSpeed ZeRO-3 puts on a partitioned parameter
+    ok, why = supports(model)
+    assert not ok and "ZeRO-3" in why
+    ok, why = supports(_tiny_llama())
+    assert ok, why
