@@ -431,3 +431,27 @@ def test_evaluate_reports_answer_accuracy(tmp_path):
             return torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
 
     assert answer_accuracy(Oracle(), tok, tokenized, batch_size=3) == {"answer_accuracy": 1.0, "answered": 1.0}
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_reassigning_given_steps_after_workers_started_is_an_error(persistent):
+    """The issue's silent failure: setting collator.given_steps between epochs with worker processes."""
+    tok, tokenized, weights = tiny_data(4)
+    collator = KPODCollator(tok, weights, given(tokenized, 1))
+    loader = torch.utils.data.DataLoader(tokenized, batch_size=2, collate_fn=collator, num_workers=2,
+                                         persistent_workers=persistent)
+    list(loader)
+    with pytest.raises(KPODInputError, match="ScheduledGivenSteps"):
+        collator.given_steps = given(tokenized, 0)
+    collator.given_steps = collator.given_steps  # the same object: nothing changes, nothing to refuse
+    source = ScheduledGivenSteps(tiny_schedule(tokenized, n_epochs=2))
+    scheduled = KPODCollator(tok, weights, source)
+    loader = torch.utils.data.DataLoader(tokenized, batch_size=4, collate_fn=scheduled, num_workers=2,
+                                         persistent_workers=persistent)
+    for stage in (1, 2):
+        source.set_stage(stage)
+        got = sorted(b for batch in loader for b in batch["loss_start"].tolist())
+        assert got == sorted(te.loss_start(source.schedule.given_steps(stage)[te.id]) for te in tokenized)
+    fresh = KPODCollator(tok, weights, given(tokenized, 1))
+    list(torch.utils.data.DataLoader(tokenized, batch_size=2, collate_fn=fresh))  # no workers: reassigning is fine
+    fresh.given_steps = given(tokenized, 0)

@@ -54,7 +54,9 @@ class _KPODCollatorBase:
                 raise bad_input(name, "a dict keyed by example id, a callable(id) or None", type(value).__name__)
         self.tokenizer = tokenizer
         self.token_weights = token_weights
-        self.given_steps = given_steps  # reassign every epoch with the schedule's c_i(t)
+        # set to 1 by the first batch built in a data-loader worker: from then on the workers hold copies
+        self._in_workers = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self.given_steps = given_steps  # reassign every epoch with the schedule's c_i(t) (no workers), see below
         self.pad_token_id = int(pad_token_id)
         self.pad_to_multiple_of = pad_to_multiple_of
         if isinstance(label_pad_token_id, bool) or not isinstance(label_pad_token_id, (int, np.integer)) or label_pad_token_id >= 0:
@@ -68,6 +70,30 @@ class _KPODCollatorBase:
         self.padding_side = padding_side
         eos = getattr(tokenizer, "eos_token_id", None)
         self.eos_token_id = None if eos is None else int(eos)
+
+    @property
+    def given_steps(self) -> GivenSource:
+        """``c_i`` per example id (dict or callable; None means 0).
+
+        Reassigning it once data-loader worker processes have built batches with this collator is an
+        error: persistent workers would keep the old value. Give a ``ScheduledGivenSteps`` (from
+        ``kpod_ops.integrations.stage``) once and move its stage instead (``KPODCallback`` does so
+        under Trainer).
+        """
+        return self._given_steps
+
+    @given_steps.setter
+    def given_steps(self, value: GivenSource) -> None:
+        if value is not None and not isinstance(value, Mapping) and not callable(value):
+            raise bad_input("given_steps", "a dict keyed by example id, a callable(id) or None", type(value).__name__)
+        if int(self._in_workers[0]) and value is not getattr(self, "_given_steps", None):
+            raise KPODInputError(
+                "given_steps: expected no reassignment after data-loader worker processes copied this collator "
+                "(persistent workers would keep building batches with the old stage), got a new value: pass "
+                "given_steps=ScheduledGivenSteps(schedule) once and call .set_stage(epoch) (kpod_ops.integrations.stage; "
+                "KPODCallback does it under Trainer), or use num_workers=0"
+            )
+        self._given_steps = value
 
     # -- per-example inputs -------------------------------------------------------------------
     def _c(self, ex: TokenizedExample) -> int:
@@ -127,6 +153,8 @@ class _KPODCollatorBase:
         return longest if m is None else int(math.ceil(longest / m) * m)
 
     def _examples(self, features: Sequence[Any]) -> list[TokenizedExample]:
+        if not int(self._in_workers[0]) and torch.utils.data.get_worker_info() is not None:
+            self._in_workers[0] = 1
         if not isinstance(features, Sequence) or len(features) == 0:
             raise bad_input("features", "a non-empty list of TokenizedExample (or dicts from to_record)", repr(features)[:60])
         for f in features:
