@@ -300,7 +300,9 @@ class KPODCallback(TrainerCallback):
                 f"{type(collate_fn).__name__}: the schedule would never reach the batches"
             )
         if collator.given_steps is None:
-            collator.given_steps = self.given_steps
+            # the training DataLoader's workers start after on_train_begin and copy this value; workers
+            # of other loaders (evaluation) may already hold the collator, which the public setter refuses
+            collator._given_steps = self.given_steps
         elif collator.given_steps is not self.given_steps:
             raise KPODInputError(
                 f"KPODCallback: expected the collator's given_steps to be None (the callback drives it), got "
