@@ -47,6 +47,7 @@ _WORD_BEFORE = re.compile(r"([A-Za-z][A-Za-z.]*)$")
 _PREV_WORD = re.compile(r"(\S+)\s+$")
 _LIST_NUMBER = re.compile(r"\(?\d{1,2}$")
 _CLOSED = re.compile(r"[.:;!?][\"'’”)\]]*$")
+_STEP_LABEL = re.compile(r"(?:^|[\s(])[Ss]tep$")
 _OPENERS = "\"'‘“(["
 
 
@@ -59,7 +60,7 @@ def _check_text(rationale: object, argument: str = "rationale") -> str:
 
 
 def _is_list_number(text: str, dot: int) -> bool:
-    """The "." closes a list number ("1." / "(2.") that opens a line or follows a finished sentence."""
+    """The "." closes a list number ("1." / "(2." / "Step 3.") that opens a line or follows a finished sentence."""
     m = _LIST_NUMBER.search(text, max(0, dot - 3), dot)
     if m is None:
         return False
@@ -67,6 +68,8 @@ def _is_list_number(text: str, dot: int) -> bool:
     if m.start() > 0 and not before[-1].isspace():
         return False
     head = before.rstrip(" \t")
+    if _STEP_LABEL.search(head):  # "Step 2. Multiply …" opening a sentence: judge what precedes "Step"
+        head = head[:-4].rstrip(" \t(")
     return head == "" or head.endswith("\n") or (_CLOSED.search(head) is not None and not head.endswith(".."))
 
 

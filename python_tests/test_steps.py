@@ -118,6 +118,8 @@ PERIOD_CORPUS = [
     ["1. Add 3 and 4 to get 7.", " 2. Multiply 7 by 5 to get 35.", " 3. Subtract 5 to get 30."],
     ["First: 1. Buy 2 pens.", " 2. Buy 3 pads."],
     ["(1. Add 2 and 2.)", " (2. Double it.)"],
+    ["Step 1. Add 3 and 4 to get 7.", " Step 2. Multiply 7 by 5 to get 35."],
+    ["He reached step 5.", " Then he rested."],
     # ellipses
     ["He waited...", " Then he bought 3 apples."],
     ["He thought... maybe 5 more.", " So 10 + 5 = 15."],
