@@ -116,6 +116,9 @@ def _eval(args: argparse.Namespace) -> int:
     examples = list(read_jsonl(args.data))
     config = read_json(run / "report.json")["config"]
     model, tok = load_student_dir(run / "student", argument="--run student")
+    import torch
+
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
     result = evaluate(model, tok, examples, max_new_tokens=config["eval"]["max_new_tokens"], batch_size=config["eval"]["batch_size"],
                       progress=not args.quiet, step_rule=config["data"]["step_rule"])
     metrics = result.metrics()

@@ -172,3 +172,20 @@ def test_compare_table_pairs_seeds_and_bootstraps_the_difference():
     lo, hi = kpod["diff_ci95"]
     assert 0.04 - 1e-9 <= lo <= 0.05 <= hi <= 0.06 + 1e-9
     assert paired_bootstrap([0.1]) == (pytest.approx(0.1), pytest.approx(0.1))
+
+
+def test_easier_arith_variant_and_its_guard():
+    from kpod_ops.data.arith import load_arith_cot
+    from kpod_ops.pipeline.data import make_splits
+
+    easy = load_arith_cot("train", 40, 0, max_steps=3, max_distractors=1)
+    assert all(2 <= len(ex.rationale.splitlines()) <= 3 and len(ex.metadata["distractors"]) <= 1 for ex in easy)
+    assert [e.question for e in load_arith_cot("train", 5, 0)] == [e.question for e in load_builtin("arith-cot", "train", n=5)]
+    with pytest.raises(KPODInputError, match="max_steps"):
+        load_arith_cot("train", 5, 0, max_steps=6)
+    section = {**preset_config("quick")["data"], "n_train": 4, "n_val": 2, "n_test": 3}
+    splits = make_splits(section)
+    assert splits.counts() == {"train": 4, "val": 2, "test": 3}
+    assert not {e.question for e in splits.train + splits.val} & {e.question for e in splits.test}
+    with pytest.raises(KPODInputError, match="arith-cot data only"):
+        make_splits({**section, "source": "gsm8k-fixture"})

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from ..errors import bad_input
 from .example import CoTExample
 from .splits import bucket, check_count, check_split
 
@@ -78,13 +79,14 @@ def _sentences(op: str, x: int, cur: int, new: int, who: str, pron: str, item: s
     )
 
 
-def make_problem(rng: random.Random) -> tuple[str, str, str, dict[str, Any]]:
-    """One problem: (question, rationale, answer, metadata)."""
+def make_problem(rng: random.Random, max_steps: int = 5, max_distractors: int = 2) -> tuple[str, str, str, dict[str, Any]]:
+    """One problem: (question, rationale, answer, metadata) with 2..max_steps steps and
+    min(1, max_distractors)..max_distractors distractor numbers."""
     who, pron = rng.choice(NAMES)
     item = rng.choice(ITEMS)
     other = rng.choice([i for i in ITEMS if i != item])
     friend = rng.choice(FRIENDS)
-    n_steps = rng.randint(2, 5)
+    n_steps = rng.randint(2, max_steps)
     start = rng.randint(2, 20)
     cur = start
     q_parts, steps, ops, operands, results = [], [], [], [], []
@@ -105,7 +107,7 @@ def make_problem(rng: random.Random) -> tuple[str, str, str, dict[str, Any]]:
     ]
     rng.shuffle(distractor_sentences)
     distractors = []
-    for make in distractor_sentences[: rng.randint(1, 2)]:
+    for make in distractor_sentences[: rng.randint(min(1, max_distractors), max_distractors)]:
         d = rng.randint(2, 60)
         distractors.append(d)
         q_parts.insert(rng.randint(0, len(q_parts)), make(d))
@@ -120,7 +122,7 @@ def make_problem(rng: random.Random) -> tuple[str, str, str, dict[str, Any]]:
     return question, "\n".join(steps), str(cur), metadata
 
 
-def _generate(pool: range, n: int, seed: int, split_name: str) -> list[tuple[str, str, str, dict[str, Any]]]:
+def _generate(pool: range, n: int, seed: int, split_name: str, max_steps: int = 5, max_distractors: int = 2) -> list[tuple[str, str, str, dict[str, Any]]]:
     rng = random.Random(f"arith-cot/{seed}")
     out, seen = [], set()
     tries = 0
@@ -128,7 +130,7 @@ def _generate(pool: range, n: int, seed: int, split_name: str) -> list[tuple[str
         tries += 1
         if tries > 200 * n + 10_000:
             raise RuntimeError(f"arith-cot: could not draw {n} distinct {split_name} problems")
-        problem = make_problem(rng)
+        problem = make_problem(rng, max_steps, max_distractors)
         question = problem[0]
         if question in seen or bucket(question, "arith-cot") not in pool:
             continue
@@ -137,11 +139,19 @@ def _generate(pool: range, n: int, seed: int, split_name: str) -> list[tuple[str
     return out
 
 
-def load_arith_cot(split: str = "train", n: int = 1000, seed: int = 0) -> list[CoTExample]:
-    """``n`` arith-cot examples of ``split``; deterministic by ``seed`` (a larger ``n`` extends a smaller one)."""
+def load_arith_cot(split: str = "train", n: int = 1000, seed: int = 0, *, max_steps: int = 5, max_distractors: int = 2) -> list[CoTExample]:
+    """``n`` arith-cot examples of ``split``; deterministic by ``seed`` (a larger ``n`` extends a smaller one).
+
+    ``max_steps`` (2..5) and ``max_distractors`` (0..3) make an easier variant (shorter problems
+    for a smaller student); the defaults are the standard set.
+    """
     check_split(split)
     check_count(n)
-    problems = _generate(_pools(split), n, seed, split)
+    if isinstance(max_steps, bool) or max_steps not in range(2, 6):
+        raise bad_input("max_steps", "an int in [2, 5]", repr(max_steps))
+    if isinstance(max_distractors, bool) or max_distractors not in range(0, 4):
+        raise bad_input("max_distractors", "an int in [0, 3]", repr(max_distractors))
+    problems = _generate(_pools(split), n, seed, split, max_steps, max_distractors)
     return [CoTExample(f"arith-cot-{split}-{seed}-{i}", q, r, a, m) for i, (q, r, a, m) in enumerate(problems)]
 
 

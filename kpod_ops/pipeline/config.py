@@ -39,9 +39,11 @@ _QUICK: dict[str, Any] = {
         "val_percent": 10,  # --data files: share of the rest in the validation split
         "max_length": 320,
         "step_rule": "auto",
+        "max_steps": 3,  # arith-cot only: an easier variant (2..3 steps, at most 1 distractor) for the tiny student
+        "max_distractors": 1,
     },
     "student": {"kind": "tiny", "path": None, "hidden_size": 64, "num_layers": 3, "num_heads": 4, "lora_r": 0, "lora_alpha": 16},
-    "warmup": {"enabled": True, "corpus": "arith-text", "n_texts": 2000, "epochs": 2, "batch_size": 32, "lr": 3e-3, "max_length": 128},
+    "warmup": {"enabled": True, "corpus": "arith-text", "n_texts": 3000, "epochs": 6, "batch_size": 32, "lr": 5e-3, "max_length": 128},
     "weights": {
         "n_examples": 300,  # mask learner training examples (a subset of train; val from the validation split)
         "renormalize": True,  # loss weights scaled to mean 1 per rationale (see docs/method.md)
@@ -60,23 +62,24 @@ _QUICK: dict[str, Any] = {
     },
     "curriculum": {"n_clusters": 5, "beta": 12.0, "p": 0.5, "c0_ratio": 0.3, "normalisation": "softmax", "solver": "ftgp"},
     "train": {
-        "epochs": 4,
-        "batch_size": 32,  # sequences per optimiser step (global batch)
-        "micro_batch_size": 32,  # sequences per forward pass; batch_size / micro_batch_size = accumulation steps
-        "lr": 3e-3,
+        "epochs": 12,
+        "batch_size": 16,  # sequences per optimiser step (global batch)
+        "micro_batch_size": 16,  # sequences per forward pass; batch_size / micro_batch_size = accumulation steps
+        "lr": 5e-3,
         "warmup_ratio": 0.05,
         "weight_decay": 0.0,
         "grad_clip": 1.0,
         "normaliser": "sequence",  # "sequence": sum / sequences in the global batch; "token": sum / active tokens
         "checkpoint_every": 50,  # optimiser steps between checkpoints (and one at every epoch end)
     },
-    "eval": {"max_new_tokens": 160, "batch_size": 125},
+    "eval": {"max_new_tokens": 120, "batch_size": 125},
     "precision": "fp32",
     "allow_degenerate": False,
 }
 
 _SMOLLM2: dict[str, Any] = copy.deepcopy(_QUICK)
-_SMOLLM2["data"].update({"source": "gsm-symbolic", "n_train": 2000, "n_val": 200, "n_test": 1000, "max_length": 512})
+_SMOLLM2["data"].update({"source": "gsm-symbolic", "n_train": 2000, "n_val": 200, "n_test": 1000, "max_length": 512,
+                         "max_steps": None, "max_distractors": None})
 _SMOLLM2["student"].update({"kind": "smollm2", "lora_r": 16, "lora_alpha": 32})
 _SMOLLM2["warmup"].update({"enabled": False})
 _SMOLLM2["weights"].update({"n_examples": 500})

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..data.arith import load_arith_cot
 from ..data.builtin import BUILTIN_NAMES, load_builtin
 from ..data.example import CoTExample
 from ..data.jsonl import read_jsonl, write_jsonl
@@ -34,11 +35,18 @@ def make_splits(section: dict[str, Any]) -> Splits:
     """The three splits ``data`` describes (a built-in name or a JSONL file)."""
     source = section["source"]
     n_train, n_val, n_test = section["n_train"], section["n_val"], section["n_test"]
+    variant = {k: section.get(k) for k in ("max_steps", "max_distractors") if section.get(k) is not None}
+    if variant and source != "arith-cot":
+        raise bad_input("data.max_steps/max_distractors", "settings of the arith-cot data only", f"source {source!r}")
     if source in BUILTIN_NAMES:
         if source == "arith-text":
             raise bad_input("data.source", "a dataset of questions with rationales", "'arith-text' (warm-up texts)")
-        pool = load_builtin(source, "train", n=n_train + n_val, seed=DATA_SEED)
-        test = load_builtin(source, "test", n=n_test, seed=DATA_SEED)
+        if variant:
+            pool = load_arith_cot("train", n_train + n_val, DATA_SEED, **variant)
+            test = load_arith_cot("test", n_test, DATA_SEED, **variant)
+        else:
+            pool = load_builtin(source, "train", n=n_train + n_val, seed=DATA_SEED)
+            test = load_builtin(source, "test", n=n_test, seed=DATA_SEED)
         return Splits(pool[:n_train], pool[n_train:], test)
     path = Path(source)
     if not path.is_file():

@@ -100,6 +100,8 @@ def markdown(report: dict[str, Any], plots: Sequence[str]) -> str:
         "",
         f"- held-out accuracy after distillation: **{100 * r['test_accuracy']:.1f} %** ({r['n_correct']}/{r['n_test']})",
     ]
+    if r.get("val_accuracy") is not None:
+        lines.append(f"- validation accuracy (for choosing hyper-parameters): {100 * r['val_accuracy']:.1f} % of {r['n_val']}")
     if r.get("accuracy_before") is not None:
         lines.append(f"- the same student before distillation: {100 * r['accuracy_before']:.1f} %")
     if r.get("weights"):

@@ -45,6 +45,11 @@ from .weights import learn_weights, learner_config
 Say = Callable[[str], None]
 
 
+def _device() -> torch.device:
+    """The GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def check_writable(folder: Path) -> None:
     """``folder`` exists (created if needed) and accepts files; a clear error otherwise."""
     try:
@@ -88,6 +93,7 @@ def _student_and_warmup(config: dict, shared: Path, progress: bool, say: Say):
         return model, tok, rec
     folder = stage.start()
     model, tok = new_student(config["student"], config["seed"])
+    model.to(_device())
     losses: list[float] = []
     w = config["warmup"]
     if w["enabled"]:
@@ -142,7 +148,11 @@ def distill(config: dict[str, Any], out: str | os.PathLike, *, shared: str | os.
     say(f"[data] {config['data']['source']}: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test")
 
     # student + warm-up ----------------------------------------------------------------------
+    if config["preset"] == "smollm2-gsm" and _device().type == "cpu":
+        say("[smollm2-gsm] no GPU: this preset runs on CPU too, but expect several hours on a few cores "
+            "(mask learner, LoRA training and 1,000 greedy generations of SmolLM2-135M); the quick preset takes minutes")
     student, tok, rec = _student_and_warmup(config, shared, progress, say)
+    student.to(_device())
     note(rec)
     h_data, h_warm = data_stage.hash, rec["hash"]
     d = config["data"]
@@ -256,9 +266,16 @@ def distill(config: dict[str, Any], out: str | os.PathLike, *, shared: str | os.
 
     # evaluation of the saved student ---------------------------------------------------------
     final, final_tok = load_student_dir(student_dir, argument="distilled student")
+    final.to(_device())
     after = _eval_stage(Stage(out, "eval", stage_hash(config, "eval", (train_hash,)), say), final, final_tok, splits.test, config,
                         progress, say)
     note(after)
+    val_accuracy = None
+    if splits.val:  # hyper-parameters are chosen on this, never on the test split
+        val = _eval_stage(Stage(out, "eval-val", stage_hash(config, "eval", (train_hash, "val")), say), final, final_tok, splits.val,
+                          config, progress, say)
+        note(val)
+        val_accuracy = val["accuracy"]
 
     # report ---------------------------------------------------------------------------------
     plots_dir = out / "plots"
@@ -274,7 +291,7 @@ def distill(config: dict[str, Any], out: str | os.PathLike, *, shared: str | os.
     report = {
         "preset": config["preset"], "method": config["method"], "seed": config["seed"],
         "test_accuracy": after["accuracy"], "n_test": after["n"], "n_correct": after["n_correct"],
-        "accuracy_before": before["accuracy"], "n_train": len(tokenized), "n_train_skipped_too_long": skipped,
+        "accuracy_before": before["accuracy"], "val_accuracy": val_accuracy, "n_val": len(splits.val), "n_train": len(tokenized), "n_train_skipped_too_long": skipped,
         "optimizer_steps": len(history), "normaliser": tr["normaliser"],
         "method_settings": {**method, "normalisation": normalisation, "beta": beta},
         "weights": weights_info, "timings": timings, "total_seconds": round(time.perf_counter() - t_start, 2),

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The main job on its built-in default: set up (idempotent), then `kpod distill --preset quick`:
+# arith-cot data, the tiny Llama-style student built in code and warmed up on arith-text, KPOD
+# (mask learner, difficulties, progressive schedule, weighted fused loss), evaluation on 1,000
+# held-out questions before and after, and a report in runs/quick (report.md, report.json, plots/).
+# Extra arguments go to `kpod distill`, e.g. `--method standard --out runs/standard`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+kpod distill --preset quick --out runs/quick "$@"
