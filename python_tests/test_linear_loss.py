@@ -331,3 +331,12 @@ def test_torch_compile_fullgraph_scalar_and_none():
         want.backward(upstream)
         for a, c in zip(got_leaves, want_leaves):
             torch.testing.assert_close(a.grad, c.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_double_backward_is_refused_clearly(reduction):
+    tensors, labels, loss_start = _problem(11, 2, 5, 3, 7)
+    hidden, weight, bias, w = _leaves(tensors)
+    out = keypoint_linear_cross_entropy(hidden, weight, labels, w, loss_start, bias, reduction=reduction)
+    with pytest.raises(RuntimeError, match="second derivatives"):
+        torch.autograd.grad(out.sum(), hidden, create_graph=True)

@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from .._extension import fused_available
-from ..errors import KPODInputError, bad_input
+from ..errors import bad_input
 from . import linear_ops
-from .inputs import accumulation_dtype, check_arguments, denominator, plan_rows, safe_divide
+from .inputs import accumulation_dtype, check_arguments, denominator, plan_rows, safe_divide, validated_labels
 from .linear_reference import keypoint_linear_cross_entropy_reference
 
 HIDDEN_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -136,6 +136,11 @@ class _ScalarLinearLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
+        if torch.is_grad_enabled():  # backward(create_graph=True): refused, never silently wrong
+            raise RuntimeError(
+                "keypoint_linear_cross_entropy: second derivatives (create_graph=True, gradient penalties) are not "
+                "supported by the fused linear loss; use keypoint_linear_cross_entropy_reference for them"
+            )
         saved = ctx.saved_tensors
         hidden, weight, bias, target, row_scale, nll, use, active, inv, loss = saved[:10]
         active = use if active is None else active
@@ -196,9 +201,11 @@ def keypoint_linear_cross_entropy(
         bias: optional ``[V]`` bias of the LM head.
         reduction, num_items_in_batch, label_smoothing, ignore_index, shift: as in
             :func:`kpod_ops.keypoint_cross_entropy`.
-        validate: check that every label the op reads lies in ``[0, V)`` (rows that need nothing
-            are never read) and, in eager mode, that ``weighted_mean`` weights are ≥ 0; one extra
-            device→host synchronisation on CUDA. With ``False`` a bad label gives a NaN loss.
+        validate: check that every active label lies in ``[0, V)`` (and that active weights are
+            ≥ 0 for ``weighted_mean``) with the same error as
+            :func:`kpod_ops.keypoint_cross_entropy`, in eager mode and under ``torch.compile``;
+            one extra device→host synchronisation on CUDA. With ``False`` a bad label gives a NaN
+            row (never silently skipped).
         chunk_size: rows per LM-head chunk; ``"auto"`` picks :func:`auto_chunk_size`.
 
     The row compaction synchronises once per call (``nonzero``); it happens inside the registered
@@ -228,19 +235,11 @@ def keypoint_linear_cross_entropy(
     acc = accumulation_dtype(hidden)
     grad_on = torch.is_grad_enabled()
     weights_need_grad = token_weights is not None and token_weights.requires_grad and grad_on
-    target = plan.labels.reshape(-1)
+    # validate=True: every active label in [0, V) (and ω >= 0 for weighted_mean), the fused op's
+    # check and message, inside an op so that compiled code keeps it
+    target = (validated_labels(plan, reduction, ignore_index) if validate else plan.labels).reshape(-1)
     active = plan.active.reshape(-1)
     weights = None if plan.weights is None else plan.weights.reshape(-1).to(acc)
-    if validate and reduction == "weighted_mean" and weights is not None and not torch.compiler.is_compiling():
-        negative = active & (weights < 0)
-        if bool(negative.any()):
-            n = int(negative.nonzero()[0])
-            b, r = divmod(n, plan.labels.shape[1])
-            where = (b, r + shift) if len(lead) == 2 else (r + shift,)
-            raise KPODInputError(
-                "token_weights: expected non-negative weights on active positions with reduction='weighted_mean', "
-                f"got {float(weights[n])} at position {where}"
-            )
     den = None
     if reduction in ("mean", "weighted_mean"):
         den_weights = active.to(acc) if weights is None else torch.where(active, weights, 0.0)
@@ -253,7 +252,7 @@ def keypoint_linear_cross_entropy(
         use = use & (den != 0)
     elif den is not None and float(den) == 0.0:
         use = torch.zeros_like(use)
-    check = [plan.labels.shape[1], int(shift), int(len(lead) == 1)] if validate else []
+    check: list[int] = []  # validated above
     needs_grad = grad_on and (
         hidden.requires_grad or lm_head_weight.requires_grad or (bias is not None and bias.requires_grad) or weights_need_grad
     )

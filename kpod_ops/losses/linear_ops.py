@@ -254,6 +254,11 @@ def _nll_setup(ctx, inputs, output):
 
 def _nll_backward(ctx, grad_nll):
     hidden, weight, bias, target, use = ctx.saved_tensors
+    if torch.is_grad_enabled():  # backward(create_graph=True): this backward is not differentiable
+        raise RuntimeError(
+            "kpod_linear::nll: second derivatives (create_graph=True, gradient penalties) are not supported by "
+            "the fused linear loss; use keypoint_linear_cross_entropy_reference for them"
+        )
     needs = list(ctx.needs_input_grad[:3])
     if not any(needs):
         return None, None, None, None, None, None, None, None
