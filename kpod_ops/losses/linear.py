@@ -33,15 +33,15 @@ from .linear_reference import keypoint_linear_cross_entropy_reference
 
 HIDDEN_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 AUTO_CHUNK_BYTES = 256 * 2**20  # the largest logits chunk "auto" picks (counted in fp32 elements)
-AUTO_CHUNK_FRACTION = 4  # "auto" uses at most 1/4 of the rows per chunk ...
+AUTO_CHUNK_FRACTION = 5  # "auto" uses at most 1/5 of the rows per chunk ...
 AUTO_CHUNK_MIN_ROWS = 64  # ... but never fewer than 64 rows (GEMMs slow down on thin operands)
 
 
 def auto_chunk_size(n_rows: int, hidden_size: int, vocab_size: int) -> int:
-    """Rows per chunk for ``chunk_size="auto"``: ``N/4`` rows, at most a 256 MiB logits chunk,
+    """Rows per chunk for ``chunk_size="auto"``: ``N/5`` rows, at most a 256 MiB logits chunk,
     at least 64 rows.
 
-    The chunk (its gradient is written over it) is then a quarter of the ``N × V`` logits, which
+    The chunk (its gradient is written over it) is then a fifth of the ``N × V`` logits, which
     an unfused loss holds about three times over (under a tenth of its extra memory), while each
     chunk's GEMMs are thick enough to run at full speed: on a 2-core CPU, 256-row chunks made the
     GEMMs of N = 2048 rows ~1.3x slower than one unchunked GEMM, 1024-row chunks did not
