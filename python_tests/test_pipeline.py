@@ -189,3 +189,14 @@ def test_easier_arith_variant_and_its_guard():
     assert not {e.question for e in splits.train + splits.val} & {e.question for e in splits.test}
     with pytest.raises(KPODInputError, match="arith-cot data only"):
         make_splits({**section, "source": "gsm8k-fixture"})
+
+
+def test_paper_config_file_merges_into_the_gpu_preset():
+    from pathlib import Path
+
+    from kpod_ops.pipeline import load_config_file
+
+    file = Path(__file__).resolve().parents[1] / "examples" / "paper-llama7b.yaml"
+    config = merge(preset_config("smollm2-gsm"), load_config_file(file))
+    assert config["train"]["lr"] == 1e-5 and config["train"]["epochs"] == 20 and config["student"]["lora_r"] == 64
+    assert config["curriculum"]["beta"] == 12.0 and config["weights"]["learner"]["alpha"] == 0.5
