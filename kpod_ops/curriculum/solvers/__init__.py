@@ -5,7 +5,7 @@
 | ``"ftgp"`` (default) | (1 − ε)/(2 − ε), ε = 0.1 → 0.474 | O(n log n) |
 | ``"greedy_max"`` | 1/2 | O(n log n) |
 | ``"density_greedy"`` | ≈0.405 | O(n log n) |
-| ``"marginal_greedy"`` | none (baseline) | O(|S|·K·log n), Python loop |
+| ``"marginal_greedy"`` | none (baseline) | O(|S|·K·log n), one vectorised step per selected item |
 | ``"brute_force"`` | 1 (exact) | O(2^n), n ≤ 18 |
 """
 
