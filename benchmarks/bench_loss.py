@@ -7,6 +7,13 @@ Compared side by side in one run per configuration:
   fused     kpod_ops.keypoint_cross_entropy (one pass: loss and gradient while the row is in cache)
   inplace   the same with inplace_backward=True (gradient written over the logits)
   fused30   fused with 30% of positions active through loss_start (time only matters vs fused)
+  exp       the floor of the functional op: one vectorised exp pass over fp32 logits of the same
+            N×V into a fresh tensor, torch.exp(logits_fp32) (first-touch page faults included:
+            the functional op must write a fresh N×V gradient)
+  exp_out   the floor of the in-place mode: torch.exp(logits_fp32, out=existing)
+
+Every method's time is also printed as a multiple of its floor (fused, fused30, eager and compile
+against exp; inplace against exp_out), all measured in the same process.
 
 Times are medians of forward+backward in one process (fresh logits every repetition, generated
 outside the timed region). Peak extra memory is measured per configuration in a fresh process:
@@ -33,6 +40,8 @@ import torch.nn.functional as F
 from machine import describe
 
 MODES = ["eager", "compile", "fused", "inplace", "fused30"]
+FLOORS = ["exp", "exp_out"]
+FLOOR_OF = {"eager": "exp", "compile": "exp", "fused": "exp", "fused30": "exp", "inplace": "exp_out"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -111,6 +120,18 @@ def _one_step(mode, n, v, dtype, seed, inputs):
     return dt, float(loss)
 
 
+def _floor_step(mode, n, v, seed, existing):
+    logits = _Source.apply(torch.zeros(()), n, v, torch.float32, seed)
+    t0 = time.perf_counter()
+    if mode == "exp":
+        out = torch.exp(logits)
+    else:
+        out = torch.exp(logits, out=existing)
+    dt = time.perf_counter() - t0
+    del out
+    return dt
+
+
 def worker_time(n, v, dtype_name, reps):
     dtype = DTYPES[dtype_name]
     inputs = _inputs(n, v)
@@ -119,6 +140,11 @@ def worker_time(n, v, dtype_name, reps):
         _one_step(mode, n, v, dtype, 0, inputs)  # warm-up (compiles for "compile")
         times = [_one_step(mode, n, v, dtype, r + 1, inputs)[0] for r in range(reps)]
         out[mode] = statistics.median(times)
+    existing = torch.empty(n, v)
+    existing.fill_(0.0)  # touched once, so its pages exist
+    for mode in FLOORS:
+        _floor_step(mode, n, v, 0, existing)
+        out[mode] = statistics.median(_floor_step(mode, n, v, r + 1, existing) for r in range(reps))
     return out
 
 
@@ -191,15 +217,18 @@ def main():
                 times = _spawn(["--worker", "time", *common], thp)
                 for mode in MODES:
                     mem = _spawn(["--worker", "memory", *common, "--mode", mode], thp)
+                    floor = FLOOR_OF[mode]
                     row = {
                         "N": a.n, "V": v, "dtype": dt, "allocator": alloc, "mode": mode,
                         "time_s": times[mode], "speedup_vs_eager": times["eager"] / times[mode],
                         "vs_fused_time": times[mode] / times["fused"],
+                        "floor": floor, "floor_s": times[floor], "x_floor": times[mode] / times[floor],
                         "extra_bytes": mem["extra_bytes"], "extra_x_logits": mem["extra_bytes"] / mem["logits_bytes"],
                     }
                     rows.append(row)
                     print(
                         f"V={v:>6} {dt} {alloc:>7} {mode:>8}: {row['time_s']:7.3f} s  "
+                        f"{row['x_floor']:5.2f}x floor ({floor} {times[floor]:.3f} s)  "
                         f"x{row['speedup_vs_eager']:5.2f} vs eager  ({row['vs_fused_time']:.2f} of fused)  "
                         f"extra {row['extra_bytes'] / 2**20:8.1f} MiB = {row['extra_x_logits']:.2f}x logits",
                         flush=True,
@@ -211,15 +240,21 @@ def main():
         json.dump({"machine": info, "rows": rows}, f, indent=1)
     print(f"saved {path}")
     print()
-    print("| V | dtype | allocator | eager s | compile s | fused s (×eager) | inplace s (×eager) | fused, 30% active (÷ fused) | extra mem eager / compile / fused / inplace (× logits) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| V | dtype | allocator | exp floor s / exp out= s | eager s (× floor) | compile s (× floor) | "
+        "fused s (× floor, × eager) | inplace s (× its floor, × eager) | fused, 30% active (÷ fused) | "
+        "extra mem eager / compile / fused / inplace (× logits) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     key = lambda r: (r["V"], r["dtype"], r["allocator"])  # noqa: E731
     for k in sorted({key(r) for r in rows}, key=lambda x: (x[0], x[1] != "fp32", x[2] != "default")):
         by = {r["mode"]: r for r in rows if key(r) == k}
         print(
-            f"| {k[0]} | {k[1]} | {k[2]} | {by['eager']['time_s']:.3f} | {by['compile']['time_s']:.3f} | "
-            f"{by['fused']['time_s']:.3f} ({by['fused']['speedup_vs_eager']:.1f}×) | "
-            f"{by['inplace']['time_s']:.3f} ({by['inplace']['speedup_vs_eager']:.1f}×) | "
+            f"| {k[0]} | {k[1]} | {k[2]} | {by['fused']['floor_s']:.3f} / {by['inplace']['floor_s']:.3f} | "
+            f"{by['eager']['time_s']:.3f} ({by['eager']['x_floor']:.2f}) | "
+            f"{by['compile']['time_s']:.3f} ({by['compile']['x_floor']:.2f}) | "
+            f"{by['fused']['time_s']:.3f} ({by['fused']['x_floor']:.2f}, {by['fused']['speedup_vs_eager']:.1f}×) | "
+            f"{by['inplace']['time_s']:.3f} ({by['inplace']['x_floor']:.2f}, {by['inplace']['speedup_vs_eager']:.1f}×) | "
             f"{by['fused30']['time_s']:.3f} ({by['fused30']['vs_fused_time']:.2f}) | "
             f"{by['eager']['extra_x_logits']:.2f} / {by['compile']['extra_x_logits']:.2f} / "
             f"{by['fused']['extra_x_logits']:.2f} / {by['inplace']['extra_x_logits']:.3f} |"

@@ -134,7 +134,8 @@ def test_long_rows_in_blocks_match_reference(monkeypatch, dtype):
     x = GradProbe.apply(torch.zeros((), requires_grad=True), logits.clone())
     loss = kpod_ops.keypoint_cross_entropy(x, labels, weights, reduction="mean", inplace_backward=True, impl="fused")
     loss.backward()
-    tol = _INPLACE_TOL.get(dtype, dict(rtol=0, atol=0))
+    # fp32: the functional op stores each block's exp values, the in-place mode recomputes them
+    tol = _INPLACE_TOL.get(dtype, dict(rtol=1e-5, atol=1e-9))
     torch.testing.assert_close(loss.detach(), ref[0], **tol)
     torch.testing.assert_close(GradProbe.captured, ref[1], **tol)
     special = logits.clone()

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/kce_cpu_kernel.h"
@@ -179,10 +180,11 @@ void kce_backward_inplace_cpu(at::Tensor logits, const at::Tensor& target, const
   });
 }
 
-// A row is processed in one piece when its logits plus its fp32 exp buffer fit in this budget: half
-// of one core's L2 (sysconf, read once), 256 KiB where unknown; KPOD_CPU_ROW_BUDGET_KB overrides it
-// (read every call: tests and tuning). Longer rows go block by block (kBlockBytes of logits per
-// block, an L1/L2-sized piece).
+// A row is processed in one piece when its logits plus its fp32 exp buffer fit in this budget: one
+// core's L2 (sysconf, read once), 256 KiB where unknown; KPOD_CPU_ROW_BUDGET_KB overrides it (read
+// every call: tests and tuning). Longer rows go block by block (kBlockBytes of logits per block,
+// an L1/L2-sized piece). fp32/fp64 rows into a fresh gradient store each block's exp values there
+// (one exp per element; KPOD_CPU_BLOCKED_STORE=0 turns that off), the others read the logits twice.
 constexpr int64_t kBlockBytes = 32 * 1024;
 
 int64_t l2_budget_bytes() {
@@ -193,7 +195,7 @@ int64_t l2_budget_bytes() {
 #ifdef _SC_LEVEL2_CACHE_SIZE
     l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
 #endif
-    return l2 > 0 ? static_cast<int64_t>(l2) / 2 : int64_t(256) * 1024;
+    return l2 > 0 ? static_cast<int64_t>(l2) : int64_t(256) * 1024;
   }();
   return detected;
 }
@@ -209,9 +211,12 @@ void forward_backward_rows(const at::Tensor& logits, scalar_t* out_base, bool ou
   const int64_t sB = logits.stride(0), sT = logits.stride(1);
   scalar_t* base = logits.data_ptr<scalar_t>();
   const bool blocked = V * static_cast<int64_t>(sizeof(scalar_t) + sizeof(acc_t)) > l2_budget_bytes();
+  const char* store_env = std::getenv("KPOD_CPU_BLOCKED_STORE");  // tuning: 0 = always two reads
+  const bool store_exp = store_env == nullptr || std::strcmp(store_env, "0") != 0;
   const int64_t block = std::max<int64_t>(1024, kBlockBytes / static_cast<int64_t>(sizeof(scalar_t)));
   at::parallel_for(0, B * T, grain_for(V), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> buf(blocked ? 0 : static_cast<size_t>(V));  // the row's exp values, cache-resident
+    std::vector<double> block_max(blocked ? static_cast<size_t>((V + block - 1) / block) : 0);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / T, t = r - b * T;
       scalar_t* z = base + b * sB + t * sT;
@@ -239,6 +244,13 @@ void forward_backward_rows(const at::Tensor& logits, scalar_t* out_base, bool ou
         continue;
       }
       if (blocked) {
+        if constexpr (std::is_same_v<scalar_t, acc_t>) {
+          if (!out_is_logits && store_exp) {  // fp32/fp64 into a fresh buffer: one exp per element
+            cpu::row_forward_backward_blocked_store<scalar_t>(z, o, V, y, eps, static_cast<double>(s), block,
+                                                              nll_p + r, block_max.data());
+            continue;
+          }
+        }
         cpu::row_forward_backward_blocked<scalar_t>(z, o, V, y, eps, static_cast<double>(s), block, nll_p + r);
       } else {
         cpu::row_forward_backward<scalar_t>(z, o, V, y, eps, static_cast<double>(s), buf.data(), nll_p + r);

@@ -6,12 +6,15 @@
 //   row_forward_backward max(+Σz) pass, exp pass storing e=exp(z-m) in
 //                        an fp32 buffer (L1/L2-resident), scale pass
 //                        writing the gradient                          -> 1 exp per element
-//   row_forward_backward_blocked  (rows whose logits + fp32 buffer exceed the L2 budget)
-//                        per block: max(+Σz) then Σexp while the block
-//                        is cached, merged online; then one pass
+//   row_forward_backward_blocked_store  (rows whose logits + fp32 buffer exceed the L2 budget;
+//                        fp32/fp64 into a fresh gradient) per block: max(+Σz), then e=exp(z-m_b)
+//                        stored into the gradient while the block is cached, merged online;
+//                        then one pass rescaling the stored e            -> 1 exp per element
+//   row_forward_backward_blocked  (the same rows in bf16/fp16 or in place) per block: max(+Σz)
+//                        then Σexp while the block is cached, merged online; then one pass
 //                        exp(z-lse) scaled, written                    -> 2 exp per element
 //   row_backward         one pass: exp(z-lse) scaled, written          -> 1 exp per element
-// Short rows touch DRAM in their first pass only; long rows are read from DRAM at most twice.
+// Short rows touch memory in their first pass only; long rows are read from memory at most twice.
 // Every function may write `out` over `z` (in place): the target logit is read before any write.
 #pragma once
 
@@ -302,5 +305,52 @@ inline void row_forward_backward_blocked(const scalar_t* z, scalar_t* out, int64
   *nll = static_cast<acc_t>(l - (1.0 - eps) * zy - smooth);
   row_backward<scalar_t>(z, out, V, y, eps, static_cast<acc_t>(l), static_cast<acc_t>(s), acc_t(0), zy);
 }
+
+// fp32/fp64 variant of the above with one exp per element: each block's e = exp(z - m_b) is
+// stored into `out` while the block is cached, and the second sweep rescales it by
+// s·exp(m_b - lse) in place (logits read once, gradient written twice and read once). `out` must
+// not alias `z` (the functional op); `block_max` has room for one double per block.
+template <typename scalar_t>
+inline void row_forward_backward_blocked_store(const scalar_t* z, scalar_t* out, int64_t V, int64_t y, double eps,
+                                               double s, int64_t block, scalar_t* nll, double* block_max) {
+  static_assert(std::is_same_v<scalar_t, typename Acc<scalar_t>::type>, "fp32/fp64 only: e is stored unrounded");
+  using AVec = Vectorized<scalar_t>;
+  const double zy = static_cast<double>(z[y]);
+  double m = -std::numeric_limits<double>::infinity(), sum = 0.0, sum_z = 0.0;
+  const int64_t nblocks = (V + block - 1) / block;
+  for (int64_t k = 0; k < nblocks; ++k) {
+    const int64_t b0 = k * block, n = std::min(block, V - b0);
+    const RowStats st = row_max_sum(z + b0, n, eps != 0.0);
+    if (!std::isfinite(st.max)) {  // inf/NaN: the exact path (z is intact: out must not alias it)
+      row_forward_backward_blocked<scalar_t>(z, out, V, y, eps, s, block, nll);
+      return;
+    }
+    const scalar_t mb = static_cast<scalar_t>(st.max);
+    const double sb = static_cast<double>(row_sum_exp<scalar_t>(z + b0, n, mb, out + b0));
+    block_max[k] = static_cast<double>(mb);
+    if (block_max[k] > m) {
+      sum = sum * std::exp(m - block_max[k]) + sb;
+      m = block_max[k];
+    } else {
+      sum += sb * std::exp(block_max[k] - m);
+    }
+    sum_z += st.sum_z;
+  }
+  const double l = m + std::log(sum);
+  const double smooth = eps != 0.0 ? eps / static_cast<double>(V) * sum_z : 0.0;
+  *nll = static_cast<scalar_t>(l - (1.0 - eps) * zy - smooth);
+  const double c = s * eps / static_cast<double>(V);
+  const AVec vc(static_cast<scalar_t>(c));
+  for (int64_t k = 0; k < nblocks; ++k) {
+    const int64_t b0 = k * block, n = std::min(block, V - b0);
+    const AVec va(static_cast<scalar_t>(s * std::exp(block_max[k] - l)));
+    scalar_t* o = out + b0;
+    int64_t i = 0;
+    for (; i + AVec::size() <= n; i += AVec::size()) (AVec::loadu(o + i) * va - vc).store(o + i);
+    for (; i < n; ++i) o[i] = static_cast<scalar_t>(o[i] * static_cast<scalar_t>(s * std::exp(block_max[k] - l)) - c);
+  }
+  out[y] = static_cast<scalar_t>(s * (std::exp(zy - l) - (1.0 - eps)) - c);
+}
+
 }  // namespace cpu
 }  // namespace kpod
