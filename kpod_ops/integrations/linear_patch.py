@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from .._optional import require
 from ..errors import KPODInputError, bad_input
 from ..losses.linear import keypoint_linear_cross_entropy
 
@@ -146,8 +147,9 @@ def _head_inputs(hidden: torch.Tensor, head: torch.nn.Linear) -> tuple[torch.Ten
 
 
 def _make_forward(patch: _LinearPatch, original: Any) -> Any:
-    from transformers.modeling_outputs import CausalLMOutputWithPast
-    from transformers.modeling_utils import slice_logits_to_keep
+    outputs_mod = require("transformers.modeling_outputs", extra="hf", feature="kpod_ops.integrations.linear_patch")
+    utils_mod = require("transformers.modeling_utils", extra="hf", feature="kpod_ops.integrations.linear_patch")
+    CausalLMOutputWithPast, slice_logits_to_keep = outputs_mod.CausalLMOutputWithPast, utils_mod.slice_logits_to_keep
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
                 labels=None, use_cache=None, logits_to_keep=0, *, token_weights=None, loss_start=None,
