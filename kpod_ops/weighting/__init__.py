@@ -8,7 +8,7 @@ predict the answer from the question and masked rationale prefixes. ``fit`` trai
 """
 
 from .config import MaskLearnerConfig
-from .degenerate import degeneracy, is_degenerate
+from .degenerate import DegenerateWeightsWarning, degeneracy, is_degenerate
 from .generator import TokenWeighter
 from .gumbel import apply_mask, gumbel_sigmoid
 from .learner import MaskLearner
@@ -21,6 +21,7 @@ from .training import evaluate, fit
 
 __all__ = [
     "AnswerPredictor",
+    "DegenerateWeightsWarning",
     "MaskLearner",
     "MaskLearnerConfig",
     "TokenWeighter",

@@ -11,6 +11,7 @@ from ..errors import bad_input
 _PREDICTOR_TRAINING = ("full", "lora", "frozen")
 _MASK_LOSS = ("sampled", "expected")
 _MASK_NORM = ("sum", "length")
+_OBJECTIVE = ("normalized", "literal")
 _MONITOR = ("objective", "answer_loss")
 
 
@@ -33,32 +34,47 @@ def _real(config: object, name: str, expected: str, ok) -> None:
 
 @dataclass
 class MaskLearnerConfig:
-    """Everything that shapes the mask learner. Defaults follow the paper and docs/method.md §5 and §9.
+    """Everything that shapes the mask learner. The defaults learn; :meth:`literal` is the paper as written.
 
     Model: ``num_heads``/``mlp_hidden`` size the self-attention layer and the two-layer MLP on top
     of the student's frozen input embedding; ``position`` gives that layer relative positions
     (``"relative"`` learned offset biases, ``"rotary"`` or ``"none"``; the paper names none, but
-    without them one attention layer cannot tell "the number after *x*" from any other number). ``init_keep_logit`` is the starting pre-sigmoid weight.
+    without them one attention layer cannot tell "the number after *x*" from any other number).
+    ``init_keep_logit`` is the starting pre-sigmoid weight.
 
-    Mask: binary concrete with temperature ``tau`` (annealed geometrically to ``tau_final`` over
-    training when set), soft samples unless ``hard`` (straight-through).
+    Mask: binary concrete with temperature ``tau``, annealed geometrically to ``tau_final`` over
+    training (``None``: constant), soft samples unless ``hard`` (straight-through).
 
-    Objective: ``L_k = L_p + alpha * L_m``. ``num_prefixes`` (P) prefix lengths per example estimate
-    the paper's sum over all prefixes (see ``kpod_ops.weighting.prefixes``). ``mask_loss`` is the sum
-    of the sampled keep indicators (paper) or of the keep probabilities; ``mask_norm="length"``
-    divides it by the rationale length (the "ratio" reading).
+    Objective ``L_k = L_p + alpha * L_m``. ``num_prefixes`` (P) prefix lengths per example estimate
+    the paper's sum over all prefixes (see ``kpod_ops.weighting.prefixes``). ``objective``:
+
+    - ``"normalized"`` (default): ``L_p`` is the mean over prefix lengths of the mean answer-token
+      NLL, ``L_m`` the mean keep mask (``mask_norm=None`` means ``"length"``). Both are O(1) for any
+      rationale/answer length and vocabulary, so ``alpha`` (default 0.25) means "nats per answer
+      token that keeping every token must buy". Literally (sums) the answer term of a 40-token rationale with
+      an 8-token answer is ~L*|a| = 320 times larger per unit, so on a pre-trained predictor
+      nothing is ever masked, while on a predictor that cannot read yet ``L_m`` alone decides.
+    - ``"literal"``: the paper's sums (``L_p`` over all prefixes and answer tokens, ``L_m = sum m``),
+      with the paper's ``alpha = 0.5``.
+
+    ``mask_loss`` is the sampled keep indicators (paper) or the keep probabilities.
 
     Answer predictor: trained fully (``"full"``, the paper's literal reading), through ``"lora"``
     adapters (``peft``), or ``"frozen"``; ``projection`` maps the student's embedding size to the
-    predictor's (``"auto"``: identity when the sizes agree).
+    predictor's (``"auto"``: identity when the sizes agree). The model passed in is never changed:
+    the learner trains a copy unless ``copy_predictor=False``.
 
     Training: AdamW with ``lr`` for the weight generator and mask embedding, ``predictor_lr``
-    (``None``: the same as ``lr``; 0 keeps them fixed) for the predictor, its projection and
-    answer head. During the first ``predictor_warmup`` fraction of the steps (0 = the paper) only the predictor learns, on
-    masks drawn from the initial weights: a predictor trained from scratch must learn to read the
-    rationale before the mask pressure can drive every weight to 0 and saturate the sigmoid. Batches
-    of ``batch_size`` examples, at most ``epochs`` epochs, early stopping after ``patience`` epochs
-    without improvement of the validation ``monitor``; deterministic given ``seed``.
+    (``None``: the same as ``lr``; 0 keeps them fixed) for the predictor, its projection and answer
+    head. Warm-up: at first only the predictor learns, on masks drawn from the initial weights, for
+    at most ``predictor_warmup`` of the steps; with ``reading_gain`` set it ends as soon as the
+    predictor reads the rationale (its answer NLL per token with the full rationale is at least
+    ``reading_gain`` nats below that with every rationale token masked, on a probe of validation
+    examples). Without a warm-up a predictor that cannot read yet gives the weights no reason to
+    keep anything, and the mask pressure drives every weight to 0 where the sigmoid saturates and
+    nothing recovers. Batches of ``batch_size`` examples, at most ``epochs`` epochs, early
+    stopping after ``patience`` post-warm-up epochs without improvement of the validation
+    ``monitor``; deterministic given ``seed``.
     """
 
     # weight generator
@@ -68,23 +84,26 @@ class MaskLearnerConfig:
     init_keep_logit: float = 0.0
     # Gumbel mask
     tau: float = 1.0
-    tau_final: float | None = None
+    tau_final: float | None = 0.2
     hard: bool = False
     # objective
-    alpha: float = 0.5
-    predictor_warmup: float = 0.0
+    objective: str = "normalized"
+    alpha: float = 0.25
     num_prefixes: int = 4
     mask_loss: str = "sampled"
-    mask_norm: str = "sum"
+    mask_norm: str | None = None
     # answer predictor
     predictor_training: str = "full"
     projection: str = "auto"
     lora_r: int = 16
     lora_alpha: int = 32
     lora_targets: str | list[str] = "all-linear"
+    copy_predictor: bool = True
     # training
     lr: float = 1e-3
-    predictor_lr: float | None = None
+    predictor_lr: float | None = 3e-3
+    predictor_warmup: float = 0.5
+    reading_gain: float | None = 0.1
     weight_decay: float = 0.0
     grad_clip: float | None = 1.0
     batch_size: int = 8
@@ -97,7 +116,7 @@ class MaskLearnerConfig:
         for name, allowed in (
             ("predictor_training", _PREDICTOR_TRAINING),
             ("mask_loss", _MASK_LOSS),
-            ("mask_norm", _MASK_NORM),
+            ("objective", _OBJECTIVE),
             ("monitor", _MONITOR),
             ("projection", ("auto", "linear", "identity")),
             ("position", ("relative", "rotary", "none")),
@@ -123,11 +142,31 @@ class MaskLearnerConfig:
             _real(self, "tau_final", "a finite number > 0 or None", lambda v: v > 0)
         if self.grad_clip is not None:
             _real(self, "grad_clip", "a finite number > 0 or None (no clipping)", lambda v: v > 0)
-        if not isinstance(self.hard, bool):
-            raise bad_input("hard", "a bool", repr(self.hard))
+        if self.mask_norm is not None and self.mask_norm not in _MASK_NORM:
+            raise bad_input("mask_norm", f"one of {_MASK_NORM} or None (by objective)", repr(self.mask_norm))
+        if self.reading_gain is not None:
+            _real(self, "reading_gain", "a finite number >= 0 or None (fixed warm-up)", lambda v: v >= 0)
+        for name in ("hard", "copy_predictor"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad_input(name, "a bool", repr(getattr(self, name)))
         targets = self.lora_targets
         if not (isinstance(targets, str) or (isinstance(targets, (list, tuple)) and all(isinstance(t, str) for t in targets))):
             raise bad_input("lora_targets", "a string or a list of module names", repr(targets))
+
+    @property
+    def mask_normalization(self) -> str:
+        """``mask_norm`` with ``None`` resolved by ``objective`` (length-normalised when normalized)."""
+        if self.mask_norm is not None:
+            return self.mask_norm
+        return "length" if self.objective == "normalized" else "sum"
+
+    @classmethod
+    def literal(cls, **overrides) -> MaskLearnerConfig:
+        """The paper's objective read literally: sums over prefixes, answer tokens and kept tokens,
+        no warm-up, a constant temperature. Expect it to collapse with a predictor that starts
+        untrained, and to mask nothing with a pre-trained one (see the class doc)."""
+        base = {"objective": "literal", "alpha": 0.5, "predictor_warmup": 0.0, "reading_gain": None, "tau_final": None, "predictor_lr": None}
+        return cls(**{**base, **overrides})
 
     def to_dict(self) -> dict:
         return asdict(self)

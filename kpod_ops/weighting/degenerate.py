@@ -23,6 +23,11 @@ import numpy as np
 
 from ..errors import bad_input
 
+
+class DegenerateWeightsWarning(UserWarning):
+    """The mask learner's weights carry no keypoint information (see :func:`is_degenerate`)."""
+
+
 KEPT_MIN = 0.01
 KEPT_MAX = 0.99
 SPREAD_MIN = 0.05

@@ -1,4 +1,4 @@
-"""The weight generator: frozen student embedding -> one self-attention layer -> MLP -> sigmoid.
+"""The weight generator: frozen student embedding -> LayerNorm -> one self-attention layer -> MLP -> sigmoid.
 
 Paper Eq. 2-3: ``e = Att(Emb(r))``, ``w_j = sigmoid(f_w(e_j))``. ``w_j`` is the probability that
 rationale token j is kept; it is the token's keypoint weight. Only the rationale is an input.
@@ -117,6 +117,11 @@ class TokenWeighter(nn.Module):
         self.embedding = nn.Embedding(vocab, dim)
         self.embedding.weight.data.copy_(embedding.detach().float())
         self.embedding.weight.requires_grad_(False)
+        # Student embeddings come at any scale (a random Llama's at std 0.02, T5's at 1): a
+        # parameter-free LayerNorm gives the attention and MLP unit-scale token features, so the
+        # token's identity is not drowned by the layers' biases. The mask still acts on the raw
+        # embeddings (what the predictor reads).
+        self.input_norm = nn.LayerNorm(dim, elementwise_affine=False)
         self.attention = SelfAttention(dim, num_heads or _default_heads(dim), position)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_hidden), nn.GELU(), nn.Linear(mlp_hidden, 1))
         nn.init.normal_(self.mlp[2].weight, std=1.0 / math.sqrt(mlp_hidden))
@@ -139,7 +144,7 @@ class TokenWeighter(nn.Module):
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``ids, attention_mask [B, L]`` -> ``(logits [B, L], embeddings [B, L, d])``."""
         emb = self.embed(ids)
-        h = self.attention(emb, attention_mask)
+        h = self.attention(self.input_norm(emb), attention_mask)
         logits = self.mlp(h).squeeze(-1)
         logits = logits.masked_fill(~attention_mask.bool(), float("-inf"))
         return logits, emb

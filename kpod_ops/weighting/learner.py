@@ -56,6 +56,7 @@ class MaskLearner(nn.Module):
             lora_r=c.lora_r,
             lora_alpha=c.lora_alpha,
             lora_targets=c.lora_targets,
+            copy_model=c.copy_predictor,
         )
 
     @property
@@ -73,9 +74,11 @@ class MaskLearner(nn.Module):
         """``L_k = L_p + alpha * L_m`` averaged over the batch's examples (those with a rationale).
 
         ``L_p`` per example is the prefix-sampled estimate of the paper's sum over all prefix lengths
-        (see :mod:`kpod_ops.weighting.prefixes`); ``L_m`` is the sum of the sampled keep mask (or of
-        the keep probabilities), optionally divided by the rationale length. Returns the batch
-        means ``loss``, ``answer_loss``, ``mask_loss`` and the kept ratio ``kept`` (mean w).
+        (see :mod:`kpod_ops.weighting.prefixes`), divided by the rationale and answer lengths under
+        ``objective="normalized"``; ``L_m`` is the sum of the sampled keep mask (or of the keep
+        probabilities), divided by the rationale length under ``mask_norm="length"`` (the
+        normalized default). Returns the batch means ``loss``, ``answer_loss``, ``mask_loss`` and
+        the kept ratio ``kept`` (mean w).
         """
         c = self.config
         logits, emb = self.weighter(batch.rationale, batch.attention_mask)
@@ -88,6 +91,8 @@ class MaskLearner(nn.Module):
         rows, coefs = [], []
         for i in live:
             ks, cs = sample_prefix_lengths(batch.lengths[i], c.num_prefixes, rng)
+            if c.objective == "normalized":  # mean over prefix lengths of the mean answer-token NLL
+                cs = cs / (batch.lengths[i] * batch.answers[i].numel())
             rows += [(i, int(k)) for k in ks]
             coefs += [(i, float(v)) for v in cs]
         embed = self.weighter.embed
@@ -104,7 +109,7 @@ class MaskLearner(nn.Module):
         keep_prob = torch.sigmoid(logits)
         mask_term = (m if c.mask_loss == "sampled" else keep_prob).sum(-1)
         lengths = torch.tensor(batch.lengths, device=nll.device, dtype=nll.dtype)
-        if c.mask_norm == "length":
+        if c.mask_normalization == "length":
             mask_term = mask_term / lengths.clamp_min(1)
         idx = torch.tensor(live, device=nll.device)
         answer, mask_term = answer[idx], mask_term[idx]

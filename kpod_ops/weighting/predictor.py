@@ -9,6 +9,7 @@ the answer in the decoder. All prefixes of a batch go through one forward.
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import torch
@@ -34,7 +35,9 @@ class AnswerPredictor(nn.Module):
     (or always, with ``projection="linear"``); a learned answer head over the student's vocabulary
     replaces the model's own when their vocabularies differ. ``training`` is ``"full"``,
     ``"lora"`` (adapters from ``peft``; the base is frozen) or ``"frozen"`` (gradients still flow
-    through it to the mask).
+    through it to the mask). The caller's ``model`` is never changed: it is deep-copied first
+    (passing the student itself is safe) unless ``copy_model=False``, which trains, freezes or
+    adapts the very model passed in (saves its memory; the caller asked for it).
     """
 
     def __init__(
@@ -48,10 +51,13 @@ class AnswerPredictor(nn.Module):
         lora_r: int = 16,
         lora_alpha: int = 32,
         lora_targets: str | list[str] = "all-linear",
+        copy_model: bool = True,
     ) -> None:
         super().__init__()
         if not hasattr(model, "config") or not hasattr(model, "get_input_embeddings"):
             raise bad_input("predictor", "a Hugging Face PreTrainedModel", type(model).__name__)
+        if copy_model:
+            model = copy.deepcopy(model)
         self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
         self.training_mode = training
         model_dim = model.get_input_embeddings().embedding_dim

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -13,10 +14,35 @@ import torch
 from .._optional import require
 from ..data.tokenized import TokenizedExample
 from ..errors import bad_input
-from .batching import check_examples, make_batch
+from .batching import MaskBatch, check_examples, make_batch
+from .degenerate import DegenerateWeightsWarning, degeneracy
 from .gumbel import anneal_tau
 
 _EVAL_SEED_OFFSET = 7919
+_PROBE_SIZE = 32
+
+
+@torch.no_grad()
+def reading_gain(learner, batch: MaskBatch) -> float:
+    """How much the predictor reads the rationale: mean over examples of the answer NLL per token
+    with every rationale token replaced by the mask embedding minus that with the full, unmasked
+    rationale (nats). About 0 for a predictor that ignores the rationale."""
+    was_training = learner.training
+    learner.eval()
+    try:
+        embed = learner.weighter.embed
+        live = [i for i, n in enumerate(batch.lengths) if n > 0]
+        rows = [(i, batch.lengths[i]) for i in live]
+        prompt = [embed(p) for p in batch.prompts]
+        answer = [embed(a) for a in batch.answers]
+        clean = [embed(batch.rationale[i, : batch.lengths[i]]) for i in range(len(batch.lengths))]
+        hidden = [learner.mask_embedding.expand_as(r) for r in clean]
+        n_answer = torch.tensor([batch.answers[i].numel() for i in live], dtype=torch.float32)
+        with_r = learner.predictor(prompt, clean, answer, batch.answers, rows).float().cpu() / n_answer
+        without = learner.predictor(prompt, hidden, answer, batch.answers, rows).float().cpu() / n_answer
+    finally:
+        learner.train(was_training)
+    return float((without - with_r).mean())
 
 
 def _param_groups(learner) -> list[dict]:
@@ -35,7 +61,8 @@ def evaluate(
     """Objective terms on ``examples`` with fixed noise and prefixes (comparable across epochs).
 
     Returns ``objective``, ``answer_loss``, ``mask_loss`` (example means), ``kept`` (mean keep
-    probability over tokens) and ``kept_hard`` (fraction of tokens with ``w > 0.5``).
+    probability over tokens), ``kept_hard`` (fraction of tokens with ``w > 0.5``) and
+    ``reading_gain`` (see :func:`reading_gain`, on the first 32 examples).
     """
     check_examples(examples, need_answer=True)
     c = learner.config
@@ -69,7 +96,34 @@ def evaluate(
     out = {k: v / n_ex for k, v in totals.items()}
     out["kept"] = kept_sum / max(n_tok, 1)
     out["kept_hard"] = hard_sum / max(n_tok, 1)
+    out["reading_gain"] = reading_gain(learner, _probe(examples, learner.device))
     return out
+
+
+def _probe(examples: Sequence[TokenizedExample], device) -> MaskBatch:
+    return make_batch([ex for ex in examples if ex.rationale_len > 0][:_PROBE_SIZE], device)
+
+
+def _collapse_advice(reason: str, record: dict, config) -> str:
+    """The likely cause of degenerate weights and what to change, from the last epoch's metrics."""
+    gain = record.get("val_reading_gain", float("nan"))
+    if "no token is masked" in reason:
+        if config.objective == "literal":
+            return (
+                "objective='literal' sums the answer loss over every prefix and answer token, which dwarfs "
+                "alpha * L_m; use objective='normalized' (the default) or raise alpha"
+            )
+        return "the mask pressure is too weak for this predictor: raise alpha, or train longer (epochs)"
+    if "every token is masked" in reason:
+        if not gain > (config.reading_gain or 0.05):
+            return (
+                f"the answer predictor never learned to read the rationale (reading gain {gain:.3f} nats per "
+                "answer token): train longer (epochs, more examples), raise predictor_lr, keep the warm-up "
+                "(predictor_warmup, reading_gain), or use a pre-trained predictor"
+            )
+        return "the mask pressure wins although the predictor reads: lower alpha, or anneal tau (tau_final)"
+    return "the weights barely moved: train longer (epochs) or raise lr"
+
 
 
 def _save(path: Path, learner, epoch: int, history: list[dict]) -> None:
@@ -114,6 +168,11 @@ def fit(
     opt = torch.optim.AdamW(_param_groups(learner), weight_decay=c.weight_decay)
     steps_per_epoch = math.ceil(len(train) / c.batch_size)
     total_steps = steps_per_epoch * c.epochs
+    warmup_steps = math.ceil(c.predictor_warmup * total_steps)
+    probe = _probe(val if val is not None else train, learner.device) if c.reading_gain is not None else None
+    probe_every = max(1, steps_per_epoch // 4)
+    warm_end: int | None = None if warmup_steps > 0 else 0
+    reads = 0  # consecutive probes on which the predictor read the rationale
     history: list[dict] = []
     best, best_state, stale, step = math.inf, None, 0, 0
     monitor_key = "objective" if c.monitor == "objective" else "answer_loss"
@@ -125,7 +184,11 @@ def fit(
         for s in bar:
             batch = make_batch([train[i] for i in order[s * c.batch_size : (s + 1) * c.batch_size]], learner.device)
             tau = anneal_tau(c.tau, c.tau_final, step / max(total_steps - 1, 1))
-            warming = step < c.predictor_warmup * total_steps
+            if warm_end is None and probe is not None and step and step % probe_every == 0:
+                reads = reads + 1 if reading_gain(learner, probe) >= c.reading_gain else 0
+            if warm_end is None and (step >= warmup_steps or reads >= 2):
+                warm_end = step  # the predictor reads the rationale (two probes in a row), or the budget is spent
+            warming = warm_end is None
             opt.param_groups[0]["lr"] = 0.0 if warming else c.lr  # warm-up: the predictor learns alone
             out = learner.objective(batch, tau=tau, rng=rng, generator=gen)
             opt.zero_grad(set_to_none=True)
@@ -144,6 +207,7 @@ def fit(
         record = {
             "epoch": epoch,
             "tau": tau,
+            "warmup_end_step": warm_end,
             **{f"train_{k}": v for k, v in run.items()},
             **{f"val_{k}": v for k, v in scored.items()},
         }
@@ -152,6 +216,8 @@ def fit(
             callback(record)
         if ckpt is not None:
             _save(ckpt / f"epoch{epoch}.pt", learner, epoch, history)
+        if warm_end is None:
+            continue  # the weights have not started learning: nothing to select or stop on yet
         if scored[monitor_key] < best - 1e-9:
             best, best_state, stale = scored[monitor_key], learner.trainable_state(), 0
             if ckpt is not None:
@@ -163,4 +229,20 @@ def fit(
     if best_state is not None:
         learner.load_trainable_state(best_state)
     learner.eval()
+    _warn_if_degenerate(learner, val if val is not None else train, history)
     return history
+
+
+def _warn_if_degenerate(learner, examples: Sequence[TokenizedExample], history: list[dict]) -> None:
+    """Degenerate weights are a failed run, not a result: say so, with the likely cause and remedy."""
+    weights = learner.token_weights([ex for ex in examples if ex.rationale_len > 0][:256])
+    reason = degeneracy(weights)
+    history[-1]["degenerate"] = reason
+    if reason is not None:
+        warnings.warn(
+            f"mask learner: the learned weights are degenerate: {reason}. Likely cause and remedy: "
+            f"{_collapse_advice(reason, history[-1], learner.config)}. Weights like these would turn KPOD "
+            "into plain cross-entropy (renormalize_mean_one refuses them unless allow_degenerate=True).",
+            DegenerateWeightsWarning,
+            stacklevel=3,
+        )
