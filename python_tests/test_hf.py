@@ -455,3 +455,51 @@ def test_reassigning_given_steps_after_workers_started_is_an_error(persistent):
     fresh = KPODCollator(tok, weights, given(tokenized, 1))
     list(torch.utils.data.DataLoader(tokenized, batch_size=2, collate_fn=fresh))  # no workers: reassigning is fine
     fresh.given_steps = given(tokenized, 0)
+
+
+@pytest.mark.parametrize("student", ["full", "lora"])
+def test_fused_linear_patch_matches_the_logits_path(tmp_path, student):
+    """apply_kpod_loss(fused_linear=True): the same loss curve as the logits path, without logits."""
+    tok, tokenized, weights = tiny_data(8)
+    collator = KPODCollator(tok, weights, given(tokenized))
+    curves, params = [], []
+    for fused_linear in (False, True):
+        model = tiny_llama(tok)
+        model = lora(model) if student == "lora" else model
+        apply_kpod_loss(model, fused_linear=fused_linear)
+        base = model.get_base_model() if student == "lora" else model
+        assert base._kpod_patch.linear is fused_linear
+        if fused_linear:
+            model.train()
+            assert model(**collator(tokenized[:2])).logits is None  # the logits are never built in training
+        args = train_args(tmp_path / str(fused_linear), per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                          max_steps=2, learning_rate=3e-3)
+        trainer = SequentialTrainer(model=model, args=args, train_dataset=tokenized, data_collator=collator)
+        trainer.train()
+        curves.append(step_losses(trainer))
+        params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    np.testing.assert_allclose(curves[1], curves[0], rtol=1e-5)
+    # Adam normalises each gradient: float-level differences in near-zero ones move a weight by a
+    # small fraction of an update (lr 3e-3)
+    torch.testing.assert_close(params[1], params[0], rtol=1e-4, atol=2e-5)
+    revert_kpod_loss(model)
+    assert "forward" not in base.__dict__ and not is_patched(model)
+
+
+def test_fused_linear_auto_says_when_it_uses_the_logits(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok, tokenized, weights = tiny_data(2)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=1024,
+                                      bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id))
+    with pytest.raises(KPODInputError, match="fused_linear"):
+        apply_kpod_loss(gpt2, fused_linear=True)
+    assert not is_patched(gpt2)
+    with pytest.warns(UserWarning, match="computed from the logits"):
+        apply_kpod_loss(gpt2, fused_linear="auto")
+    b = KPODCollator(tok, weights, given(tokenized))(tokenized)
+    gpt2.eval()  # no dropout: the two forwards must agree
+    assert float(gpt2(**b).loss) == pytest.approx(_expected_first_loss(gpt2, KPODCollator(tok, weights, given(tokenized)),
+                                                                        tokenized, "token"), rel=1e-5)
+    llama = apply_kpod_loss(tiny_llama(tok), fused_linear="auto")
+    assert llama._kpod_patch.linear

@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from types import MethodType
@@ -74,6 +75,8 @@ class _Patch:
             self.backbone = None
         self.backbone_forward = None if self.backbone is None else self.backbone.__dict__.get("forward")
         self.pending: tuple[Any, Any] | None = None
+        self.linear = False  # whether the training loss comes from the hidden states (no logits)
+        self.linear_reason = "fused_linear=False"
 
 
 def _method_signature(bound: Any) -> inspect.Signature:
@@ -140,6 +143,40 @@ def _make_backbone_guard(original: Any) -> Any:
     return forward
 
 
+def _batch_fields(patch: _Patch, labels: Any, device: torch.device, kwargs: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+    """Plain labels, token weights and loss starts of the running forward, on ``device``."""
+    weights, starts = patch.pending if patch.pending is not None else (None, None)
+    weights = kwargs.get("token_weights", weights)
+    starts = kwargs.get("loss_start", starts)
+    if is_guarded(labels) and (weights is None or starts is None):
+        missing = [n for n, v in (("token_weights", weights), ("loss_start", starts)) if v is None]
+        raise KPODInputError(
+            f"batch: expected token_weights and loss_start with labels from KPODCollator, got no {missing}: keep "
+            "them in the batch (the patched model's forward accepts them; a custom collator wrapper dropped them)"
+        )
+    labels = unguard(labels).to(device)
+    if weights is not None:
+        weights = weights.to(device=device, dtype=torch.float32)
+    if starts is not None:
+        starts = starts.to(device=device, dtype=torch.int64)
+    return labels, weights, starts
+
+
+def _make_linear_loss(patch: _Patch) -> Any:
+    from .linear_patch import linear_causal_lm_loss
+
+    def kpod_linear_loss(hidden, lm_head_weight, labels, *, bias=None, token_weights=None, loss_start=None,
+                         num_items_in_batch=None, ignore_index=-100):
+        """The fused linear keypoint loss from the hidden states (same normalisation as the logits path)."""
+        extra = {k: v for k, v in (("token_weights", token_weights), ("loss_start", loss_start)) if v is not None}
+        labels, weights, starts = _batch_fields(patch, labels, hidden.device, extra)
+        loss = linear_causal_lm_loss(hidden, lm_head_weight, labels, bias=bias, token_weights=weights, loss_start=starts,
+                                     num_items_in_batch=num_items_in_batch, ignore_index=ignore_index)
+        return loss.clone()  # see kpod_loss
+
+    return kpod_linear_loss
+
+
 def _make_loss(patch: _Patch) -> Any:
     def kpod_loss(logits, labels, vocab_size=None, num_items_in_batch=None, ignore_index=-100, shift_labels=None,
                   **kwargs):
@@ -149,20 +186,7 @@ def _make_loss(patch: _Patch) -> Any:
                 "shift_labels: expected None (unshifted labels from KPODCollator), got pre-shifted labels (context / "
                 "sequence parallelism or a padding-free collator); these are not supported with the KPOD loss"
             )
-        weights, starts = patch.pending if patch.pending is not None else (None, None)
-        weights = kwargs.get("token_weights", weights)
-        starts = kwargs.get("loss_start", starts)
-        if is_guarded(labels) and (weights is None or starts is None):
-            missing = [n for n, v in (("token_weights", weights), ("loss_start", starts)) if v is None]
-            raise KPODInputError(
-                f"batch: expected token_weights and loss_start with labels from KPODCollator, got no {missing}: keep "
-                "them in the batch (the patched model's forward accepts them; a custom collator wrapper dropped them)"
-            )
-        labels = unguard(labels).to(logits.device)
-        if weights is not None:
-            weights = weights.to(device=logits.device, dtype=torch.float32)
-        if starts is not None:
-            starts = starts.to(device=logits.device, dtype=torch.int64)
+        labels, weights, starts = _batch_fields(patch, labels, logits.device, kwargs)
         loss = keypoint_cross_entropy(
             logits, labels, weights, starts, ignore_index=ignore_index, reduction="mean",
             num_items_in_batch=num_items_in_batch, shift=True, impl=patch.impl,
@@ -191,8 +215,13 @@ def apply_kpod_loss(model: Any, *, fused_linear: bool | str = False, impl: str =
     plain (token-mean) cross-entropy through the same kernel.
 
     Works on PEFT-wrapped models (the base model is patched). Packed / padding-free batches with
-    KPOD fields are refused. ``fused_linear`` (False by default) is reserved for the fused
-    linear+loss forward and raises until that patch is available for the model.
+    KPOD fields are refused.
+
+    ``fused_linear``: ``True`` computes the training loss from the last hidden states and the LM
+    head's weight with the fused linear keypoint loss, never building the ``[B, T, V]`` logits
+    (Llama-style families, see ``kpod_ops.integrations.linear_patch.supports``; an unsupported
+    model is an error); ``"auto"`` does so where supported and warns, naming the reason, where not;
+    ``False`` (default) keeps the logits path.
     Undo with :func:`revert_kpod_loss`. Applying twice is a no-op.
     """
     if fused_linear not in FUSED_LINEAR:
@@ -212,9 +241,9 @@ def apply_kpod_loss(model: Any, *, fused_linear: bool | str = False, impl: str =
                 "call revert_kpod_loss(model) first to change them"
             )
         return model
-    if fused_linear is not False:
-        _apply_fused_linear(base, fused_linear)
     patch = _Patch(base, impl, fused_linear)
+    if fused_linear is not False:
+        _apply_fused_linear(model, patch, fused_linear)
     base.forward = MethodType(_make_forward(patch, base.forward), base)
     base.loss_function = _make_loss(patch)
     base.accepts_loss_kwargs = True  # so Trainer passes num_items_in_batch
@@ -224,16 +253,21 @@ def apply_kpod_loss(model: Any, *, fused_linear: bool | str = False, impl: str =
     return model
 
 
-def _apply_fused_linear(base: Any, fused_linear: bool | str) -> None:
-    try:
-        from . import linear_patch  # noqa: F401  (the fused linear forward, when available)
-    except ImportError:
-        raise bad_input(
-            "fused_linear", "False (the fused linear+loss forward is not available in this version)", repr(fused_linear)
-        ) from None
-    raise bad_input(
-        "fused_linear", "False (apply_kpod_loss does not drive the fused linear forward yet)", repr(fused_linear)
-    )
+def _apply_fused_linear(model: Any, patch: _Patch, fused_linear: bool | str) -> None:
+    """Patch the forward so the training loss comes from the hidden states (no ``[B, T, V]`` logits):
+    always with ``True`` (an unsupported model is an error), where supported with ``"auto"`` (with a
+    warning that names the reason otherwise)."""
+    from .linear_patch import patch_linear_loss, supports
+
+    ok, why = supports(model)
+    patch.linear_reason = why
+    if not ok:
+        if fused_linear is True:
+            raise bad_input("fused_linear", "a model the fused linear loss supports (or fused_linear=False/'auto')", why)
+        warnings.warn(f"apply_kpod_loss(fused_linear='auto'): {why}; the loss is computed from the logits", stacklevel=3)
+        return
+    patch_linear_loss(model, loss_fn=_make_linear_loss(patch))
+    patch.linear = True
 
 
 def revert_kpod_loss(model: Any) -> Any:
@@ -242,6 +276,10 @@ def revert_kpod_loss(model: Any) -> Any:
     patch = getattr(base, "_kpod_patch", None)
     if not isinstance(patch, _Patch):
         raise bad_input("model", "a model patched by apply_kpod_loss", "an unpatched model")
+    if patch.linear:
+        from .linear_patch import unpatch_linear_loss
+
+        unpatch_linear_loss(model)
     for name in ("forward", "_loss_function", "accepts_loss_kwargs"):
         if name in patch.saved:
             setattr(base, name, patch.saved[name])
