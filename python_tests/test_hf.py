@@ -409,9 +409,11 @@ def test_evaluate_reports_answer_accuracy(tmp_path):
     model = tiny_llama(tok)
     args = train_args(tmp_path, per_device_train_batch_size=4, per_device_eval_batch_size=4, max_steps=1)
     trainer = KPODTrainer(model, args, train_dataset=tokenized, eval_dataset=tokenized[:4], processing_class=tok,
-                          token_weights=weights, answer_accuracy=True, max_new_tokens=8)
-    metrics = trainer.evaluate()
-    assert {"eval_loss", "eval_answer_accuracy", "eval_answered"} <= set(metrics)
+                          token_weights=weights, answer_accuracy=True, max_new_tokens=8,
+                          compute_metrics=lambda p: {"label_tokens": float((p.label_ids != -100).sum())})
+    metrics = trainer.evaluate()  # compute_metrics gets the (guarded) labels gathered and concatenated as numpy
+    assert {"eval_loss", "eval_answer_accuracy", "eval_answered", "eval_label_tokens"} <= set(metrics)
+    assert metrics["eval_label_tokens"] > 0
     assert 0.0 <= metrics["eval_answer_accuracy"] <= metrics["eval_answered"] <= 1.0
 
     class Oracle(torch.nn.Module):

@@ -40,7 +40,7 @@ class KPODSFTTrainer(_KPODTrainerMixin, SFTTrainer):
         if kwargs.get("peft_config") is not None:
             raise bad_input("peft_config", "None: wrap the model with peft.get_peft_model before passing it", "a config")
         data_collator, kwargs["callbacks"] = self._kpod_setup(
-            model, data_collator, kwargs.get("processing_class"), normaliser, token_weights, schedule, fused_linear,
+            model, data_collator, kwargs.get("processing_class", rest[2] if len(rest) > 2 else None), normaliser, token_weights, schedule, fused_linear,
             kwargs.get("callbacks"),
         )
         super().__init__(model, args, data_collator, *rest, **kwargs)
