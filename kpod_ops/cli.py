@@ -84,7 +84,8 @@ def _config(args: argparse.Namespace) -> dict:
     if args.data:
         if not Path(args.data).is_file():
             raise KPODInputError(f"--data: expected an existing JSONL file, got {args.data}")
-        config["data"]["source"] = str(Path(args.data).resolve())
+        # the arith-cot variant settings belong to the preset's built-in data, not to the user's file
+        config["data"].update({"source": str(Path(args.data).resolve()), "max_steps": None, "max_distractors": None})
     if args.student:
         config["student"].update({"kind": "dir", "path": str(Path(args.student).resolve())})
         config["warmup"]["enabled"] = False

@@ -8,7 +8,8 @@ tiny student in the ``arith-cot`` world, and nothing more:
   ``"3 times 12 is 36."``, ``"84 / 4 = 21."``);
 - number sense: comparisons, counting, halves and doubles, next and previous numbers;
 - stories of one or two plain sentences (names, items, buying, giving, ages) that state facts but
-  never compute them;
+  never compute them, and facts read back from the text a few sentences later ("Tom has 7 marbles.
+  … How many marbles does Tom have? Tom has 7.");
 - other everyday text (weather, places, days).
 
 No text is a question followed by a step-by-step rationale and an answer, and no text ties a story
@@ -112,6 +113,18 @@ def _story(rng: random.Random) -> str:
     return f"{who} likes {item}s, and {other} likes {rng.choice(ITEMS)}s."
 
 
+def _recall(rng: random.Random) -> str:
+    """A fact, something else, then the fact read back from the text (reading comprehension)."""
+    who, other = rng.sample(NAMES, 2)
+    item = rng.choice(ITEMS)
+    k = rng.randint(1, 99)
+    fact = f"{who} has {k} {_plural(item, k)}."
+    middle = rng.choice((_everyday, _number_sense))(rng)
+    ask = rng.choice((f"How many {item}s does {who} have? {who} has {k}.", f"{who} still has {k} {_plural(item, k)}.",
+                      f"{other} asks {who} about the {item}s. {who} says: I have {k}."))
+    return f"{fact} {middle} {ask}"
+
+
 def _everyday(rng: random.Random) -> str:
     who = rng.choice(NAMES)
     kind = rng.randrange(5)
@@ -134,6 +147,7 @@ KINDS: tuple[tuple[Callable[[random.Random], str], float], ...] = (
     (_table, 1.0),
     (_number_sense, 2.0),
     (_story, 2.0),
+    (_recall, 2.0),
     (_everyday, 1.0),
 )
 

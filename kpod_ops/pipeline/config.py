@@ -32,7 +32,7 @@ _METHOD_SETTINGS: dict[str, dict[str, Any]] = {
 _QUICK: dict[str, Any] = {
     "data": {
         "source": "arith-cot",  # a built-in name or a JSONL path
-        "n_train": 1000,
+        "n_train": 2000,
         "n_val": 200,
         "n_test": 1000,
         "test_percent": 20,  # --data files: share of questions (by hash) in the test split
@@ -62,7 +62,7 @@ _QUICK: dict[str, Any] = {
     },
     "curriculum": {"n_clusters": 5, "beta": 12.0, "p": 0.5, "c0_ratio": 0.3, "normalisation": "softmax", "solver": "ftgp"},
     "train": {
-        "epochs": 12,
+        "epochs": 6,
         "batch_size": 16,  # sequences per optimiser step (global batch)
         "micro_batch_size": 16,  # sequences per forward pass; batch_size / micro_batch_size = accumulation steps
         "lr": 5e-3,
