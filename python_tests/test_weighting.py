@@ -215,6 +215,31 @@ def test_prefix_rows_are_batched_exactly_like_single_calls(llama_learner):
     torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("training, vocab", [("full", VOCAB), ("lora", VOCAB), ("full", 64)])
+def test_shared_prefix_forward_equals_one_row_per_prefix(training, vocab):
+    """One sequence per example with a 4-D mask gives the per-(example, prefix) rows' NLLs and gradients."""
+    student, predictor = tiny_llama(), tiny_llama(vocab=vocab, hidden=48, seed=2)
+    learner = MaskLearner(student, predictor, MaskLearnerConfig(predictor_training=training, lora_r=4))
+    learner.eval()
+    exs = random_examples(5, seed=17)
+    emb = learner.weighter.embed
+    p = [emb(torch.tensor(ex.prompt_ids)) for ex in exs]
+    a_ids = [torch.tensor(ex.answer_ids) for ex in exs]
+    a = [emb(x) for x in a_ids]
+    rows = [(i, k) for i, ex in enumerate(exs) for k in sorted({1, ex.rationale_len, max(1, ex.rationale_len // 2)})]
+    rows = [rows[j] for j in np.random.default_rng(0).permutation(len(rows))]  # any order
+    results = []
+    for share in (True, False):
+        r = [emb(torch.tensor(ex.rationale_ids)).requires_grad_(True) for ex in exs]
+        learner.predictor.share_prefixes = share
+        nll = learner.predictor(p, r, a, a_ids, rows)
+        nll.sum().backward()
+        results.append((nll.detach(), [x.grad for x in r]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-4, atol=1e-4)
+    for g_shared, g_rows in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(g_shared, g_rows, rtol=1e-3, atol=1e-5)
+
+
 # --- W7: the answer loss alone trains the weight generator --------------------------------------
 
 

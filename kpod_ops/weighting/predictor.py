@@ -52,6 +52,7 @@ class AnswerPredictor(nn.Module):
         lora_alpha: int = 32,
         lora_targets: str | list[str] = "all-linear",
         copy_model: bool = True,
+        share_prefixes: bool = True,
     ) -> None:
         super().__init__()
         if not hasattr(model, "config") or not hasattr(model, "get_input_embeddings"):
@@ -82,6 +83,7 @@ class AnswerPredictor(nn.Module):
         elif training == "frozen":
             model.requires_grad_(False)
         self.model = model
+        self.share_prefixes = share_prefixes
 
     def train(self, mode: bool = True) -> AnswerPredictor:
         super().train(mode)
@@ -117,7 +119,72 @@ class AnswerPredictor(nn.Module):
         ]
         if self.is_encoder_decoder:
             return self._encoder_decoder(proj, answer_ids, rows)
+        parts = self._body_and_head() if self.share_prefixes else None
+        if parts is not None:
+            return self._decoder_shared(proj, answer_ids, rows, *parts)
         return self._decoder(proj, answer_ids, rows)
+
+    def _body_and_head(self) -> tuple[nn.Module, nn.Module] | None:
+        """The transformer body (hidden states) and the LM head of a causal LM (through peft), or None."""
+        hf = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        body = hf.get_decoder() if hasattr(hf, "get_decoder") else None
+        head = self.answer_head if self.answer_head is not None else hf.get_output_embeddings()
+        if body is None or body is hf or head is None:
+            return None
+        return body, head
+
+    def _decoder_shared(self, proj, answer_ids, rows, body: nn.Module, head: nn.Module) -> torch.Tensor:
+        """All prefixes of an example in one sequence with a 4-D mask (see the module doc)."""
+        by_example: dict[int, list[int]] = {}
+        for r, (i, _) in enumerate(rows):
+            by_example.setdefault(i, []).append(r)
+        examples = list(by_example)
+        seqs, layouts = [], []
+        for i in examples:
+            q, rat, ans = proj[i]
+            n_q, n_a = q.shape[0], int(answer_ids[i].numel())
+            ks = [rows[r][1] for r in by_example[i]]
+            n_r = max(ks)
+            seqs.append(torch.cat([q, rat[:n_r]] + [ans[:n_a]] * len(ks)))
+            layouts.append((n_q, n_r, n_a, ks))
+        total = max(s.shape[0] for s in seqs)
+        dev, dt = seqs[0].device, seqs[0].dtype
+        emb = torch.stack([F.pad(s, (0, 0, total - s.shape[0], 0)) for s in seqs])  # left padding
+        allowed = torch.zeros(len(seqs), total, total, dtype=torch.bool, device=dev)
+        pos = torch.zeros(len(seqs), total, dtype=torch.long, device=dev)
+        gather_rows, gather_cols, targets = [], [], []
+        for b, (n_q, n_r, n_a, ks) in enumerate(layouts):
+            off = total - seqs[b].shape[0]
+            ctx = n_q + n_r
+            idx = torch.arange(ctx, device=dev)
+            allowed[b, off : off + ctx, off : off + ctx] = idx[:, None] >= idx[None, :]
+            pos[b, off : off + ctx] = idx
+            tri = torch.ones(n_a, n_a, dtype=torch.bool, device=dev).tril()
+            for p, k in enumerate(ks):
+                start = off + ctx + p * n_a
+                allowed[b, start : start + n_a, off : off + n_q + k] = True
+                allowed[b, start : start + n_a, start : start + n_a] = tri
+                pos[b, start : start + n_a] = torch.arange(n_q + k, n_q + k + n_a, device=dev)
+                # the row before each answer token predicts it: the prefix's last token, then the answer copy
+                cols = [off + n_q + k - 1] + list(range(start, start + n_a - 1))
+                gather_rows.append(b)
+                gather_cols.append(cols)
+            allowed[b, :off, :off] = torch.eye(off, dtype=torch.bool, device=dev)  # padding sees itself: no NaN
+        mask = torch.zeros(allowed.shape, dtype=dt, device=dev).masked_fill(~allowed, torch.finfo(dt).min)[:, None]
+        hidden = body(inputs_embeds=emb, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
+        a_max = max(n_a for _, _, n_a, _ in layouts)
+        order = [r for i in examples for r in by_example[i]]
+        cols = torch.stack([torch.tensor(c + [c[-1]] * (a_max - len(c)), device=dev) for c in gather_cols])
+        picked = hidden[torch.tensor(gather_rows, device=dev)[:, None], cols]  # [R, a_max, H]: answer rows only
+        logits = head(picked)
+        for i in examples:
+            for _ in by_example[i]:
+                t = answer_ids[i]
+                targets.append(F.pad(t, (0, a_max - t.numel()), value=-100))
+        nll = self._row_nll(logits, torch.stack(targets))
+        out = torch.empty_like(nll)
+        out[torch.tensor(order, device=dev)] = nll
+        return out
 
     def _decoder(self, proj, answer_ids, rows) -> torch.Tensor:
         seqs = [torch.cat([proj[i][0], proj[i][1][:k], proj[i][2]]) for i, k in rows]
