@@ -165,7 +165,14 @@ class MaskLearnerConfig:
         """The paper's objective read literally: sums over prefixes, answer tokens and kept tokens,
         no warm-up, a constant temperature. Expect it to collapse with a predictor that starts
         untrained, and to mask nothing with a pre-trained one (see the class doc)."""
-        base = {"objective": "literal", "alpha": 0.5, "predictor_warmup": 0.0, "reading_gain": None, "tau_final": None, "predictor_lr": None}
+        base = {
+            "objective": "literal",
+            "alpha": 0.5,
+            "predictor_warmup": 0.0,
+            "reading_gain": None,
+            "tau_final": None,
+            "predictor_lr": None,
+        }
         return cls(**{**base, **overrides})
 
     def to_dict(self) -> dict:

@@ -125,7 +125,6 @@ def _collapse_advice(reason: str, record: dict, config) -> str:
     return "the weights barely moved: train longer (epochs) or raise lr"
 
 
-
 def _save(path: Path, learner, epoch: int, history: list[dict]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save({"epoch": epoch, "config": learner.config.to_dict(), "state": learner.trainable_state(), "history": history}, tmp)
