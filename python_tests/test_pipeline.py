@@ -162,7 +162,7 @@ def test_config_merge_and_methods_reject_unknown_names():
                                            "progressive": False, "beta": None}
     assert method_settings("no-diversity")["beta"] == 0.0 and method_settings("no-sig-dif")["normalisation"] == "uniform"
     merged = merge(preset_config("quick"), {"weights": {"learner": {"tau": 0.5}}})
-    assert merged["weights"]["learner"]["tau"] == 0.5 and merged["weights"]["learner"]["alpha"] == 0.5
+    assert merged["weights"]["learner"]["tau"] == 0.5 and merged["weights"]["learner"]["alpha"] == 0.1  # the rest is kept
 
 
 def test_compare_table_pairs_seeds_and_bootstraps_the_difference():
