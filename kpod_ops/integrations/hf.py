@@ -74,7 +74,7 @@ class _Patch:
         if self.backbone is base or not isinstance(self.backbone, torch.nn.Module):
             self.backbone = None
         self.backbone_forward = None if self.backbone is None else self.backbone.__dict__.get("forward")
-        self.pending: tuple[Any, Any] | None = None
+        self.pending: tuple[Any, Any, bool] | None = None
         self.linear = False  # whether the training loss comes from the hidden states (no logits)
         self.linear_reason = "fused_linear=False"
 
@@ -117,7 +117,10 @@ def _make_forward(patch: _Patch, original: Any) -> Any:
     def forward(self, *args, token_weights=None, loss_start=None, step_ids=None, **kwargs):
         if token_weights is not None or loss_start is not None:
             _check_not_packed(kwargs)
-        patch.pending = (token_weights, loss_start)
+        guarded = is_guarded(kwargs.get("labels"))
+        if guarded:  # the model's own code (and torch.compile) sees plain labels; the loss knows their origin
+            kwargs["labels"] = unguard(kwargs["labels"])
+        patch.pending = (token_weights, loss_start, guarded)
         try:
             return original(*args, **kwargs)
         finally:
@@ -145,10 +148,10 @@ def _make_backbone_guard(original: Any) -> Any:
 
 def _batch_fields(patch: _Patch, labels: Any, device: torch.device, kwargs: Mapping[str, Any]) -> tuple[Any, Any, Any]:
     """Plain labels, token weights and loss starts of the running forward, on ``device``."""
-    weights, starts = patch.pending if patch.pending is not None else (None, None)
+    weights, starts, guarded = patch.pending if patch.pending is not None else (None, None, False)
     weights = kwargs.get("token_weights", weights)
     starts = kwargs.get("loss_start", starts)
-    if is_guarded(labels) and (weights is None or starts is None):
+    if (guarded or is_guarded(labels)) and (weights is None or starts is None):
         missing = [n for n, v in (("token_weights", weights), ("loss_start", starts)) if v is None]
         raise KPODInputError(
             f"batch: expected token_weights and loss_start with labels from KPODCollator, got no {missing}: keep "
@@ -422,6 +425,9 @@ class _KPODTrainerMixin:
         return data_collator, callbacks
 
     def _kpod_check_args(self) -> None:
+        if self.args.torch_compile:
+            raise bad_input("args.torch_compile", "False (KPOD batches are not supported under torch.compile of "
+                            "the whole model yet)", True)
         if getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False):
             raise bad_input("args", "DDP or a single process (FSDP and DeepSpeed ZeRO are not supported by the KPOD "
                             "trainers yet)", "fsdp / deepspeed enabled")
