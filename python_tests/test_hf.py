@@ -271,6 +271,11 @@ def test_guarded_labels_refuse_plain_losses_and_pass_plain_ops():
     ):
         with pytest.raises(KPODInputError, match="apply_kpod_loss"):
             consume()
+    from transformers.modeling_outputs import CausalLMOutput
+    from transformers.trainer_pt_utils import LabelSmoother
+
+    with pytest.raises(KPODInputError, match="apply_kpod_loss"):  # Trainer(label_smoothing_factor>0)'s loss
+        LabelSmoother(0.1)(CausalLMOutput(logits=logits), labels, shift_labels=True)
     assert int((labels[:, 1:] != -100).sum()) > 0 and labels.to("cpu").shape == labels.shape
     torch.nn.functional.cross_entropy(logits.flatten(0, 1), unguard(labels).flatten())  # explicit opt-out
     keypoint_cross_entropy(logits, labels, b["token_weights"], b["loss_start"], shift=True)  # kpod_ops' own loss
@@ -351,6 +356,9 @@ def test_callback_refuses_mismatched_epochs_and_foreign_given_steps(tmp_path):
     trainer = KPODTrainer(tiny_llama(tok), args, train_dataset=tokenized, processing_class=tok, schedule=schedule)
     with pytest.raises(KPODInputError, match="n_epochs=3"):
         trainer.train()
+    with pytest.raises(KPODInputError, match="torch_compile"):
+        KPODTrainer(tiny_llama(tok), train_args(tmp_path, torch_compile=True), train_dataset=tokenized,
+                    processing_class=tok)
     args = train_args(tmp_path, per_device_train_batch_size=4, max_steps=4)  # 4 steps = 4 epochs of 1 step: fine
     KPODTrainer(tiny_llama(tok), args, train_dataset=tokenized, processing_class=tok, schedule=schedule).train()
     collator = KPODCollator(tok, weights, given(tokenized))  # given_steps set by hand: the callback cannot drive it
