@@ -1,6 +1,7 @@
 """Data-parallel KPOD training: 2 processes (torchrun, CPU, gloo) take the same optimiser steps as one
 process with the same global batch, and as one process with gradient accumulation 2 — for the KPOD
-loss with token weights and truncated rationales, with both normalisers."""
+loss with token weights and rationales truncated by a schedule that changes stage during the run
+(KPODCallback on every rank), with both normalisers."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ WORKER = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     warnings.filterwarnings("ignore")
     import torch
-    from test_hf import SequentialKPODTrainer, given, tiny_data, tiny_llama, train_args
+    from test_hf import SequentialKPODTrainer, tiny_data, tiny_llama, tiny_schedule, train_args
     from kpod_ops import KPODCollator
 
 
@@ -35,8 +36,10 @@ WORKER = textwrap.dedent(
                           gradient_accumulation_steps=accumulation, max_steps=steps, learning_rate=0.5, optim="sgd",
                           max_grad_norm=1.0,
                           ddp_backend="gloo" if "LOCAL_RANK" in __import__("os").environ else None)
-        collator = KPODCollator(tok, weights, given(tokenized))
-        trainer = SequentialKPODTrainer(model, args, collator, train_dataset=tokenized, normaliser=normaliser)
+        # the schedule (2 epochs of 2 steps) truncates rationales in epoch 1 and moves to stage 2 at step 3
+        collator = KPODCollator(tok, weights)
+        trainer = SequentialKPODTrainer(model, args, collator, train_dataset=tokenized, normaliser=normaliser,
+                                        schedule=tiny_schedule(tokenized, n_epochs=2))
         trainer.train()
         return torch.cat([p.detach().flatten() for p in model.parameters()])
 
