@@ -56,7 +56,7 @@ def _fused(
     eps = float(label_smoothing)
     fp16_functional = logits3.dtype == torch.float16 and not inplace_backward
     if reduction != "none" and logits_need_grad and not _compiling() and not fp16_functional:
-        inv = inverse(den)
+        inv = inverse(den.detach() if isinstance(den, torch.Tensor) else den)  # d/dω is done by hand
         w_eff = nonzero.to(acc) if weights is None else torch.where(nonzero, weights.detach(), 0.0)
         row_scale = (w_eff * inv).contiguous()
         return fused_scalar_loss(
