@@ -513,3 +513,26 @@ def test_fused_linear_auto_says_when_it_uses_the_logits(tmp_path):
                                                                         tokenized, "token"), rel=1e-5)
     llama = apply_kpod_loss(tiny_llama(tok), fused_linear="auto")
     assert llama._kpod_patch.linear
+
+
+def test_kpod_trainer_reads_the_weights_file_and_the_saved_schedule(tmp_path):
+    from kpod_ops import save_token_weights
+
+    tok, tokenized, weights = tiny_data(4)
+    schedule = tiny_schedule(tokenized, n_epochs=2)
+    weights_file = save_token_weights(tmp_path / "weights.npz", weights, tokenized, tokenizer=tok)
+    torch.save(schedule.state_dict(), tmp_path / "schedule.pt")
+    trainer = KPODTrainer(tiny_llama(tok), train_args(tmp_path, num_train_epochs=2), train_dataset=tokenized,
+                          processing_class=tok, token_weights=weights_file, schedule=tmp_path / "schedule.pt")
+    loaded = trainer.data_collator.token_weights
+    assert sorted(loaded) == sorted(weights) and all(np.allclose(loaded[i], weights[i]) for i in weights)
+    callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, KPODCallback))
+    assert trainer.data_collator.given_steps is callback.given_steps
+    assert callback.schedule.given_steps(1) == schedule.given_steps(1)
+    other = tokenize_examples(load_builtin("arith-cot", "train", n=4, seed=5), tok)  # other rationales
+    with pytest.raises(KPODInputError):
+        KPODTrainer(tiny_llama(tok), train_args(tmp_path), train_dataset=other, processing_class=tok,
+                    token_weights=weights_file)
+    with pytest.raises(KPODInputError, match="schedule"):
+        KPODTrainer(tiny_llama(tok), train_args(tmp_path), train_dataset=tokenized, processing_class=tok,
+                    schedule=tmp_path / "missing.pt")

@@ -379,11 +379,14 @@ def _load_schedule(schedule: Any) -> ProgressiveSchedule | None:
     raise bad_input("schedule", "a ProgressiveSchedule, the path of its saved state_dict, or None", type(schedule).__name__)
 
 
-def _load_weights(token_weights: Any) -> Any:
+def _load_weights(token_weights: Any, train_dataset: Any, tokenizer: Any) -> Any:
+    """Weights from a ``save_token_weights`` file, checked against the training examples' rationale tokens."""
     if isinstance(token_weights, (str, os.PathLike)):
+        from ..data.records import as_tokenized
         from ..weighting import load_token_weights
 
-        return load_token_weights(token_weights)
+        examples = None if train_dataset is None else [as_tokenized(x, "train_dataset") for x in train_dataset]
+        return load_token_weights(token_weights, examples, tokenizer=tokenizer)
     return token_weights
 
 
@@ -393,7 +396,8 @@ class _KPODTrainerMixin:
     kpod_normaliser: str = "sequence"
 
     def _kpod_setup(self, model: Any, data_collator: Any, processing_class: Any, normaliser: str, token_weights: Any,
-                    schedule: Any, fused_linear: bool | str, callbacks: list | None) -> tuple[Any, list]:
+                    schedule: Any, fused_linear: bool | str, callbacks: list | None,
+                    train_dataset: Any = None) -> tuple[Any, list]:
         if normaliser not in NORMALISERS:
             raise bad_input("normaliser", f"one of {NORMALISERS}", repr(normaliser))
         if model is None:
@@ -406,7 +410,7 @@ class _KPODTrainerMixin:
         else:
             apply_kpod_loss(model, fused_linear=fused_linear)
         schedule = _load_schedule(schedule)
-        token_weights = _load_weights(token_weights)
+        token_weights = _load_weights(token_weights, train_dataset, processing_class)
         callbacks = list(callbacks or [])
         kpod_callbacks = [c for c in callbacks if isinstance(c, KPODCallback)]
         if schedule is not None and not kpod_callbacks:
@@ -484,7 +488,7 @@ class KPODTrainer(_KPODTrainerMixin, Trainer):
             raise bad_input("processing_class", "the tokenizer when answer_accuracy=True (it decodes the answers)", None)
         data_collator, kwargs["callbacks"] = self._kpod_setup(
             model, data_collator, processing_class, normaliser, token_weights, schedule, fused_linear,
-            kwargs.get("callbacks"),
+            kwargs.get("callbacks"), kwargs.get("train_dataset", rest[0] if rest else None),
         )
         self.kpod_answer_accuracy = bool(answer_accuracy)
         self.kpod_max_new_tokens = max_new_tokens

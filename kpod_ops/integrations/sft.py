@@ -41,7 +41,7 @@ class KPODSFTTrainer(_KPODTrainerMixin, SFTTrainer):
             raise bad_input("peft_config", "None: wrap the model with peft.get_peft_model before passing it", "a config")
         data_collator, kwargs["callbacks"] = self._kpod_setup(
             model, data_collator, kwargs.get("processing_class", rest[2] if len(rest) > 2 else None), normaliser, token_weights, schedule, fused_linear,
-            kwargs.get("callbacks"),
+            kwargs.get("callbacks"), kwargs.get("train_dataset", rest[0] if rest else None),
         )
         super().__init__(model, args, data_collator, *rest, **kwargs)
         self._kpod_check_args()
