@@ -208,7 +208,11 @@ def main() -> None:
                 r["memory_vs_eager"] = r["peak_extra_mib"] / ref["peak_extra_mib"]
                 print(f"{allocator:8s} active={active:.0%} {r['method']:10s} time x{r['time_vs_eager']:.2f}  "
                       f"memory x{r['memory_vs_eager']:.3f}")
-    result = {"machine": describe(), "args": vars(args), "rows": rows}
+    machine = describe()
+    # the allocator is set per child process (see each row's "allocator"), not in this parent
+    machine["THP_MEM_ALLOC_ENABLE"] = {"default": "unset", "thp": "1"} if len(args.allocators) > 1 else (
+        "1" if args.allocators == ["thp"] else "unset")
+    result = {"machine": machine, "args": vars(args), "rows": rows}
     out = args.out or os.path.join(
         os.path.dirname(__file__), "results", f"bench_linear_loss_{args.dtype}_{time.strftime('%Y%m%d-%H%M%S')}.json"
     )
