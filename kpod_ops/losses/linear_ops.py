@@ -54,7 +54,8 @@ def _selected_rows(use: torch.Tensor, row_scale: torch.Tensor | None) -> tuple[t
         idx = use.nonzero().flatten()  # the one synchronisation of the call
         return (None if idx.numel() == N else idx), 0, idx.numel()
     key = torch.where(use & (row_scale != 0), 0, torch.where(use, 1, 2))
-    n_grad, n_fwd, _ = torch.bincount(key, minlength=3).tolist()  # the one synchronisation of the call
+    # (sums, not bincount: no nondeterministic CUDA kernel under torch.use_deterministic_algorithms)
+    n_grad, n_fwd = torch.stack([(key == 0).sum(), (key == 1).sum()]).tolist()  # the one synchronisation of the call
     if n_grad == N:
         return None, N, N
     idx = torch.argsort(key, stable=True)[: n_grad + n_fwd]
