@@ -12,7 +12,7 @@ from kpod_ops import KPODInputError, keypoint_cross_entropy, load_builtin, token
 from kpod_ops.data.collator import KPODCollator
 from kpod_ops.models import tiny_student, tiny_tokenizer
 from kpod_ops.pipeline import TrainSettings, evaluate, generate, merge, method_settings, preset_config, prompt_ids, train
-from kpod_ops.pipeline.compare import paired_bootstrap, table
+from kpod_ops.pipeline.compare import format_table, paired_bootstrap, table
 from kpod_ops.pipeline.config import stage_hash
 from kpod_ops.pipeline.store import Stage, optimizer_from_files, optimizer_to_files
 from kpod_ops.pipeline.warmup import pack
@@ -172,6 +172,9 @@ def test_compare_table_pairs_seeds_and_bootstraps_the_difference():
     lo, hi = kpod["diff_ci95"]
     assert 0.04 - 1e-9 <= lo <= 0.05 <= hi <= 0.06 + 1e-9
     assert paired_bootstrap([0.1]) == (pytest.approx(0.1), pytest.approx(0.1))
+    one = table({"standard": [0.4], "kpod": [0.5]})
+    assert one[0]["std"] is None and one[1]["diff_ci95"] is None and one[1]["diff_vs_standard"] == pytest.approx(0.1)
+    assert "one seed" in format_table(one)
 
 
 def test_easier_arith_variant_and_its_guard():

@@ -39,13 +39,13 @@ def table(results: dict[str, list[float]]) -> list[dict[str, Any]]:
     base = results.get("standard")
     for method, accs in results.items():
         a = np.asarray(accs)
-        row: dict[str, Any] = {"method": method, "mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+        row: dict[str, Any] = {"method": method, "mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else None,
                                "n_seeds": int(a.size), "accuracies": [float(x) for x in a]}
         if base is not None and method != "standard":
             k = min(len(base), a.size)
             diffs = a[:k] - np.asarray(base[:k])
             row["diff_vs_standard"] = float(diffs.mean())
-            row["diff_ci95"] = list(paired_bootstrap(diffs))
+            row["diff_ci95"] = list(paired_bootstrap(diffs)) if k > 1 else None  # one pair has no spread to resample
         rows.append(row)
     return rows
 
@@ -55,9 +55,14 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         diff = "—"
         if "diff_vs_standard" in r:
-            lo, hi = r["diff_ci95"]
-            diff = f"{100 * r['diff_vs_standard']:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-        lines.append(f"| {r['method']} | {100 * r['mean']:.1f} ± {100 * r['std']:.1f} % | {r['n_seeds']} | {diff} |")
+            diff = f"{100 * r['diff_vs_standard']:+.1f} pts"
+            if r["diff_ci95"] is not None:
+                lo, hi = r["diff_ci95"]
+                diff += f" [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+            else:
+                diff += " (one seed: no interval)"
+        acc = f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f} %" if r["std"] is not None else f"{100 * r['mean']:.1f} %"
+        lines.append(f"| {r['method']} | {acc} | {r['n_seeds']} | {diff} |")
     return "\n".join(lines)
 
 
