@@ -366,3 +366,28 @@ def test_no_gradient_sized_tensor_outlives_backward(device, inplace, dtype):
     del x
     big = [t for t in _reachable_tensors(loss.grad_fn) if t.numel() >= 2 * 8 * 64]
     assert not big, [tuple(t.shape) for t in big]
+
+
+# ---------------------------------------------------------------- the returned loss scaled in place
+
+
+@devices
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("reduction", ["sum", "mean", "weighted_mean"])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_loss_scaled_in_place_before_backward(device, impl, reduction, inplace):
+    """Trainer does ``loss *= num_processes`` before backward: the graph must not depend on the output's version."""
+    if inplace and impl == "reference":
+        pytest.skip("the in-place mode is a fused-kernel mode")
+    logits, labels, weights = _problem(device)
+    w = weights.clone().requires_grad_(True)
+    x0 = logits.clone().requires_grad_(True)
+    x = x0 * 1.0  # an op output, as lm_head logits are (the in-place mode refuses leaves)
+    loss = keypoint_cross_entropy(x, labels, w, reduction=reduction, impl=impl, inplace_backward=inplace)
+    loss *= 3.0
+    loss.backward()
+    xr = logits.double().requires_grad_(True)
+    wr = weights.double().requires_grad_(True)
+    (3.0 * _exact(xr, labels, wr, reduction)).backward()
+    torch.testing.assert_close(x0.grad.double(), xr.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(w.grad.double(), wr.grad, rtol=1e-4, atol=1e-6)
