@@ -21,7 +21,7 @@ _PRESET_HELP = (
     "smollm2-gsm: gsm-symbolic with SmolLM2-135M and LoRA (meant for a GPU)"
 )
 _METHOD_HELP = (
-    "kpod (default): token weights + progressive curriculum; standard: plain CoT distillation; ablations: "
+    "kpod: token weights + progressive curriculum; standard: plain CoT distillation; ablations: "
     "no-weights (uniform token weights in the loss), no-sig-dif (step difficulty without token weights), "
     "no-progressive (no curriculum), no-diversity (beta = 0)"
 )
@@ -40,9 +40,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--student", metavar="DIR", help="a Hugging Face causal-LM folder to distil into instead of the preset's student")
         p.add_argument("--data", metavar="FILE.jsonl", help="your own JSONL (question, rationale, answer) instead of the preset's data; "
                        "test split fixed by a hash of each question")
-        p.add_argument("--precision", choices=("fp32", "bf16"), help="training/evaluation precision (default: the preset's, fp32)")
+        p.add_argument("--precision", choices=("fp32", "bf16"), help="training/evaluation precision; None: the preset's (fp32)")
         p.add_argument("--allow-degenerate", action="store_true", help="train with degenerate token weights instead of stopping (recorded in the report)")
-        p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is much faster on a busy machine)")
+        p.add_argument("--threads", type=int, help="CPU threads for torch; None: torch's choice (1 is much faster on a busy machine)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     d = sub.add_parser("distill", help="run every stage: data, warm-up, weights, curriculum, training, evaluation, report",
@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--run", required=True, metavar="DIR", help="a finished `kpod distill` run folder")
     e.add_argument("--data", required=True, metavar="FILE.jsonl", help="examples to evaluate (the project's JSONL format)")
     e.add_argument("--out", metavar="FILE.json", help="also write the metrics here (generations go next to it)")
-    e.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    e.add_argument("--threads", type=int, help="CPU threads for torch; None: torch's choice")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
 
     c = sub.add_parser("compare", help="several methods over paired seeds: mean ± std and the paired difference to standard",

@@ -26,12 +26,21 @@ def new_student(section: dict[str, Any], seed: int) -> tuple[torch.nn.Module, An
         from ..models import load_smollm2, load_smollm2_tokenizer
 
         tok = load_smollm2_tokenizer()
-        model = load_smollm2(dtype=torch.float32)
+        model = _forget_gguf(load_smollm2(dtype=torch.float32))
     else:
         model, tok = load_student_dir(section["path"], argument="--student")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return model, tok
+
+
+def _forget_gguf(model: torch.nn.Module) -> torch.nn.Module:
+    """A model read from GGUF holds de-quantised float weights but is still marked as quantised,
+    which makes ``save_pretrained`` refuse it; drop the marker so it saves as a plain model."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model
 
 
 def load_student_dir(path: str | Path | None, argument: str = "student") -> tuple[torch.nn.Module, Any]:
