@@ -67,7 +67,10 @@ class ScalarLoss(torch.autograd.Function):
         loss = torch.where(nonzero, row_scale * nll, 0.0).sum()  # row_scale = ω·inv on rows that count
         ctx.state = state
         ctx.buffer = buffer if state.mode == INPLACE else None  # aliases the logits: not a saved tensor
-        ctx.save_for_backward(nll, buffer if state.mode == BUFFER else None, lse, target, row_scale, read, active, loss)
+        # the loss value is saved as a copy: callers scale the returned loss in place (Trainer's
+        # ``loss *= num_processes``), which must not invalidate the graph
+        value = loss.detach().clone() if state.den_is_weight_sum else None
+        ctx.save_for_backward(nll, buffer if state.mode == BUFFER else None, lse, target, row_scale, read, active, value)
         ctx.logits_shape = logits.shape
         ctx.weights_dtype = None if weights_in is None else weights_in.dtype
         return loss
@@ -81,7 +84,7 @@ class ScalarLoss(torch.autograd.Function):
 
     @staticmethod
     def _gradients(ctx, grad_loss, keep: bool):
-        nll, buffer, lse, target, row_scale, read, active, loss = ctx.saved_tensors
+        nll, buffer, lse, target, row_scale, read, active, value = ctx.saved_tensors
         state: ScalarState = ctx.state
         g = grad_loss.detach().to(torch.float32).reshape(())
         grad_logits = grad_weights = None
@@ -108,7 +111,7 @@ class ScalarLoss(torch.autograd.Function):
             # d/dω of Σ ω·ℓ·inv is ℓ·inv on every read row (ω = 0 included); weighted_mean adds −L/Σω
             term = torch.where(read, nll, 0.0)
             if state.den_is_weight_sum:
-                term = term - torch.where(active, loss, 0.0)
+                term = term - torch.where(active, value, 0.0)
             grad_weights = (term * state.inv * g).to(ctx.weights_dtype)
         return grad_logits, grad_weights, None, None, None, None, None, None, None, None, None
 
