@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,9 +55,8 @@ def check_writable(folder: Path) -> None:
     """``folder`` exists (created if needed) and accepts files; a clear error otherwise."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".kpod-write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".kpod-write-test-"):  # unique: runs may share a folder
+            pass
     except OSError as exc:
         raise KPODInputError(f"--out: expected a writable directory, got {folder} ({exc.strerror or exc})") from None
 
