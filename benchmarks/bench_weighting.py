@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--prefixes", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--training", default="lora", choices=["full", "lora", "frozen"])
-    ap.add_argument("--out", help="write the figures as JSON here")
+    ap.add_argument("--out", help="write the figures as JSON here (e.g. benchmarks/results/bench_weighting_<date>.json)")
     args = ap.parse_args()
     from kpod_ops.models import load_smollm2, load_smollm2_tokenizer
 
@@ -98,6 +98,15 @@ def main() -> None:
         student.zero_grad(set_to_none=True)
         student(input_ids=ids, attention_mask=attn, labels=labels).loss.backward()
 
+    with torch.no_grad():  # the scale of the two terms, literal sums against the normalized default
+        scale = {}
+        for objective in ("literal", "normalized"):
+            learner.config.objective, learner.config.mask_norm = objective, None
+            out = learner.objective(batch, rng=np.random.default_rng(0), generator=torch.Generator().manual_seed(0))
+            alpha = 0.5 if objective == "literal" else learner.config.alpha
+            scale[f"{objective}_L_p_per_example"] = float(out["answer_loss"])
+            scale[f"{objective}_alpha_L_m_per_example"] = alpha * float(out["mask_loss"])
+        learner.config.objective = "normalized"
     shared = timeit(lambda: mask_step(True), args.repeats)
     per_row = timeit(lambda: mask_step(False), args.repeats)
     plain = timeit(student_step, args.repeats)
@@ -119,6 +128,7 @@ def main() -> None:
         "per_row_cost_vs_student": per_row / plain,
         "shared_speedup_vs_per_row": per_row / shared,
         "model_load_s": load_s,
+        **scale,
     }
     for k, v in res.items():
         print(f"{k:32s} {v:.4g}" if isinstance(v, float) else f"{k:32s} {v}")
