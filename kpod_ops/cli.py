@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--preset", default="quick", help=_PRESET_HELP)  # checked by preset_config: one clear message
-        p.add_argument("--config", metavar="FILE", help="YAML or JSON file overriding preset values, e.g. {train: {epochs: 8}}")
+        p.add_argument("--config", metavar="FILE", help="YAML or JSON file overriding preset values, e.g. {train: {epochs: 8}} or {train: {fused_linear: false}} (default auto: the loss from the hidden states, no logits, for Llama-style students)")
         p.add_argument("--student", metavar="DIR", help="a Hugging Face causal-LM folder to distil into instead of the preset's student")
         p.add_argument("--data", metavar="FILE.jsonl", help="your own JSONL (question, rationale, answer) instead of the preset's data; "
                        "test split fixed by a hash of each question")

@@ -144,10 +144,10 @@ def test_trainer_matches_reference_loop(tmp_path, student, normaliser):
                       max_steps=steps, learning_rate=lr, lr_scheduler_type="linear", warmup_steps=0,
                       max_grad_norm=clip, optim="adamw_torch", weight_decay=0.0)
     if normaliser == "token":
-        trainer = SequentialTrainer(model=apply_kpod_loss(models[0]), args=args, train_dataset=tokenized,
-                                    data_collator=collator)
-    else:
-        trainer = SequentialKPODTrainer(models[0], args, collator, train_dataset=tokenized)
+        trainer = SequentialTrainer(model=apply_kpod_loss(models[0], fused_linear=False), args=args,
+                                    train_dataset=tokenized, data_collator=collator)
+    else:  # the logits path, compared with the logits reference loop (the fused linear path has its own test)
+        trainer = SequentialKPODTrainer(models[0], args, collator, train_dataset=tokenized, fused_linear=False)
     trainer.train()
     ref = reference_loop(models[1], collator, tokenized, batch=batch, accumulation=accumulation, steps=steps, lr=lr,
                          clip=clip, normaliser=normaliser)
@@ -513,6 +513,8 @@ def test_fused_linear_auto_says_when_it_uses_the_logits(tmp_path):
                                                                         tokenized, "token"), rel=1e-5)
     llama = apply_kpod_loss(tiny_llama(tok), fused_linear="auto")
     assert llama._kpod_patch.linear
+    default = apply_kpod_loss(tiny_llama(tok))  # "auto" is the default: no logits where supported
+    assert default._kpod_patch.fused_linear == "auto" and default._kpod_patch.linear
 
 
 def test_kpod_trainer_reads_the_weights_file_and_the_saved_schedule(tmp_path):

@@ -89,6 +89,43 @@ def test_sequence_normaliser_is_the_weighted_sum_over_the_global_batch_divided_b
     assert history[0]["loss"] == pytest.approx(float(expected), rel=1e-5)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fused_linear_training_matches_the_logits_path(precision):
+    """train.fused_linear (default "auto": on for the Llama-style tiny student) takes the same steps as the logits path."""
+    from kpod_ops.pipeline.train import resolve_fused_linear
+
+    examples = list(_examples())
+    rng = np.random.default_rng(1)
+    weights = {te.id: rng.uniform(0.0, 2.0, te.rationale_len).astype(np.float32) for te in examples}
+    assert resolve_fused_linear(_student(), TrainSettings().fused_linear)[0]  # the default uses it here
+    curves, models = [], []
+    for mode in (False, "auto"):
+        model = _student()
+        settings = TrainSettings(epochs=2, batch_size=4, micro_batch_size=2, lr=1e-2, checkpoint_every=100,
+                                 precision=precision, fused_linear=mode)
+        curves.append([h["loss"] for h in train(model, _tok(), examples, settings, token_weights=weights,
+                                                progress=False, say=lambda _: None).history])
+        models.append(model)
+    assert len(curves[0]) == 4 and len(set(curves[0])) == 4  # the curve moves
+    np.testing.assert_allclose(curves[1], curves[0], rtol=1e-5 if precision == "fp32" else 2e-2)
+    if precision == "fp32":
+        for p, q in zip(models[0].parameters(), models[1].parameters()):
+            torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-4)  # Adam magnifies float noise of near-zero gradients
+
+
+def test_fused_linear_true_refuses_an_unsupported_student():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from kpod_ops.pipeline.train import resolve_fused_linear
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(_tok()), n_embd=32, n_layer=1, n_head=2))
+    assert resolve_fused_linear(gpt2, "auto")[0] is False  # "auto": the logits path, with the reason
+    with pytest.raises(KPODInputError, match="train.fused_linear"):
+        resolve_fused_linear(gpt2, True)
+    with pytest.raises(KPODInputError, match="fused_linear"):
+        TrainSettings(fused_linear="yes")
+
+
 def test_optimizer_state_round_trips_through_safetensors_and_json():
     model = _student()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

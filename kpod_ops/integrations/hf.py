@@ -206,7 +206,7 @@ def is_patched(model: Any) -> bool:
     return isinstance(getattr(_unwrap(model), "_kpod_patch", None), _Patch)
 
 
-def apply_kpod_loss(model: Any, *, fused_linear: bool | str = False, impl: str = "auto") -> Any:
+def apply_kpod_loss(model: Any, *, fused_linear: bool | str = "auto", impl: str = "auto") -> Any:
     """Replace ``model``'s training loss by the fused keypoint loss; returns ``model``.
 
     The patched forward accepts ``token_weights``, ``loss_start`` (and ignores ``step_ids``) from a
@@ -223,8 +223,9 @@ def apply_kpod_loss(model: Any, *, fused_linear: bool | str = False, impl: str =
     ``fused_linear``: ``True`` computes the training loss from the last hidden states and the LM
     head's weight with the fused linear keypoint loss, never building the ``[B, T, V]`` logits
     (Llama-style families, see ``kpod_ops.integrations.linear_patch.supports``; an unsupported
-    model is an error); ``"auto"`` does so where supported and warns, naming the reason, where not;
-    ``False`` (default) keeps the logits path.
+    model is an error); ``"auto"`` (default) does so where supported and warns, naming the reason,
+    where not — it is always much smaller, and faster at LM-scale vocabularies, but slower than the
+    logits path for tiny vocabularies (a few thousand tokens or less); ``False`` keeps the logits path.
     Undo with :func:`revert_kpod_loss`. Applying twice is a no-op.
     """
     if fused_linear not in FUSED_LINEAR:
@@ -481,7 +482,7 @@ class KPODTrainer(_KPODTrainerMixin, Trainer):
 
     def __init__(self, model: Any = None, args: Any = None, data_collator: Any = None, *rest: Any,
                  normaliser: str = "sequence", token_weights: Any = None, schedule: Any = None,
-                 fused_linear: bool | str = False, answer_accuracy: bool = False, max_new_tokens: int = 128,
+                 fused_linear: bool | str = "auto", answer_accuracy: bool = False, max_new_tokens: int = 128,
                  **kwargs: Any) -> None:
         processing_class = kwargs.get("processing_class", rest[2] if len(rest) > 2 else None)
         if answer_accuracy and processing_class is None:

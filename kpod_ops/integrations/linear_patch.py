@@ -48,7 +48,9 @@ _ATTR = "_kpod_linear_patch"
 
 LossFn = Callable[..., torch.Tensor]
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "linear_causal_lm_loss", "patch_linear_loss", "supports", "unpatch_linear_loss"]
+__all__ = [
+    "SUPPORTED_MODEL_TYPES", "hidden_and_head", "linear_causal_lm_loss", "patch_linear_loss", "supports", "unpatch_linear_loss",
+]
 
 
 def _unwrap(model: Any) -> Any:
@@ -144,6 +146,20 @@ def _head_inputs(hidden: torch.Tensor, head: torch.nn.Linear) -> tuple[torch.Ten
             "dtype, or train under torch.autocast)"
         )
     return hidden, weight, bias
+
+
+def hidden_and_head(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(last hidden states ``[B, T, H]``, LM-head weight, bias) of a model :func:`supports` accepts,
+    cast as the head would be under autocast: the inputs of :func:`~kpod_ops.keypoint_linear_cross_entropy`
+    for a training loop that wants the loss without the logits (and without patching the forward)."""
+    ok, why = supports(model)
+    if not ok:
+        raise bad_input("model", "a model supported by the fused linear loss", why)
+    base = _unwrap(model)
+    hidden = base.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    return _head_inputs(hidden, base.lm_head)
 
 
 def _make_forward(patch: _LinearPatch, original: Any) -> Any:

@@ -29,7 +29,7 @@ class KPODSFTTrainer(_KPODTrainerMixin, SFTTrainer):
 
     def __init__(self, model: Any, args: Any = None, data_collator: Any = None, *rest: Any,
                  normaliser: str = "sequence", token_weights: Any = None, schedule: Any = None,
-                 fused_linear: bool | str = False, **kwargs: Any) -> None:
+                 fused_linear: bool | str = "auto", **kwargs: Any) -> None:
         if isinstance(model, str):
             raise bad_input("model", "a model object (patched in place), not a name to download", repr(model))
         if args is not None:

@@ -71,6 +71,9 @@ _QUICK: dict[str, Any] = {
         "grad_clip": 1.0,
         "normaliser": "sequence",  # "sequence": sum / sequences in the global batch; "token": sum / active tokens
         "checkpoint_every": 50,  # optimiser steps between checkpoints (and one at every epoch end)
+        # "auto": the loss from the hidden states without [B, T, V] logits wherever the student is supported
+        # (Llama-style); true: required (an unsupported student is an error); false: from the logits
+        "fused_linear": "auto",
     },
     "eval": {"max_new_tokens": 120, "batch_size": 125},
     "precision": "fp32",
@@ -185,6 +188,8 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
         raise bad_input("train.batch_size", f"a multiple of train.micro_batch_size={t['micro_batch_size']}", t["batch_size"])
     if t["normaliser"] not in ("sequence", "token"):
         raise bad_input("train.normaliser", "'sequence' or 'token'", repr(t["normaliser"]))
+    if t["fused_linear"] not in ("auto", True, False):
+        raise bad_input("train.fused_linear", "'auto', true or false", repr(t["fused_linear"]))
     if config["student"]["kind"] not in ("tiny", "smollm2", "dir"):
         raise bad_input("student.kind", "'tiny', 'smollm2' or 'dir'", repr(config["student"]["kind"]))
     seed = config["seed"]

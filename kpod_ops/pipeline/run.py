@@ -240,7 +240,8 @@ def distill(config: dict[str, Any], out: str | os.PathLike, *, shared: str | os.
     # training -------------------------------------------------------------------------------
     tr = config["train"]
     settings = TrainSettings(**{k: tr[k] for k in ("epochs", "batch_size", "micro_batch_size", "lr", "warmup_ratio", "weight_decay",
-                                                   "grad_clip", "normaliser", "checkpoint_every")},
+                                                   "grad_clip", "normaliser", "checkpoint_every",
+                                                   "fused_linear")},
                              seed=config["seed"], precision=config["precision"])
     loss_weights = None
     if method["loss_weights"] and weights is not None:

@@ -31,11 +31,12 @@ from ..curriculum import ProgressiveSchedule
 from ..data.collator import KPODCollator
 from ..data.tokenized import TokenizedExample
 from ..errors import bad_input
-from ..losses import keypoint_cross_entropy
+from ..losses import keypoint_cross_entropy, keypoint_linear_cross_entropy
 from .optim import autocast, lr_at, make_optimizer, set_lr
 from .store import load_tensors, optimizer_from_files, optimizer_to_files, read_json, save_tensors, write_json
 
 CHECKPOINT = "checkpoint"
+FUSED_LINEAR = ("auto", True, False)
 
 
 @dataclass
@@ -51,6 +52,7 @@ class TrainSettings:
     checkpoint_every: int = 50
     seed: int = 0
     precision: str = "fp32"
+    fused_linear: bool | str = "auto"  # the loss from the hidden states, no [B, T, V] logits (see resolve_fused_linear)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "micro_batch_size", "checkpoint_every"):
@@ -63,6 +65,8 @@ class TrainSettings:
             raise bad_input("normaliser", "'sequence' or 'token'", repr(self.normaliser))
         if self.precision not in ("fp32", "bf16"):
             raise bad_input("precision", "'fp32' or 'bf16'", repr(self.precision))
+        if self.fused_linear not in FUSED_LINEAR:
+            raise bad_input("fused_linear", "'auto', true or false", repr(self.fused_linear))
 
 
 @dataclass
@@ -121,6 +125,41 @@ def _normaliser(micro: list[dict[str, torch.Tensor]], n_sequences: int, kind: st
     return int(sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro))
 
 
+def resolve_fused_linear(model: torch.nn.Module, mode: bool | str) -> tuple[bool, str]:
+    """Whether training computes the loss with the fused linear loss (no logits), and why.
+
+    ``"auto"`` (default): wherever the student is supported (Llama-style decoder-only causal LMs
+    with a plain LM head, LoRA on the other layers included) — always much smaller in memory, and
+    faster at LM-scale vocabularies (slower for vocabularies of a few thousand tokens or less);
+    otherwise the logits path. ``True``: an unsupported student is an error. ``False``: logits.
+    """
+    if mode is False:
+        return False, "train.fused_linear=false"
+    from ..integrations.linear_patch import supports
+
+    ok, why = supports(model)
+    if not ok and mode is True:
+        raise bad_input("train.fused_linear", "a student the fused linear loss supports (or 'auto' / false)", why)
+    return ok, why
+
+
+def _micro_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device, precision: str,
+                weighted: bool, linear: bool) -> torch.Tensor:
+    """The summed weighted token loss of one micro-batch, from the logits or (``linear``) the hidden states."""
+    inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+    labels, loss_start = batch["labels"].to(device), batch["loss_start"].to(device)
+    weights = batch["token_weights"].to(device) if weighted else None
+    if linear:
+        from ..integrations.linear_patch import hidden_and_head
+
+        with autocast(device, precision):
+            hidden, weight, bias = hidden_and_head(model, **inputs)
+        return keypoint_linear_cross_entropy(hidden, weight, labels, weights, loss_start, bias, shift=True, reduction="sum")
+    with autocast(device, precision):
+        logits = model(**inputs).logits
+    return keypoint_cross_entropy(logits, labels, weights, loss_start, shift=True, reduction="sum")
+
+
 def train(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -169,6 +208,9 @@ def train(
                 result.history, result.steps = position["history"], position["step"]
                 result.resumed_at_step = result.steps
                 say(f"[train] resuming from the checkpoint at optimiser step {result.steps} of {total}")
+    linear, why = resolve_fused_linear(model, s.fused_linear)
+    say(f"[train] loss from the hidden states (fused linear, no logits): {why}" if linear
+        else f"[train] loss from the logits: {why}")
     model.train()
     bar = tqdm(total=total, initial=result.steps, desc="distil", unit="step", disable=not progress)
     for epoch in range(epoch0, s.epochs + 1):
@@ -183,16 +225,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             step_loss, given = 0.0, 0
             for batch in micro:
-                with autocast(device, s.precision):
-                    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
-                loss = keypoint_cross_entropy(
-                    logits,
-                    batch["labels"].to(device),
-                    batch["token_weights"].to(device) if token_weights is not None else None,
-                    batch["loss_start"].to(device),
-                    shift=True,
-                    reduction="sum",
-                ) / denominator
+                loss = _micro_loss(model, batch, device, s.precision, token_weights is not None, linear) / denominator
                 loss.backward()
                 step_loss += float(loss.detach())
             if collator.given_steps is not None:
