@@ -27,10 +27,19 @@ _METHOD_HELP = (
 )
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" only for real defaults: options without one say in their help what happens."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
     from .pipeline.config import METHODS, PRESETS
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _DefaultsFormatter
     parser = argparse.ArgumentParser(prog="kpod", description="Keypoint-based progressive chain-of-thought distillation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{distill,eval,compare}")
 
@@ -40,9 +49,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--student", metavar="DIR", help="a Hugging Face causal-LM folder to distil into instead of the preset's student")
         p.add_argument("--data", metavar="FILE.jsonl", help="your own JSONL (question, rationale, answer) instead of the preset's data; "
                        "test split fixed by a hash of each question")
-        p.add_argument("--precision", choices=("fp32", "bf16"), help="training/evaluation precision; None: the preset's (fp32)")
+        p.add_argument("--precision", choices=("fp32", "bf16"), help="training/evaluation precision (default: the preset's, fp32)")
         p.add_argument("--allow-degenerate", action="store_true", help="train with degenerate token weights instead of stopping (recorded in the report)")
-        p.add_argument("--threads", type=int, help="CPU threads for torch; None: torch's choice (1 is much faster on a busy machine)")
+        p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is much faster on a busy machine)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     d = sub.add_parser("distill", help="run every stage: data, warm-up, weights, curriculum, training, evaluation, report",
@@ -57,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--run", required=True, metavar="DIR", help="a finished `kpod distill` run folder")
     e.add_argument("--data", required=True, metavar="FILE.jsonl", help="examples to evaluate (the project's JSONL format)")
     e.add_argument("--out", metavar="FILE.json", help="also write the metrics here (generations go next to it)")
-    e.add_argument("--threads", type=int, help="CPU threads for torch; None: torch's choice")
+    e.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
 
     c = sub.add_parser("compare", help="several methods over paired seeds: mean ± std and the paired difference to standard",

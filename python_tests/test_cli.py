@@ -186,3 +186,13 @@ def test_help_lists_every_option_with_its_default(capsys):
     for option in ("--preset", "--out", "--method", "--seed", "--config", "--student", "--data", "--precision", "--allow-degenerate"):
         assert option in text
     assert "default: quick" in text and "no-diversity" in text
+    text = " ".join(text.split())  # help lines wrap with the terminal width
+    assert "(default: None)" not in text and "(default: False)" not in text  # options without a default say what happens
+    assert text.count("default: the preset's, fp32") == 1 and text.count("default: torch's choice") == 1
+
+
+def test_eval_help_states_the_threads_default_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and text.count("default: torch's choice") == 1
