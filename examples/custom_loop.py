@@ -28,7 +28,6 @@ import torch
 from kpod_ops import (
     KPODCollator,
     MaskLearner,
-    MaskLearnerConfig,
     ProgressiveSchedule,
     answers_match,
     cluster_questions,
@@ -41,6 +40,7 @@ from kpod_ops import (
     tokenize_examples,
 )
 from kpod_ops.models import tiny_student, tiny_tokenizer
+from kpod_ops.pipeline import learner_config, preset_config
 from kpod_ops.weighting import degeneracy
 
 
@@ -137,14 +137,18 @@ def main(argv: list[str] | None = None) -> float:
     test = load_builtin("arith-cot", "test", n=args.n_test, seed=0)
 
     # 3. keypoint weights: the mask learner reads the student's (frozen) embeddings; its answer
-    #    predictor is a copy of the student, which it trains (the student itself is untouched)
+    #    predictor is a copy of the student, which it trains (the student itself is untouched).
+    #    Its settings are those of `kpod distill --preset quick` (alpha 0.1: the paper's 0.5 masks
+    #    every token of this tiny student's rationales).
     learner = MaskLearner(
         student.get_input_embeddings().weight.detach().clone(),
         copy.deepcopy(student),
-        MaskLearnerConfig(epochs=1, batch_size=16, lr=2e-3, mlp_hidden=64, predictor_warmup=0.3, tau_final=0.2, seed=0),
+        learner_config(preset_config("quick")["weights"]["learner"], seed=0),
     )
     learner.fit(train[: args.mask_examples], progress=False)
     weights = learner.token_weights(train)
+    flat = np.concatenate(list(weights.values()))
+    print(f"token weights: mean {flat.mean():.3f}, {(flat > 0.5).mean():.1%} of rationale tokens above 0.5")
     reason = degeneracy(weights)
     if reason is not None:
         print(f"degenerate token weights: {reason}")
