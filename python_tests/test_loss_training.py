@@ -391,3 +391,24 @@ def test_loss_scaled_in_place_before_backward(device, impl, reduction, inplace):
     (3.0 * _exact(xr, labels, wr, reduction)).backward()
     torch.testing.assert_close(x0.grad.double(), xr.grad, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(w.grad.double(), wr.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reduction", ["mean", "weighted_mean"])
+def test_compiled_loss_repeats_exactly_with_retained_graph(reduction):
+    """torch.compile (inductor) on the defaults: a second backward of a retained graph repeats the first."""
+    logits, labels, weights = _problem("cpu", T=12, V=50)
+    start = torch.tensor([5, 3])
+    crit = KeypointCrossEntropy(reduction=reduction, shift=True)
+    x = logits.clone().requires_grad_(True)
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(force_disable_caches=True):  # compiled here, not read from an old cache
+        loss = torch.compile(lambda z: crit(z, labels, weights, start))(x)
+        loss.backward(retain_graph=True)  # the backward graph is compiled at its first call
+        first = x.grad.clone()
+        x.grad.zero_()
+        loss.backward()
+    torch.testing.assert_close(x.grad, first)
+    xe = logits.clone().requires_grad_(True)
+    crit(xe, labels, weights, start).backward()
+    torch.testing.assert_close(first, xe.grad)
