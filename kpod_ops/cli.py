@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -159,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             hf_logging.disable_progress_bar()
         if args.command == "eval":
             return _eval(args)
+        _refuse_multi_process()
         from .pipeline import compare, distill
 
         config = _config(args)
@@ -176,6 +178,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModuleNotFoundError as exc:
         print(f"kpod: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _refuse_multi_process() -> None:
+    """``kpod distill`` / ``compare`` run in one process: under torchrun every rank would run the whole
+    job into the same folder, so several processes are refused rather than silently repeated."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.strip() not in ("", "1"):
+        raise KPODInputError(
+            f"WORLD_SIZE: expected 1 (kpod distill and kpod compare train in one process; data-parallel "
+            f"training of the job is not implemented yet), got {world}; run it without torchrun, or train "
+            "data-parallel with kpod_ops.integrations.hf.KPODTrainer under torchrun"
+        )
 
 
 def _summary(report: dict) -> None:
