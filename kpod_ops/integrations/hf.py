@@ -37,6 +37,7 @@ from ..data.guard import is_guarded, unguard
 from ..data.records import RECORD_KEYS
 from ..errors import KPODInputError, bad_input
 from ..losses import keypoint_cross_entropy
+from .linear_patch import _unwrap
 from .stage import ScheduledGivenSteps
 
 _transformers = require("transformers", extra="hf", feature="kpod_ops.integrations.hf")
@@ -53,15 +54,6 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------------- patch
-def _unwrap(model: Any) -> Any:
-    """The ``PreTrainedModel`` inside DDP / PEFT wrappers."""
-    while isinstance(model, torch.nn.parallel.DistributedDataParallel) or type(model).__name__ == "DataParallel":
-        model = model.module
-    if hasattr(model, "get_base_model") and callable(model.get_base_model):
-        model = model.get_base_model()
-    return model
-
-
 class _Patch:
     """What :func:`apply_kpod_loss` changed on one model, and the batch fields of the running forward."""
 
