@@ -1,4 +1,5 @@
-"""The ``kpod`` command: ``distill`` (the whole method end to end), ``eval`` and ``compare``.
+"""The ``kpod`` command: ``distill`` (the whole method end to end), ``eval`` and ``compare``; ``teach``,
+``weights``, ``schedule`` and ``bench`` are registered from ``kpod_ops.commands`` (one module each).
 
 Every error a user can cause (a missing or malformed data file, a folder that is not a model, an
 output folder that cannot be written, an unknown preset or method, degenerate token weights)
@@ -42,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
 
     fmt = _DefaultsFormatter
     parser = argparse.ArgumentParser(prog="kpod", description="Keypoint-based progressive chain-of-thought distillation.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{distill,eval,compare}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{distill,eval,compare,teach,weights,schedule,bench}")
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--preset", default="quick", help=_PRESET_HELP)  # checked by preset_config: one clear message
@@ -76,6 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--methods", default="kpod,standard", help=f"comma-separated, from {', '.join(METHODS)}")
     c.add_argument("--seeds", type=int, default=3, help="number of paired seeds (0..N-1)")
     c.add_argument("--out", required=True, metavar="DIR", help="compare folder (one run folder per seed and method)")
+    from .commands import NAMES, command
+
+    for name in NAMES:  # kpod teach / weights / schedule / bench
+        command(name).add_parser(sub, fmt)
     parser.epilog = f"presets: {', '.join(PRESETS)}. Run `kpod distill --help` for the options."
     return parser
 
@@ -148,18 +153,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         _check_dependencies()
-        if args.threads is not None:
+        if getattr(args, "threads", None) is not None:
             if args.threads < 1:
                 raise KPODInputError(f"--threads: expected an int >= 1, got {args.threads}")
             import torch
 
             torch.set_num_threads(args.threads)
-        if args.quiet:
+        if getattr(args, "quiet", False):
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()
         if args.command == "eval":
             return _eval(args)
+        from .commands import NAMES, command
+
+        if args.command in NAMES:
+            return command(args.command).run(args)
         _refuse_multi_process()
         from .pipeline import compare, distill
 

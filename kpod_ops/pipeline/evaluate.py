@@ -49,13 +49,23 @@ def generate(
     max_new_tokens: int = 200,
     batch_size: int = 64,
     progress: bool = True,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
 ) -> list[list[int]]:
-    """Greedy continuations (without the prompt, cut at the first EOS) of every prompt, in order."""
+    """Greedy continuations (without the prompt, cut at the first EOS) of every prompt, in order.
+
+    ``do_sample=True`` samples instead (``temperature``, ``top_p``; seed torch's generator first
+    for repeatable samples), e.g. for teacher rationales.
+    """
     require("tqdm", extra="all", feature="kpod evaluation")
     from tqdm.auto import tqdm
 
     if max_new_tokens < 1 or batch_size < 1:
         raise bad_input("max_new_tokens/batch_size", "positive ints", (max_new_tokens, batch_size))
+    if do_sample and not (temperature > 0 and 0 < top_p <= 1):
+        raise bad_input("temperature/top_p", "temperature > 0 and top_p in (0, 1]", (temperature, top_p))
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[list[int]] = [[] for _ in prompts]
@@ -72,7 +82,7 @@ def generate(
                 mask[r, width - len(prompts[i]) :] = 1
             generated = model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                do_sample=False, num_beams=1, use_cache=True, pad_token_id=pad_id, eos_token_id=eos_id,
+                num_beams=1, use_cache=True, pad_token_id=pad_id, eos_token_id=eos_id, **sampling,
             )[:, width:].cpu()
             for r, i in enumerate(chunk):
                 row = generated[r].tolist()
