@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -169,17 +168,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.command in NAMES:
             return command(args.command).run(args)
-        _refuse_multi_process()
         from .pipeline import compare, distill
+        from .pipeline.distributed import is_main, process_group
 
         config = _config(args)
         progress = not args.quiet
-        if args.command == "distill":
-            report = distill(config, args.out, progress=progress)
-            _summary(report)
-        else:
-            methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-            compare(config, methods, args.seeds, args.out, progress=progress)
+        with process_group():  # under torchrun: data-parallel training, every other stage on rank 0
+            if args.command == "distill":
+                report = distill(config, args.out, progress=progress)
+                if is_main():
+                    _summary(report)
+            else:
+                methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+                compare(config, methods, args.seeds, args.out, progress=progress)
         return 0
     except KPODInputError as exc:
         print(f"kpod: error: {exc}", file=sys.stderr)
@@ -187,18 +188,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModuleNotFoundError as exc:
         print(f"kpod: error: {exc}", file=sys.stderr)
         return 2
-
-
-def _refuse_multi_process() -> None:
-    """``kpod distill`` / ``compare`` run in one process: under torchrun every rank would run the whole
-    job into the same folder, so several processes are refused rather than silently repeated."""
-    world = os.environ.get("WORLD_SIZE", "1")
-    if world.strip() not in ("", "1"):
-        raise KPODInputError(
-            f"WORLD_SIZE: expected 1 (kpod distill and kpod compare train in one process; data-parallel "
-            f"training of the job is not implemented yet), got {world}; run it without torchrun, or train "
-            "data-parallel with kpod_ops.integrations.hf.KPODTrainer under torchrun"
-        )
 
 
 def _summary(report: dict) -> None:

@@ -196,13 +196,3 @@ def test_eval_help_states_the_threads_default_once(capsys):
         main(["eval", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: None)" not in text and text.count("default: torch's choice") == 1
-
-
-def test_several_processes_are_refused_not_repeated(inputs, tmp_path, capsys, monkeypatch):
-    """Under torchrun every rank would run the whole job into one folder: refused with what to do instead."""
-    _, data, config = inputs
-    out = tmp_path / "out"
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    _fails(_args(data, config, out), capsys, "WORLD_SIZE", "KPODTrainer")
-    _fails(["compare", "--preset", "quick", "--methods", "kpod,standard", "--seeds", "1", "--out", str(out)], capsys, "WORLD_SIZE")
-    assert not out.exists()

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import bad_input
+from . import distributed
 from .config import METHODS
 from .report import machine, plot_accuracy
-from .run import check_writable, distill
+from .run import _silent, check_writable, distill
 from .store import write_json
 
 
@@ -68,14 +69,20 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def compare(config: dict[str, Any], methods: Sequence[str], seeds: int, out: str | os.PathLike, *,
             progress: bool = True, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Run ``methods`` for seeds 0..seeds−1 into ``out``; writes ``compare.json``/``compare.md``; returns the rows."""
+    """Run ``methods`` for seeds 0..seeds−1 into ``out``; writes ``compare.json``/``compare.md``; returns the rows.
+
+    Under torchrun every run trains data-parallel (see :func:`~kpod_ops.pipeline.distill`); rank 0 writes the table.
+    """
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise bad_input("--methods", f"a comma-separated list of {METHODS}", ",".join(methods) or "nothing")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise bad_input("--seeds", "a count >= 1 (seeds 0..N-1)", repr(seeds))
     out = Path(out)
-    check_writable(out)
+    if distributed.is_main():  # under torchrun each run trains data-parallel; rank 0 writes and speaks
+        check_writable(out)
+    else:
+        progress, say = False, _silent
     results: dict[str, list[float]] = {m: [] for m in methods}
     for seed in range(seeds):
         for method in methods:
@@ -85,6 +92,8 @@ def compare(config: dict[str, Any], methods: Sequence[str], seeds: int, out: str
             report = distill(cfg, out / f"seed{seed}" / method, shared=out / f"seed{seed}" / "shared", progress=progress, say=say)
             results[method].append(report["test_accuracy"])
     rows = table(results)
+    if not distributed.is_main():
+        return rows
     text = format_table(rows)
     write_json(out / "compare.json", {"preset": config["preset"], "seeds": seeds, "rows": rows, "machine": machine()})
     plot_accuracy([(r["method"], r["mean"]) for r in rows], out / "accuracy.png", title=f"held-out accuracy, {seeds} seed(s)")

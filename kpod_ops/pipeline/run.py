@@ -23,6 +23,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ import torch
 from ..data.tokenize import tokenize_examples
 from ..errors import KPODInputError
 from ..weighting import load_token_weights, renormalize_mean_one, save_token_weights, weight_stats
+from . import distributed
 from .config import method_settings, stage_hash, validate
 from .curriculum import build_schedule, cluster, schedule_from_json, schedule_to_json, score_difficulties
 from .data import make_splits, read_splits, write_splits
@@ -47,8 +49,8 @@ Say = Callable[[str], None]
 
 
 def _device() -> torch.device:
-    """The GPU when there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The GPU when there is one (this process's, under torchrun), else the CPU."""
+    return distributed.device()
 
 
 def check_writable(folder: Path) -> None:
@@ -111,24 +113,77 @@ def _student_and_warmup(config: dict, shared: Path, progress: bool, say: Say):
     return model, tok, stage.finish(final_loss=losses[-1] if losses else None, enabled=w["enabled"])
 
 
+@dataclass
+class _Prepared:
+    """What the stages before training hand to training and to the report."""
+
+    splits: Any
+    student: torch.nn.Module
+    tok: Any
+    tokenized: list
+    skipped: int
+    before: dict
+    weights_info: dict[str, Any] | None
+    loss_weights: dict[str, np.ndarray] | None
+    schedule: Any
+    hashes: tuple[str, str, str, str]  # data, warm-up, weights, schedule
+    timings: dict[str, dict] = field(default_factory=dict)
+
+
+def _silent(message: str) -> None:
+    """``say`` of the ranks other than 0 (rank 0 speaks for the run)."""
+
+
+def _check_processes(config: dict[str, Any]) -> None:
+    """Under torchrun the global batch must split evenly across processes and micro-batches (checked before any stage runs)."""
+    world, t = distributed.world_size(), config["train"]
+    if world > 1 and t["batch_size"] % (world * t["micro_batch_size"]):
+        raise KPODInputError(
+            f"train.batch_size: expected a multiple of train.micro_batch_size × processes = {t['micro_batch_size']} × {world} "
+            f"(the global batch is split evenly across processes and micro-batches), got {t['batch_size']}"
+        )
+
+
 def distill(config: dict[str, Any], out: str | os.PathLike, *, shared: str | os.PathLike | None = None,
             progress: bool = True, say: Say = print) -> dict[str, Any]:
-    """Run every stage of KPOD (or of the chosen ablation) into ``out``; returns ``report.json``'s content."""
+    """Run every stage of KPOD (or of the chosen ablation) into ``out``; returns ``report.json``'s content.
+
+    Under an initialised process group (``torchrun --nproc_per_node=N kpod distill ...``) training is
+    data-parallel; every other stage (data, warm-up, token weights, difficulties, schedule, evaluation,
+    report) runs on rank 0 while the other ranks wait, and they then read rank 0's artefacts. Only
+    rank 0 writes files or prints.
+    """
     t_start = time.perf_counter()
     config = validate(config)
+    _check_processes(config)
     method = method_settings(config["method"])
-    cur = config["curriculum"]
-    normalisation = method["normalisation"] or cur["normalisation"]
-    beta = cur["beta"] if method["beta"] is None else method["beta"]
-    needs_weights = method["loss_weights"] or (method["curriculum"] and normalisation != "uniform")
     splits = make_splits(config["data"])  # reads --data first: bad data fails before anything is written
     if config["student"]["kind"] == "dir":
         load_student_dir(config["student"]["path"], argument="--student")
     out = Path(out)
-    check_writable(out)
     shared = Path(shared) if shared is not None else out
-    check_writable(shared)
+    if not distributed.is_main():
+        progress, say = False, _silent
+    else:
+        check_writable(out)
+        check_writable(shared)
     torch.manual_seed(config["seed"])
+    with distributed.main_first():  # rank 0 computes and writes every stage; the others then reuse them
+        prep = _prepare(config, method, splits, out, shared, progress, say)
+    history, train_hash = _train_stage(config, method, prep, out, progress, say)
+    with distributed.main_first():  # evaluation and report on rank 0; the others read its report
+        if not distributed.is_main():
+            return read_json(out / "report.json")
+        return _evaluate_and_report(config, method, prep, history, train_hash, out, t_start, progress, say)
+
+
+def _prepare(config: dict[str, Any], method: dict[str, Any], splits, out: Path, shared: Path, progress: bool,
+             say: Say) -> _Prepared:
+    """Data, student (+ warm-up), accuracy before distillation, token weights and schedule."""
+    cur = config["curriculum"]
+    normalisation = method["normalisation"] or cur["normalisation"]
+    beta = cur["beta"] if method["beta"] is None else method["beta"]
+    needs_weights = method["loss_weights"] or (method["curriculum"] and normalisation != "uniform")
     timings: dict[str, dict] = {}
 
     def note(rec: dict) -> None:
@@ -237,65 +292,83 @@ def distill(config: dict[str, Any], out: str | os.PathLike, *, shared: str | os.
         note(rec)
         h_schedule = rec["hash"]
 
-    # training -------------------------------------------------------------------------------
+    loss_weights = None
+    if method["loss_weights"] and weights is not None:
+        loss_weights = renormalize_mean_one(weights, allow_degenerate=config["allow_degenerate"]) if config["weights"]["renormalize"] else weights
+    return _Prepared(splits, student, tok, tokenized, skipped, before, weights_info, loss_weights, schedule,
+                     (h_data, h_warm, h_weights, h_schedule), timings)
+
+
+def _train_stage(config: dict[str, Any], method: dict[str, Any], prep: _Prepared, out: Path, progress: bool,
+                 say: Say) -> tuple[list[dict], str]:
+    """Training (data-parallel under a process group) and the saved student; returns (history, the stage's hash)."""
     tr = config["train"]
     settings = TrainSettings(**{k: tr[k] for k in ("epochs", "batch_size", "micro_batch_size", "lr", "warmup_ratio", "weight_decay",
                                                    "grad_clip", "normaliser", "checkpoint_every",
                                                    "fused_linear")},
                              seed=config["seed"], precision=config["precision"])
-    loss_weights = None
-    if method["loss_weights"] and weights is not None:
-        loss_weights = renormalize_mean_one(weights, allow_degenerate=config["allow_degenerate"]) if config["weights"]["renormalize"] else weights
+    h_data, h_warm, h_weights, h_schedule = prep.hashes
     train_hash = stage_hash(config, "train", (h_data, h_warm, h_weights if method["loss_weights"] else "", h_schedule,
                                               json.dumps(method, sort_keys=True)))
     stage = Stage(out, "train", train_hash, say)
-    rec = stage.finished()
-    student_dir = out / "student"
+    with distributed.main_first():  # rank 0 clears a stale stage before the others look
+        rec = stage.finished()
+        if rec is None and distributed.is_main():
+            stage.start()
     if rec is None:
-        folder = stage.start()
-        model = student
+        model = prep.student
         if config["student"]["lora_r"]:
             model = add_lora(model, config["student"]["lora_r"], config["student"]["lora_alpha"])
-        result = train(model, tok, tokenized, settings, token_weights=loss_weights, schedule=schedule,
-                       checkpoint_dir=folder, run_hash=train_hash, progress=progress, say=say)
-        write_json(folder / "history.json", result.history)
-        save_student(plain_model(model), tok, student_dir)
-        rec = stage.finish(steps=result.steps, resumed_at_step=result.resumed_at_step,
-                           final_loss=result.history[-1]["loss"] if result.history else None)
-    note(rec)
-    history = read_json(stage.dir / "history.json")
+        result = train(model, prep.tok, prep.tokenized, settings, token_weights=prep.loss_weights, schedule=prep.schedule,
+                       checkpoint_dir=stage.dir, run_hash=train_hash, progress=progress, say=say)
+        if distributed.is_main():
+            write_json(stage.dir / "history.json", result.history)
+            save_student(plain_model(model), prep.tok, out / "student")
+            rec = stage.finish(steps=result.steps, resumed_at_step=result.resumed_at_step,
+                               final_loss=result.history[-1]["loss"] if result.history else None)
+        else:
+            rec = {"stage": "train", "seconds": 0.0, "reused": False}
+    prep.timings["train"] = {"seconds": rec["seconds"], "reused": rec["reused"]}
+    return (read_json(stage.dir / "history.json") if distributed.is_main() else []), train_hash
 
-    # evaluation of the saved student ---------------------------------------------------------
-    final, final_tok = load_student_dir(student_dir, argument="distilled student")
+
+def _evaluate_and_report(config: dict[str, Any], method: dict[str, Any], prep: _Prepared, history: list[dict],
+                         train_hash: str, out: Path, t_start: float, progress: bool, say: Say) -> dict[str, Any]:
+    """Test (and validation) accuracy of the saved student, plots, ``report.json`` and ``report.md``."""
+    cur, tr, splits, timings = config["curriculum"], config["train"], prep.splits, prep.timings
+    final, final_tok = load_student_dir(out / "student", argument="distilled student")
     final.to(_device())
     after = _eval_stage(Stage(out, "eval", stage_hash(config, "eval", (train_hash,)), say), final, final_tok, splits.test, config,
                         progress, say)
-    note(after)
+    timings["eval"] = {"seconds": after["seconds"], "reused": after["reused"]}
     val_accuracy = None
     if splits.val:  # hyper-parameters are chosen on this, never on the test split
         val = _eval_stage(Stage(out, "eval-val", stage_hash(config, "eval", (train_hash, "val")), say), final, final_tok, splits.val,
                           config, progress, say)
-        note(val)
+        timings["eval-val"] = {"seconds": val["seconds"], "reused": val["reused"]}
         val_accuracy = val["accuracy"]
 
     # report ---------------------------------------------------------------------------------
+    before = prep.before
     plots_dir = out / "plots"
     plots_dir.mkdir(exist_ok=True)
     plots = [str(plot_loss(history, plots_dir / "loss.png").relative_to(out)),
              str(plot_accuracy([("before distillation", before["accuracy"]), (config["method"], after["accuracy"])],
                                plots_dir / "accuracy.png").relative_to(out))]
-    if schedule is not None:
+    if prep.schedule is not None:
         plots.append(str((out / "schedule" / "budget.png").relative_to(out)))
-    if weights_info is not None:
-        pics = sorted(Path(weights_info["pictures"]).glob("*.png"))[:1]
+    if prep.weights_info is not None:
+        pics = sorted(Path(prep.weights_info["pictures"]).glob("*.png"))[:1]
         plots += [os.path.relpath(p, out) for p in pics]
+    normalisation = method["normalisation"] or cur["normalisation"]
+    beta = cur["beta"] if method["beta"] is None else method["beta"]
     report = {
         "preset": config["preset"], "method": config["method"], "seed": config["seed"],
         "test_accuracy": after["accuracy"], "n_test": after["n"], "n_correct": after["n_correct"],
-        "accuracy_before": before["accuracy"], "val_accuracy": val_accuracy, "n_val": len(splits.val), "n_train": len(tokenized), "n_train_skipped_too_long": skipped,
-        "optimizer_steps": len(history), "normaliser": tr["normaliser"],
+        "accuracy_before": before["accuracy"], "val_accuracy": val_accuracy, "n_val": len(splits.val), "n_train": len(prep.tokenized), "n_train_skipped_too_long": prep.skipped,
+        "optimizer_steps": len(history), "normaliser": tr["normaliser"], "processes": distributed.world_size(),
         "method_settings": {**method, "normalisation": normalisation, "beta": beta},
-        "weights": weights_info, "timings": timings, "total_seconds": round(time.perf_counter() - t_start, 2),
+        "weights": prep.weights_info, "timings": timings, "total_seconds": round(time.perf_counter() - t_start, 2),
         "config": config, "versions": versions(), "machine": machine(),
     }
     write_report(out, report, plots)

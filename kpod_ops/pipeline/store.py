@@ -47,6 +47,14 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
 
 
+def _only_rank_0(action: str) -> None:
+    """Under torchrun only rank 0 writes stages; the others read them after it (a broken invariant is a bug)."""
+    from .distributed import is_main, rank
+
+    if not is_main():
+        raise RuntimeError(f"rank {rank()} tried to {action}: only rank 0 writes a run's stages")
+
+
 class Stage:
     """One stage's folder and record: reuse it only when its configuration hash matches.
 
@@ -73,11 +81,13 @@ class Stage:
             self.reused = True
             return {**rec, "reused": True}
         if rec is not None:
+            _only_rank_0(f"clear the stale stage {self.dir}")
             self.say(f"[{self.name}] configuration changed (hash {rec.get('hash')} -> {self.hash}): redoing this stage")
             shutil.rmtree(self.dir)
         return None
 
     def start(self) -> Path:
+        _only_rank_0(f"start the stage {self.dir}")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.started = time.perf_counter()
         return self.dir

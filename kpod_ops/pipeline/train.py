@@ -7,6 +7,13 @@ gradients, where ``D`` is the normaliser of the whole global batch — the numbe
 token's share of the loss does not change as the curriculum exposes more steps) or the number of
 active tokens (``"token"``). Either way the result does not depend on how the batch is split.
 
+Data-parallel (an initialised ``torch.distributed`` group of N processes, e.g. under ``torchrun``):
+every process takes the same global batches in the same order and trains on its contiguous share
+of each (``batch_size ÷ N`` sequences, in micro-batches of ``micro_batch_size``); the student is
+wrapped in DDP and ``D`` is the global normaliser (the token count summed across processes), so N
+processes take the same optimiser steps as one. Only rank 0 writes checkpoints; every rank resumes
+from them.
+
 Checkpoints hold the trainable parameters and the optimiser state (safetensors) and the position
 (JSON), written every ``checkpoint_every`` optimiser steps and at every epoch end. The data order
 of an epoch and the learning rate are pure functions of (seed, epoch, step), so a run resumed from
@@ -19,6 +26,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +40,7 @@ from ..data.collator import KPODCollator
 from ..data.tokenized import TokenizedExample
 from ..errors import bad_input
 from ..losses import keypoint_cross_entropy, keypoint_linear_cross_entropy
+from . import distributed
 from .optim import autocast, lr_at, make_optimizer, set_lr
 from .store import load_tensors, optimizer_from_files, optimizer_to_files, read_json, save_tensors, write_json
 
@@ -118,11 +127,32 @@ def _load_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer) -> dict:
     return read_json(ckpt / "state.json")
 
 
-def _normaliser(micro: list[dict[str, torch.Tensor]], n_sequences: int, kind: str) -> int:
+def _normaliser(micro: list[dict[str, torch.Tensor]], n_sequences: int, kind: str, device: torch.device) -> int:
+    """``D`` of one global batch: its sequences, or its active tokens summed over micro-batches and processes."""
     if kind == "sequence":
         return n_sequences
     # active label positions under shift=True: position 0 has no prediction
-    return int(sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro))
+    local = int(sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro))
+    return int(distributed.all_reduce_sum([float(local)], device)[0])
+
+
+def _shard(chosen: list, rank: int, world: int) -> list:
+    """This process's contiguous share of a global batch (balanced; empty only when it has < ``world`` sequences)."""
+    n = len(chosen)
+    return chosen[rank * n // world : (rank + 1) * n // world]
+
+
+class _StudentLoss(torch.nn.Module):
+    """The student and its micro-batch loss as one module, so that DDP sees the whole forward (the fused
+    linear path calls the student's backbone, not its forward) and reduces every gradient on backward."""
+
+    def __init__(self, student: torch.nn.Module) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, batch: dict[str, torch.Tensor], device: torch.device, precision: str, weighted: bool,
+                linear: bool) -> torch.Tensor:
+        return _micro_loss(self.student, batch, device, precision, weighted, linear)
 
 
 def resolve_fused_linear(model: torch.nn.Module, mode: bool | str) -> tuple[bool, str]:
@@ -160,6 +190,10 @@ def _micro_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: 
     return keypoint_cross_entropy(logits, labels, weights, loss_start, shift=True, reduction="sum")
 
 
+def _silent(message: str) -> None:
+    """``say`` on ranks other than 0."""
+
+
 def train(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -178,7 +212,8 @@ def train(
     ``token_weights`` (id → weight per rationale token) weight the loss; None = uniform (plain CoT
     distillation). ``schedule`` gives c_i(t) per epoch; None = the full rationale every epoch.
     With ``checkpoint_dir`` a checkpoint with the same ``run_hash`` is resumed; one with another
-    hash is discarded (saying so).
+    hash is discarded (saying so). Under an initialised process group every process calls this with
+    the same arguments and trains its share of each global batch (see the module's docstring).
     """
     require("tqdm", extra="all", feature="kpod training")
     from tqdm.auto import tqdm
@@ -186,6 +221,12 @@ def train(
     s = settings
     if not examples:
         raise bad_input("examples", "at least one training example", "none")
+    world, me = distributed.world_size(), distributed.rank()
+    if world > 1 and s.batch_size % (world * s.micro_batch_size):
+        raise bad_input("batch_size", f"a multiple of micro_batch_size × processes = {s.micro_batch_size} × {world} "
+                        "(the global batch is split evenly across processes and micro-batches)", s.batch_size)
+    if not distributed.is_main():  # one voice and one progress bar: rank 0's
+        say, progress = _silent, False
     n = len(examples)
     per_epoch = steps_per_epoch(n, s.batch_size)
     total = per_epoch * s.epochs
@@ -196,38 +237,57 @@ def train(
     epoch0, batch0 = 1, 0
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if folder is not None:
-        ckpt = latest_checkpoint(folder)
-        if ckpt is not None:
-            position = read_json(ckpt / "state.json")
-            if position.get("hash") != run_hash:
-                say(f"[train] checkpoint in {ckpt} has another configuration (hash {position.get('hash')} -> {run_hash}): starting over")
-                shutil.rmtree(ckpt)
-            else:
-                position = _load_checkpoint(ckpt, model, optimizer)
-                epoch0, batch0 = position["epoch"], position["batch"]
-                result.history, result.steps = position["history"], position["step"]
-                result.resumed_at_step = result.steps
-                say(f"[train] resuming from the checkpoint at optimiser step {result.steps} of {total}")
+        with distributed.main_first():  # rank 0 clears a stale checkpoint before the others look
+            ckpt = latest_checkpoint(folder)
+            if ckpt is not None:
+                position = read_json(ckpt / "state.json")
+                if position.get("hash") != run_hash:
+                    say(f"[train] checkpoint in {ckpt} has another configuration (hash {position.get('hash')} -> {run_hash}): starting over")
+                    if distributed.is_main():
+                        shutil.rmtree(ckpt)
+                else:
+                    position = _load_checkpoint(ckpt, model, optimizer)
+                    epoch0, batch0 = position["epoch"], position["batch"]
+                    result.history, result.steps = position["history"], position["step"]
+                    result.resumed_at_step = result.steps
+                    say(f"[train] resuming from the checkpoint at optimiser step {result.steps} of {total}")
     linear, why = resolve_fused_linear(model, s.fused_linear)
     say(f"[train] loss from the hidden states (fused linear, no logits): {why}" if linear
         else f"[train] loss from the logits: {why}")
+    if world > 1:
+        say(f"[train] data-parallel over {world} processes: {s.batch_size // world} sequences each per optimiser step")
     model.train()
+    step_module: torch.nn.Module = _StudentLoss(model)
+    ddp = None
+    if world > 1:  # broadcasts rank 0's parameters; gradients are averaged across processes on backward
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            step_module, device_ids=[device.index] if device.type == "cuda" else None)
+        step_module = ddp
+    weighted = token_weights is not None
     bar = tqdm(total=total, initial=result.steps, desc="distil", unit="step", disable=not progress)
     for epoch in range(epoch0, s.epochs + 1):
         collator.given_steps = schedule.given_steps(epoch) if schedule is not None else None
         order = np.random.default_rng([s.seed, 11, epoch]).permutation(n)
         for b in range(batch0 if epoch == epoch0 else 0, per_epoch):
             chosen = [examples[i] for i in order[b * s.batch_size : (b + 1) * s.batch_size]]
-            micro = [collator(chosen[j : j + s.micro_batch_size]) for j in range(0, len(chosen), s.micro_batch_size)]
-            denominator = max(_normaliser(micro, len(chosen), s.normaliser), 1)
+            mine = _shard(chosen, me, world)
+            micro = [collator(mine[j : j + s.micro_batch_size]) for j in range(0, len(mine), s.micro_batch_size)]
+            denominator = max(_normaliser(micro, len(chosen), s.normaliser, device), 1)
+            # DDP averages the gradients of the processes: scale by their number to sum them instead
+            scale, real = world, len(micro)
+            if not micro:  # a short last batch left this process nothing: a zero-weight pass keeps DDP in step
+                micro, scale = [collator(chosen[:1])], 0
             lr = lr_at(result.steps, total, s.lr, s.warmup_ratio)
             set_lr(optimizer, lr)
             optimizer.zero_grad(set_to_none=True)
             step_loss, given = 0.0, 0
-            for batch in micro:
-                loss = _micro_loss(model, batch, device, s.precision, token_weights is not None, linear) / denominator
-                loss.backward()
-                step_loss += float(loss.detach())
+            for i, batch in enumerate(micro):
+                with ddp.no_sync() if ddp is not None and i < len(micro) - 1 else nullcontext():
+                    loss = step_module(batch, device, s.precision, weighted, linear) / denominator
+                    (loss * scale if world > 1 else loss).backward()
+                if i < real:
+                    step_loss += float(loss.detach())
+            step_loss = distributed.all_reduce_sum([step_loss], device)[0]
             if collator.given_steps is not None:
                 given = int(sum(collator.given_steps[ex.id] for ex in chosen))
             if s.grad_clip:
@@ -237,11 +297,12 @@ def train(
             result.history.append({"step": result.steps, "epoch": epoch, "loss": step_loss, "lr": lr, "given_steps": given})
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{step_loss:.3f}")
-            if folder is not None and (result.steps % s.checkpoint_every == 0 or b == per_epoch - 1):
+            if folder is not None and distributed.is_main() and (result.steps % s.checkpoint_every == 0 or b == per_epoch - 1):
                 nxt_epoch, nxt_batch = (epoch, b + 1) if b + 1 < per_epoch else (epoch + 1, 0)
                 _save_checkpoint(folder, model, optimizer, {
                     "hash": run_hash, "epoch": nxt_epoch, "batch": nxt_batch, "step": result.steps, "history": result.history,
                 })
+    del ddp, step_module  # drops DDP's gradient hooks from the student
     bar.close()
     model.eval()
     return result
