@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .._optional import require
 from ..data.tokenized import TokenizedExample
 from ..errors import KPODInputError
 
@@ -54,6 +55,7 @@ def load_tokenizer(spec: str) -> Any:
     folder = Path(spec)
     if not folder.is_dir():
         raise KPODInputError(f"--tokenizer: expected a tokenizer folder, 'tiny' or 'smollm2', got {spec}")
+    require("transformers", extra="hf", feature="kpod weights")
     from transformers import AutoTokenizer
 
     try:
