@@ -251,8 +251,9 @@ def test_schedule_from_a_run_prints_the_table_and_plots(schedule_run, tmp_path, 
 
 
 def test_schedule_follows_the_runs_settings_and_the_ablation(schedule_run, capsys):
-    report = {"config": {"train": {"epochs": 4}, "curriculum": {"beta": 0.0, "p": 1.0, "c0_ratio": 0.5, "solver": "greedy_max",
-                                                              "normalisation": "softmax"}}}
+    report = {"config": {"train": {"epochs": 4}, "curriculum": {"beta": 12.0, "p": 1.0, "c0_ratio": 0.5, "solver": "greedy_max",
+                                                              "normalisation": "softmax"}},
+              "method_settings": {"beta": 0.0, "normalisation": "softmax"}}  # as no-diversity writes it
     (schedule_run / "report.json").write_text(json.dumps(report))
     try:
         assert main(["schedule", "--run", str(schedule_run)]) == 0

@@ -40,11 +40,14 @@ def from_run(run: Path, normalisation: str | None) -> tuple[dict, dict, dict[str
     settings: dict[str, Any] = {}
     report = run / "report.json"
     if report.is_file():
-        config = read_json(report)["config"]
+        data = read_json(report)
+        config, method = data["config"], data.get("method_settings") or {}
         cur = config["curriculum"]
-        settings = {"epochs": config["train"]["epochs"], "beta": cur["beta"], "p": cur["p"], "c0_ratio": cur["c0_ratio"],
+        # the method's own beta and normalisation (e.g. no-diversity: beta 0; no-sig-dif: uniform) over the config's
+        beta = cur["beta"] if method.get("beta") is None else method["beta"]
+        settings = {"epochs": config["train"]["epochs"], "beta": beta, "p": cur["p"], "c0_ratio": cur["c0_ratio"],
                     "solver": cur["solver"]}
-        normalisation = normalisation or cur["normalisation"]
+        normalisation = normalisation or method.get("normalisation") or cur["normalisation"]
     pattern = f"difficulty-{normalisation}/difficulties.json" if normalisation else "difficulty-*/difficulties.json"
     difficulties = read_json(_stage_file(run, pattern, "step difficulties"))
     clusters = read_json(_stage_file(run, "clusters/clusters.json", "clusters"))
