@@ -65,7 +65,10 @@ def test_teach_keeps_right_answers_filters_wrong_ones_and_writes_distill_data(ch
     out = tmp_path / "taught.jsonl"
     argv = ["teach", "--model", str(chat_teacher), "--data", str(questions), "--out", str(out), "--max-new-tokens", "3",
             "--batch-size", "4", "--quiet"]
-    assert main(argv) == 0
+    assert main(argv) == 0  # the untrained model never says EOS: every generation runs into the limit
+    assert "asked 6, kept 0" in capsys.readouterr().out
+    assert json.loads(out.with_suffix(".summary.json").read_text())["filtered_by_reason"] == {"wrong answer": 3, "unfinished": 3}
+    assert main([*argv, "--keep-unfinished"]) == 0
     assert "asked 6, kept 3" in capsys.readouterr().out
     kept = list(read_jsonl(out))  # the project's reader: what kpod distill --data reads
     assert [ex.id for ex in kept] == ["q0", "q2", "q4"]
@@ -111,12 +114,13 @@ def test_teach_prompt_uses_the_chat_template_when_there_is_one():
 
 
 def test_judge_splits_the_answer_sentence_off_and_filters():
-    qs = [Question("a", "q a", "12"), Question("b", "q b", "5"), Question("c", "q c", "3"), Question("d", "q d", "4")]
-    texts = ["3 * 4 = 12.\nSo the answer is 12.", "2 + 2 = 4.\nThe answer is 4.", "I do not know.", "The answer is 4."]
-    result = judge(qs, texts)
+    qs = [Question(k, f"q {k}", a) for k, a in (("a", "12"), ("b", "5"), ("c", "3"), ("d", "4"), ("e", "6"))]
+    texts = ["3 * 4 = 12.\nSo the answer is 12.", "2 + 2 = 4.\nThe answer is 4.", "I do not know.", "The answer is 4.",
+             "First 2 * 3 = 6, then 6 +"]
+    result = judge(qs, texts, [True, True, True, True, False])
     assert [ex.id for ex in result.kept] == ["a"] and result.kept[0].rationale == "3 * 4 = 12."
-    assert [r["reason"] for r in result.rejected] == ["wrong answer", "no answer", "no reasoning"]
-    assert result.summary()["teacher_accuracy"] == 0.5  # a and d answered right; d has no reasoning to keep
+    assert [r["reason"] for r in result.rejected] == ["wrong answer", "no answer", "no reasoning", "unfinished"]
+    assert result.summary()["teacher_accuracy"] == 0.6  # a, d and e match (as kpod eval counts); only a is kept
 
 
 def test_teach_bad_inputs(teacher, questions, tmp_path, capsys):

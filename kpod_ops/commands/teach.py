@@ -113,17 +113,21 @@ def prompt_ids(question: str, tokenizer: Any, template: str = "auto") -> list[in
     return list(tokenizer(DEFAULT_TEMPLATE.format(question=question))["input_ids"])
 
 
-def judge(questions: Sequence[Question], generations: Sequence[str],
+def judge(questions: Sequence[Question], generations: Sequence[str], finished: Sequence[bool] | None = None,
           markers: Sequence[str] = DEFAULT_ANSWER_MARKERS) -> TeachResult:
     """Keep the generations whose final answer matches the gold one, as ``CoTExample``s.
 
     The rationale is the generation without its final answer sentence (split off at the last answer
-    marker, as ``read_jsonl`` does); the answer is the gold one.
+    marker, as ``read_jsonl`` does); the answer is the gold one. A generation cut off by the token
+    limit (``finished[i]`` False) is left out even when its last number happens to match. The
+    teacher's accuracy counts matching answers as ``kpod eval`` does, finished or not.
     """
-    if len(questions) != len(generations):
-        raise KPODInputError(f"generations: expected one per question ({len(questions)}), got {len(generations)}")
+    finished = [True] * len(generations) if finished is None else list(finished)
+    if len(questions) != len(generations) or len(finished) != len(generations):
+        raise KPODInputError(f"generations: expected one per question ({len(questions)}), got {len(generations)} "
+                             f"({len(finished)} finished flags)")
     result = TeachResult(n_asked=len(questions))
-    for q, text in zip(questions, generations):
+    for q, text, done in zip(questions, generations, finished):
         predicted = extract_answer(text, markers)
         correct = answers_match(predicted, q.answer)
         result.n_correct += bool(correct)
@@ -134,6 +138,8 @@ def judge(questions: Sequence[Question], generations: Sequence[str],
             reason = "no answer"
         elif not correct:
             reason = "wrong answer"
+        elif not done:
+            reason = "unfinished"
         elif not rationale:
             reason = "no reasoning"
         if reason is not None:
@@ -161,6 +167,8 @@ def add_parser(sub: argparse._SubParsersAction, formatter_class: type) -> argpar
     p.add_argument("--max-new-tokens", type=int, default=256, help="generation stops at EOS or after this many tokens")
     p.add_argument("--template", choices=TEMPLATES, default="auto",
                    help="auto: the tokenizer's chat template when it has one, else plain 'Q: ... A: Let's think step by step.'")
+    p.add_argument("--keep-unfinished", action="store_true",
+                   help="also keep right answers of generations cut off by --max-new-tokens (default: left out as 'unfinished')")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding (default: greedy)")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (with --sample)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (with --sample)")
@@ -205,7 +213,9 @@ def run(args: argparse.Namespace) -> int:
     outputs = generate(model, prompts, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, max_new_tokens=args.max_new_tokens,
                        batch_size=args.batch_size, progress=not args.quiet, do_sample=args.sample,
                        temperature=args.temperature, top_p=args.top_p)
-    result = judge(questions, [tok.decode(ids, skip_special_tokens=True) for ids in outputs])
+    # generate() cuts each output at its first EOS: one as long as the limit never reached EOS
+    finished = [args.keep_unfinished or len(ids) < args.max_new_tokens for ids in outputs]
+    result = judge(questions, [tok.decode(ids, skip_special_tokens=True) for ids in outputs], finished)
     out = Path(args.out)
     write_jsonl(result.kept, out)
     rejected = out.with_suffix(".rejected.jsonl")
