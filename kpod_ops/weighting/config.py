@@ -7,6 +7,7 @@ import numbers
 from dataclasses import asdict, dataclass
 
 from ..errors import bad_input
+from .answer_loss import FUSED_LINEAR
 
 _PREDICTOR_TRAINING = ("full", "lora", "frozen")
 _MASK_LOSS = ("sampled", "expected")
@@ -62,7 +63,10 @@ class MaskLearnerConfig:
     Answer predictor: trained fully (``"full"``, the paper's literal reading), through ``"lora"``
     adapters (``peft``), or ``"frozen"``; ``projection`` maps the student's embedding size to the
     predictor's (``"auto"``: identity when the sizes agree). The model passed in is never changed:
-    the learner trains a copy unless ``copy_predictor=False``.
+    the learner trains a copy unless ``copy_predictor=False``. ``fused_linear``: ``"auto"``
+    computes the answer loss with the fused linear keypoint cross-entropy (no logits) wherever the
+    predictor allows it and says why not otherwise (then the logits); ``True`` requires it,
+    ``False`` uses the logits (see :class:`~kpod_ops.weighting.AnswerPredictor`).
 
     Training: AdamW with ``lr`` for the weight generator and mask embedding, ``predictor_lr``
     (``None``: the same as ``lr``; 0 keeps them fixed) for the predictor, its projection and answer
@@ -99,6 +103,7 @@ class MaskLearnerConfig:
     lora_alpha: int = 32
     lora_targets: str | list[str] = "all-linear"
     copy_predictor: bool = True
+    fused_linear: bool | str = "auto"
     # training
     lr: float = 1e-3
     predictor_lr: float | None = 3e-3
@@ -149,6 +154,8 @@ class MaskLearnerConfig:
         for name in ("hard", "copy_predictor"):
             if not isinstance(getattr(self, name), bool):
                 raise bad_input(name, "a bool", repr(getattr(self, name)))
+        if self.fused_linear not in FUSED_LINEAR or not isinstance(self.fused_linear, (bool, str)):
+            raise bad_input("fused_linear", f"one of {FUSED_LINEAR}", repr(self.fused_linear))
         targets = self.lora_targets
         if not (isinstance(targets, str) or (isinstance(targets, (list, tuple)) and all(isinstance(t, str) for t in targets))):
             raise bad_input("lora_targets", "a string or a list of module names", repr(targets))

@@ -57,6 +57,7 @@ class MaskLearner(nn.Module):
             lora_alpha=c.lora_alpha,
             lora_targets=c.lora_targets,
             copy_model=c.copy_predictor,
+            fused_linear=c.fused_linear,
         )
 
     @property

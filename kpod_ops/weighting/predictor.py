@@ -2,15 +2,19 @@
 
 It is fed through ``inputs_embeds`` (the mask acts on embeddings, never on ids), so the gradient of
 the answer loss reaches the mask and through it the weight generator. Decoder-only models get one
-left-padded row ``[question, masked prefix, answer]`` per (example, prefix) and compute logits only
-for the answer window; encoder-decoder models get ``[question, masked prefix]`` in the encoder and
-the answer in the decoder. All prefixes of a batch go through one forward.
+left-padded row ``[question, masked prefix, answer]`` per (example, prefix), or (the default) all
+prefixes of an example in one sequence with a 4-D attention mask, and apply the LM head only on the
+rows that predict answer tokens, by default through the fused linear keypoint cross-entropy (no
+logits at all; see :mod:`kpod_ops.weighting.answer_loss`); encoder-decoder models get
+``[question, masked prefix]`` in the encoder and the answer in the decoder (their own LM head's
+loss comes from the logits). All prefixes of a batch go through one forward.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +22,7 @@ from torch import nn
 
 from .._optional import require
 from ..errors import bad_input
+from .answer_loss import resolve_fused_linear, row_nll_from_logits, row_nll_fused
 
 
 def _output_vocab(model: nn.Module) -> int:
@@ -38,6 +43,13 @@ class AnswerPredictor(nn.Module):
     through it to the mask). The caller's ``model`` is never changed: it is deep-copied first
     (passing the student itself is safe) unless ``copy_model=False``, which trains, freezes or
     adapts the very model passed in (saves its memory; the caller asked for it).
+
+    ``fused_linear``: ``"auto"`` computes the answer loss from the answer rows' hidden states with
+    :func:`kpod_ops.keypoint_linear_cross_entropy` (no ``[rows, V]`` logits) wherever the predictor
+    allows it (the learner's answer head, or the plain LM head of a Llama / Mistral / Qwen family
+    causal LM), and otherwise uses the logits with a warning that says why; ``True`` makes
+    an unsupported predictor an error, ``False`` always uses the logits. ``fused_linear_reason``
+    records the decision.
     """
 
     def __init__(
@@ -53,6 +65,7 @@ class AnswerPredictor(nn.Module):
         lora_targets: str | list[str] = "all-linear",
         copy_model: bool = True,
         share_prefixes: bool = True,
+        fused_linear: bool | str = "auto",
     ) -> None:
         super().__init__()
         if not hasattr(model, "config") or not hasattr(model, "get_input_embeddings"):
@@ -84,6 +97,14 @@ class AnswerPredictor(nn.Module):
             model.requires_grad_(False)
         self.model = model
         self.share_prefixes = share_prefixes
+        self.fused_linear, self.fused_linear_reason = resolve_fused_linear(fused_linear, model, self.answer_head)
+        if fused_linear == "auto" and not self.fused_linear:
+            warnings.warn(
+                f"mask learner (fused_linear='auto'): {self.fused_linear_reason}; the answer loss is computed from "
+                "the logits (fused_linear=False says so without this warning)",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def train(self, mode: bool = True) -> AnswerPredictor:
         super().train(mode)
@@ -94,9 +115,6 @@ class AnswerPredictor(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
-
-    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.answer_head(hidden)
 
     def forward(
         self,
@@ -176,12 +194,11 @@ class AnswerPredictor(nn.Module):
         order = [r for i in examples for r in by_example[i]]
         cols = torch.stack([torch.tensor(c + [c[-1]] * (a_max - len(c)), device=dev) for c in gather_cols])
         picked = hidden[torch.tensor(gather_rows, device=dev)[:, None], cols]  # [R, a_max, H]: answer rows only
-        logits = head(picked)
         for i in examples:
             for _ in by_example[i]:
                 t = answer_ids[i]
                 targets.append(F.pad(t, (0, a_max - t.numel()), value=-100))
-        nll = self._row_nll(logits, torch.stack(targets))
+        nll = self._answer_nll(picked, head, torch.stack(targets))
         out = torch.empty_like(nll)
         out[torch.tensor(order, device=dev)] = nll
         return out
@@ -198,12 +215,16 @@ class AnswerPredictor(nn.Module):
         kwargs = {"inputs_embeds": emb, "attention_mask": attn, "position_ids": pos, "use_cache": False}
         if self.answer_head is not None:
             hidden = self.model(**kwargs, output_hidden_states=True).hidden_states[-1]
-            logits = self._head(hidden[:, -(a_max + 1) : -1])
+            return self._answer_nll(hidden[:, -(a_max + 1) : -1], self.answer_head, targets)
+        if self.fused_linear:  # a supported causal LM: its backbone's hidden states, then its plain LM head
+            hf = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            hidden = hf.model(**kwargs).last_hidden_state
+            return row_nll_fused(hidden[:, -(a_max + 1) : -1], hf.lm_head, targets)
         else:
             if self._keep_logits:
                 kwargs["logits_to_keep"] = a_max + 1
             logits = self.model(**kwargs).logits[:, -(a_max + 1) : -1]
-        return self._row_nll(logits, targets)
+        return row_nll_from_logits(logits, targets)
 
     def _encoder_decoder(self, proj, answer_ids, rows) -> torch.Tensor:
         enc = [torch.cat([proj[i][0], proj[i][1][:k]]) for i, k in rows]
@@ -224,10 +245,12 @@ class AnswerPredictor(nn.Module):
             use_cache=False,
             output_hidden_states=self.answer_head is not None,
         )
-        logits = self._head(out.decoder_hidden_states[-1]) if self.answer_head is not None else out.logits
-        return self._row_nll(logits, targets)
+        if self.answer_head is not None:
+            return self._answer_nll(out.decoder_hidden_states[-1], self.answer_head, targets)
+        return row_nll_from_logits(out.logits, targets)
 
-    @staticmethod
-    def _row_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none")
-        return nll.view(targets.shape).sum(-1)
+    def _answer_nll(self, hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor) -> torch.Tensor:
+        """Summed answer NLL per row from the answer rows' hidden states ``[R, A, H]`` and the head."""
+        if self.fused_linear:
+            return row_nll_fused(hidden, head, targets)
+        return row_nll_from_logits(head(hidden), targets)
