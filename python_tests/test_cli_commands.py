@@ -269,6 +269,28 @@ def test_schedule_follows_the_runs_settings_and_the_ablation(schedule_run, capsy
         (schedule_run / "report.json").unlink()
 
 
+def test_schedule_from_a_compare_seeds_shared_folder(schedule_run, tmp_path, capsys):
+    import shutil
+
+    seed = tmp_path / "seed0"
+    shutil.copytree(schedule_run, seed / "shared")
+    (seed / "kpod").mkdir()
+    (seed / "kpod" / "report.json").write_text(json.dumps({"config": {"train": {"epochs": 10}, "curriculum": {
+        "beta": 5.0, "p": 0.5, "c0_ratio": 0.3, "solver": "ftgp", "normalisation": "softmax"}}}))
+    assert main(["schedule", "--run", str(seed / "kpod")]) == 0  # difficulties from the seed's shared/ folder
+    assert "epochs=10, T=5" in capsys.readouterr().out
+    assert main(["schedule", "--run", str(seed / "shared")]) == 0  # settings from the method run beside it
+    assert "epochs=10, T=5" in capsys.readouterr().out
+    plain = tmp_path / "plain"  # no report to say which normalisation: two difficulty stages are ambiguous
+    shutil.copytree(schedule_run, plain)
+    (plain / "difficulty-uniform").mkdir()
+    (plain / "difficulty-uniform" / "difficulties.json").write_text("{}")
+    assert "--normalisation: expected one to choose between difficulty-softmax, difficulty-uniform" in _error(
+        capsys, ["schedule", "--run", str(plain)])
+    assert main(["schedule", "--run", str(plain), "--normalisation", "softmax"]) == 0
+    assert "no report.json" in capsys.readouterr().err
+
+
 def test_schedule_from_data_scores_with_a_model(teacher, tmp_path, capsys):
     data = tmp_path / "d.jsonl"
     write_jsonl(load_builtin("arith-cot", "train", n=8, seed=2), data)

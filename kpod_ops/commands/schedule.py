@@ -25,6 +25,9 @@ DATA_DEFAULTS = {"epochs": 6, "beta": 12.0, "p": 0.5, "c0_ratio": 0.3, "solver":
 def _stage_file(run: Path, pattern: str, name: str) -> Path:
     for folder in (run, run.parent / "shared"):
         found = sorted(folder.glob(pattern))
+        if len(found) > 1:
+            names = ", ".join(f.parent.name for f in found)
+            raise KPODInputError(f"--normalisation: expected one to choose between {names} in {folder}, got none")
         if found:
             return found[0]
     raise KPODInputError(f"--run: expected a run folder with {pattern.split('/')[0]} (a method with a curriculum), got {run} "
@@ -39,9 +42,12 @@ def from_run(run: Path, normalisation: str | None) -> tuple[dict, dict, dict[str
         raise KPODInputError(f"--run: expected a kpod distill run folder, got {run} (not a directory)")
     settings: dict[str, Any] = {}
     report = run / "report.json"
+    if not report.is_file() and run.name == "shared":  # a compare seed's shared folder: a method run beside it
+        report = next((r for r in sorted(run.parent.glob("*/report.json")) if r.parent.name != "shared"), report)
     if report.is_file():
         data = read_json(report)
-        config, method = data["config"], data.get("method_settings") or {}
+        config = data["config"]
+        method = (data.get("method_settings") or {}) if report.parent == run else {}  # not a sibling method's ablation
         cur = config["curriculum"]
         # the method's own beta and normalisation (e.g. no-diversity: beta 0; no-sig-dif: uniform) over the config's
         beta = cur["beta"] if method.get("beta") is None else method["beta"]
@@ -129,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
             if getattr(args, option) is not None:
                 raise KPODInputError(f"--{option.replace('_', '-')}: expected only with --data, got it with --run")
         difficulties, clusters, settings = from_run(Path(args.run), args.normalisation)
+        note = "" if settings else (f"kpod schedule: no report.json in {args.run}: the curriculum settings not given "
+                                    f"are the quick preset's {DATA_DEFAULTS}")
         settings = {**DATA_DEFAULTS, **settings}
     else:
         if args.model is None:
@@ -139,12 +147,14 @@ def run(args: argparse.Namespace) -> int:
         if n_clusters < 1:
             raise KPODInputError(f"--n-clusters: expected an int >= 1, got {n_clusters}")
         difficulties, clusters = from_data(args.data, args.model, args.weights, n_clusters, args.seed, not args.quiet)
-        settings = dict(DATA_DEFAULTS)
+        settings, note = dict(DATA_DEFAULTS), ""
     for key in ("epochs", "beta", "p", "c0_ratio", "solver"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     schedule = build_schedule(difficulties, clusters, n_epochs=settings["epochs"], beta=settings["beta"], p=settings["p"],
                               c0_ratio=settings["c0_ratio"], solver=settings["solver"], progressive=not args.no_progressive)
+    if note:  # once the schedule stands (an error stays the only line)
+        print(note, file=sys.stderr)
     print(schedule.summary())
     if args.png is not None:
         from ..curriculum.report import plot_budget
