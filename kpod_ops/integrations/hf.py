@@ -105,19 +105,29 @@ def _check_not_packed(kwargs: Mapping[str, Any]) -> None:
         )
 
 
+@torch._dynamo.disable
+def _enter(patch: _Patch, token_weights: Any, loss_start: Any, kwargs: dict[str, Any]) -> None:
+    """Check the batch, stash its KPOD fields for the loss and unguard the labels (``kwargs`` in place).
+    Never traced by torch.compile: the guarded labels are not a tensor dynamo can trace."""
+    if token_weights is not None or loss_start is not None:
+        _check_not_packed(kwargs)
+    guarded = is_guarded(kwargs.get("labels"))
+    if guarded:  # the model's own code (and torch.compile) sees plain labels; the loss knows their origin
+        kwargs["labels"] = unguard(kwargs["labels"])
+    patch.pending = (token_weights, loss_start, guarded)
+
+
 def _make_forward(patch: _Patch, original: Any) -> Any:
     def forward(self, *args, token_weights=None, loss_start=None, step_ids=None, **kwargs):
-        if token_weights is not None or loss_start is not None:
-            _check_not_packed(kwargs)
-        guarded = is_guarded(kwargs.get("labels"))
-        if guarded:  # the model's own code (and torch.compile) sees plain labels; the loss knows their origin
-            kwargs["labels"] = unguard(kwargs["labels"])
-        patch.pending = (token_weights, loss_start, guarded)
+        _enter(patch, token_weights, loss_start, kwargs)
         try:
             return original(*args, **kwargs)
         finally:
             patch.pending = None
 
+    # Under torch.compile (Trainer's torch_compile=True) this frame runs eagerly: the guarded labels and the
+    # batch fields never enter the compiled graph, while the original forward (and the loss) it calls are compiled.
+    forward = torch._dynamo.disable(forward, recursive=False)
     forward.__signature__ = _signature_with_batch_keys(original)
     forward.__doc__ = getattr(original, "__doc__", None)
     return forward
@@ -209,8 +219,9 @@ def apply_kpod_loss(model: Any, *, fused_linear: bool | str = "auto", impl: str 
     tokens: a token mean, invariant to gradient accumulation. Batches without KPOD fields train the
     plain (token-mean) cross-entropy through the same kernel.
 
-    Works on PEFT-wrapped models (the base model is patched). Packed / padding-free batches with
-    KPOD fields are refused.
+    Works on PEFT-wrapped models (the base model is patched) and under ``torch.compile`` (Trainer's
+    ``torch_compile=True``: the patched forward's batch handling runs eagerly, the model's own forward
+    and the loss are compiled). Packed / padding-free batches with KPOD fields are refused.
 
     ``fused_linear``: ``True`` computes the training loss from the last hidden states and the LM
     head's weight with the fused linear keypoint loss, never building the ``[B, T, V]`` logits
@@ -422,9 +433,6 @@ class _KPODTrainerMixin:
         return data_collator, callbacks
 
     def _kpod_check_args(self) -> None:
-        if self.args.torch_compile:
-            raise bad_input("args.torch_compile", "False (KPOD batches are not supported under torch.compile of "
-                            "the whole model yet)", True)
         if getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False):
             raise bad_input("args", "DDP or a single process (FSDP and DeepSpeed ZeRO are not supported by the KPOD "
                             "trainers yet)", "fsdp / deepspeed enabled")
