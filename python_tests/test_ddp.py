@@ -59,20 +59,48 @@ def _run(cmd: list[str], tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
 
-@pytest.mark.slow
-def test_two_processes_equal_one_process_and_gradient_accumulation(tmp_path):
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun is not installed")
-    script = tmp_path / "worker.py"
+def _launcher(name: str) -> str:
+    path = shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The worker script and the 1-process run with the whole global batch (4) per step."""
+    folder = tmp_path_factory.mktemp("ddp")
+    script = folder / "worker.py"
     script.write_text(WORKER.format(tests=str(HERE)))
-    _run([torchrun, "--standalone", "--nproc_per_node=2", str(script), str(tmp_path / "ddp"), "2", "1", str(STEPS)],
-         tmp_path)
-    _run([sys.executable, str(script), str(tmp_path / "one"), "4", "1", str(STEPS)], tmp_path)
-    _run([sys.executable, str(script), str(tmp_path / "accum"), "2", "2", str(STEPS)], tmp_path)
-    ddp, one, accum = (torch.load(tmp_path / f"{name}.pt") for name in ("ddp", "one", "accum"))
-    for normaliser in ("sequence", "token"):
-        torch.testing.assert_close(ddp[normaliser], one[normaliser], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(accum[normaliser], one[normaliser], rtol=1e-5, atol=1e-6)
-    # the two normalisers give different updates, so the comparison is not between untrained models
+    _run([sys.executable, str(script), str(folder / "one"), "4", "1", str(STEPS)], folder)
+    one = torch.load(folder / "one.pt")
+    # the two normalisers give different updates, so the comparisons are not between untrained models
     assert not torch.allclose(one["sequence"], one["token"])
+    return folder, script, one
+
+
+def _assert_equal(result: dict, one: dict) -> None:
+    for normaliser in ("sequence", "token"):
+        torch.testing.assert_close(result[normaliser], one[normaliser], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_and_gradient_accumulation(one_process):
+    folder, script, one = one_process
+    _run([_launcher("torchrun"), "--standalone", "--nproc_per_node=2", str(script), str(folder / "ddp"), "2", "1",
+          str(STEPS)], folder)
+    _run([sys.executable, str(script), str(folder / "accum"), "2", "2", str(STEPS)], folder)
+    _assert_equal(torch.load(folder / "ddp.pt"), one)
+    _assert_equal(torch.load(folder / "accum.pt"), one)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_with_two_cpu_processes_equals_one_process(one_process):
+    """``accelerate launch --multi_gpu --num_processes 2`` starts 2 processes through torchrun (gloo on a CPU-only
+    machine). ``--cpu --num_processes 2`` would start only one: accelerate's multi-CPU launch needs MPI
+    (``--mpirun_hostfile`` and an ``mpirun``)."""
+    folder, script, one = one_process
+    _run([_launcher("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", str(script),
+          str(folder / "accelerate"), "2", "1", str(STEPS)], folder)
+    _assert_equal(torch.load(folder / "accelerate.pt"), one)
