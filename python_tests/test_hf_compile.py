@@ -8,7 +8,7 @@ import pytest
 from test_hf import step_losses, tiny_data, tiny_llama, tiny_schedule, train_args
 from transformers import Trainer
 
-from kpod_ops import KPODCollator
+from kpod_ops import KPODCollator, KPODInputError
 from kpod_ops.integrations.hf import KPODTrainer, apply_kpod_loss
 
 pytestmark = pytest.mark.slow
@@ -44,3 +44,14 @@ def test_kpod_trainer_compiles_with_a_schedule(tmp_path):
         losses[compiled] = step_losses(trainer)
     assert len(losses[True]) == 4
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+
+
+def test_unpatched_model_under_compile_says_what_to_change(tmp_path):
+    """Without the patch the guarded labels reach the traced model code: dynamo stops with the KPOD message."""
+    tok, tokenized, weights = tiny_data(4)
+    trainer = Trainer(model=tiny_llama(tok), args=_args(tmp_path, True, max_steps=1, remove_unused_columns=False),
+                      data_collator=KPODCollator(tok, weights), train_dataset=tokenized)
+    with pytest.raises(Exception, match="apply_kpod_loss") as info:
+        trainer.train()
+    # dynamo re-raises errors from the code it traces as its own type, naming the original
+    assert isinstance(info.value, KPODInputError) or str(info.value).startswith("KPODInputError: a KPOD batch")

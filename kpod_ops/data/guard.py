@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 import torch
+import torch._guards
 import torch.nn.functional as F
 
 from ..errors import KPODInputError
@@ -35,6 +36,13 @@ MESSAGE = (
     "kpod_ops.integrations.hf.apply_kpod_loss(model), or train with KPODTrainer / KPODSFTTrainer, or compute "
     "kpod_ops.keypoint_cross_entropy(logits, labels, token_weights, loss_start, shift=True) yourself. "
     "(For a plain loss on purpose, pass kpod_ops.data.unguard(labels).)"
+)
+
+COMPILE_MESSAGE = (
+    "a KPOD batch's labels (from KPODCollator) reached code that torch.compile is tracing: under torch.compile "
+    "(e.g. Trainer's torch_compile=True) patch the model with kpod_ops.integrations.hf.apply_kpod_loss(model) or "
+    "train with KPODTrainer (the patched forward hands the compiled model plain labels), or pass "
+    "kpod_ops.data.unguard(labels) to your compiled function"
 )
 
 
@@ -58,6 +66,8 @@ class KPODLabels(torch.Tensor):
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if torch._guards.TracingContext.try_get() is not None:  # torch.compile is tracing code that holds the labels
+            raise KPODInputError(COMPILE_MESSAGE)
         kwargs = kwargs or {}
         if func in _CONSUMERS and (_holds_labels(args) or _holds_labels(kwargs.values())):
             if not _called_from_kpod_ops():
