@@ -1,14 +1,14 @@
-"""`Trainer(..., torch_compile=True)` with a model patched by `apply_kpod_loss`, and `KPODTrainer` with
-`torch_compile=True`: they train the KPOD loss with the same per-step losses as without compilation
+"""`Trainer(..., torch_compile=True)` with a model patched by `apply_kpod_loss`, and `KPODTrainer` /
+`KPODSFTTrainer` (LoRA students too) with `torch_compile=True`: they train the KPOD loss with the same per-step losses as without compilation
 (dynamo's `aot_eager` backend: the same tracing as inductor, without the slow C++ code generation)."""
 
 from __future__ import annotations
 
 import pytest
-from test_hf import step_losses, tiny_data, tiny_llama, tiny_schedule, train_args
+from test_hf import given, lora, step_losses, tiny_data, tiny_llama, tiny_schedule, train_args
 from transformers import Trainer
 
-from kpod_ops import KPODCollator, KPODInputError
+from kpod_ops import KPODCollator, KPODInputError, to_record
 from kpod_ops.integrations.hf import KPODTrainer, apply_kpod_loss
 
 pytestmark = pytest.mark.slow
@@ -33,16 +33,39 @@ def test_plain_trainer_with_the_patch_compiles(tmp_path, fused_linear):
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
 
 
-def test_kpod_trainer_compiles_with_a_schedule(tmp_path):
+@pytest.mark.parametrize("student", ["full", "lora"])
+def test_kpod_trainer_compiles_with_a_schedule(tmp_path, student):
     tok, tokenized, weights = tiny_data(8)
     losses = {}
     for compiled in (False, True):
-        trainer = KPODTrainer(tiny_llama(tok), _args(tmp_path / str(compiled), compiled, num_train_epochs=2),
+        model = tiny_llama(tok) if student == "full" else lora(tiny_llama(tok))  # PEFT's forward is compiled too
+        trainer = KPODTrainer(model, _args(tmp_path / str(compiled), compiled, num_train_epochs=2),
                               train_dataset=tokenized, processing_class=tok, token_weights=weights,
                               schedule=tiny_schedule(tokenized, n_epochs=2), fused_linear=False)
         trainer.train()
         losses[compiled] = step_losses(trainer)
     assert len(losses[True]) == 4
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+
+
+def test_kpod_sft_trainer_compiles_with_lora(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    trl = pytest.importorskip("trl")
+    from kpod_ops.integrations.sft import KPODSFTTrainer
+
+    tok, tokenized, weights = tiny_data(8)
+    records = datasets.Dataset.from_list([to_record(te) for te in tokenized])
+    losses = {}
+    for compiled in (False, True):
+        extra = {"torch_compile": True, "torch_compile_backend": "aot_eager"} if compiled else {}
+        args = trl.SFTConfig(str(tmp_path / str(compiled)), report_to=[], use_cpu=True, save_strategy="no", logging_steps=1,
+                             disable_tqdm=True, seed=0, max_length=None, per_device_train_batch_size=2, max_steps=2,
+                             **extra)
+        trainer = KPODSFTTrainer(lora(tiny_llama(tok)), args, KPODCollator(tok, weights, given(tokenized)),
+                                 train_dataset=records, processing_class=tok)
+        trainer.train()
+        losses[compiled] = step_losses(trainer)
+    assert len(losses[True]) == 2
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
 
 

@@ -40,9 +40,10 @@ MESSAGE = (
 
 COMPILE_MESSAGE = (
     "a KPOD batch's labels (from KPODCollator) reached code that torch.compile is tracing: under torch.compile "
-    "(e.g. Trainer's torch_compile=True) patch the model with kpod_ops.integrations.hf.apply_kpod_loss(model) or "
-    "train with KPODTrainer (the patched forward hands the compiled model plain labels), or pass "
-    "kpod_ops.data.unguard(labels) to your compiled function"
+    "(e.g. Trainer's torch_compile=True) patch the model with kpod_ops.integrations.hf.apply_kpod_loss(model) "
+    "(its forward hands the compiled model plain labels) or train with KPODTrainer / KPODSFTTrainer (they also "
+    "unguard the labels before any compiled wrapper runs), or pass kpod_ops.data.unguard(labels) to your compiled "
+    "function"
 )
 
 

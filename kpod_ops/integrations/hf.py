@@ -443,6 +443,21 @@ class _KPODTrainerMixin:
             raise bad_input("args.average_tokens_across_devices",
                             "True (KPOD normalises by the global batch across processes)", False)
 
+    def _prepare_inputs(self, inputs: Any) -> Any:
+        """Trainer's input preparation; under ``torch_compile`` the labels are also unguarded here, eagerly, so
+        that no wrapper the compiled graph starts at (PEFT, accelerate) traces them — the model is patched,
+        so its loss is the KPOD loss."""
+        inputs = super()._prepare_inputs(inputs)
+        if self.args.torch_compile and isinstance(inputs, Mapping) and is_guarded(inputs.get("labels")):
+            missing = [k for k in ("token_weights", "loss_start") if inputs.get(k) is None]
+            if missing:
+                raise KPODInputError(
+                    f"batch: expected token_weights and loss_start with labels from KPODCollator, got no {missing}: "
+                    "keep them in the batch (a custom collator wrapper dropped them)"
+                )
+            inputs = {**inputs, "labels": unguard(inputs["labels"])}
+        return inputs
+
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
         extra = [*RECORD_KEYS, "steps", *BATCH_KEYS]
