@@ -163,6 +163,51 @@ def test_token_normaliser_and_resume_after_sigkill(one_process):
     assert not all(torch.allclose(sa[k], sb[k], rtol=1e-4, atol=1e-5) for k in sa)
 
 
+TRAIN_WORKER = """
+import sys
+import numpy as np
+import torch
+from kpod_ops.data import load_builtin, tokenize_examples
+from kpod_ops.models import tiny_student, tiny_tokenizer
+from kpod_ops.pipeline import TrainSettings, train
+from kpod_ops.pipeline import distributed
+
+out, results = sys.argv[1], {}
+if int(__import__("os").environ.get("WORLD_SIZE", "1")) > 1:
+    torch.distributed.init_process_group("gloo")
+tok = tiny_tokenizer()
+# 9 examples: the last global batch of 4 has 1 sequence (one process gets none: a zero-weight pass);
+# 11 examples: the last has 3 (1 and 2 sequences: different numbers of micro-batches per process)
+for n in (9, 11):
+    examples = tokenize_examples(load_builtin("arith-cot", "train", n=n, seed=5), tok)
+    rng = np.random.default_rng(0)
+    weights = {e.id: rng.uniform(0.2, 1.0, e.rationale_len).astype(np.float32) for e in examples}
+    model = tiny_student(tok, hidden_size=32, num_layers=2, num_heads=2, seed=1)
+    settings = TrainSettings(epochs=1, batch_size=4, micro_batch_size=1, lr=1e-2, normaliser="token", seed=3)
+    history = train(model, tok, examples, settings, token_weights=weights, progress=False, say=lambda m: None).history
+    results[n] = (torch.cat([p.detach().flatten() for p in model.parameters()]), [h["loss"] for h in history])
+if distributed.is_main():
+    torch.save(results, out)
+if distributed.world_size() > 1:
+    torch.distributed.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_short_last_batches_split_unevenly_across_processes(tmp_path):
+    """The last global batch of an epoch may leave a process fewer micro-batches than the other, or none."""
+    script = tmp_path / "train_worker.py"
+    script.write_text(TRAIN_WORKER)
+    _run([sys.executable, str(script), str(tmp_path / "one.pt")], tmp_path)
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+          str(tmp_path / "ddp.pt")], tmp_path)
+    one, ddp = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "ddp.pt")
+    for n in (9, 11):
+        torch.testing.assert_close(ddp[n][0], one[n][0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(torch.tensor(ddp[n][1]), torch.tensor(one[n][1]), rtol=1e-5, atol=0)
+        assert len(one[n][1]) == 3
+
+
 def test_global_batch_must_split_across_processes(tmp_path, monkeypatch):
     """Checked before any stage runs: 4 sequences cannot be split into 3 processes × micro-batches of 2."""
     monkeypatch.setattr(distributed, "world_size", lambda: 3)
