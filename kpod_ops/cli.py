@@ -56,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     d = sub.add_parser("distill", help="run every stage: data, warm-up, weights, curriculum, training, evaluation, report",
-                       formatter_class=fmt, description="Distil a student with KPOD (or an ablation) and evaluate it on the held-out test split.")
+                       formatter_class=fmt, description="Distil a student with KPOD (or an ablation) and evaluate it on the held-out test split. "
+                       "Under `torchrun --nproc_per_node=N -m kpod_ops.cli distill ...` training is data-parallel "
+                       "(train.batch_size stays the global batch); the other stages run once, on rank 0.")
     common(d)
     d.add_argument("--out", required=True, metavar="DIR", help="run folder (re-running reuses finished stages whose configuration is unchanged)")
     d.add_argument("--method", default="kpod", help=_METHOD_HELP + f"; one of {', '.join(METHODS)}")
