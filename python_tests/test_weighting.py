@@ -496,11 +496,13 @@ def test_weighter_attention_starts_local():
 
 
 def test_literal_switch_and_normalized_objective_agree_up_to_the_lengths():
-    """``objective="normalized"`` divides the literal ``L_p`` by L*|a| and ``L_m`` by L, per example."""
+    """``objective="normalized"`` with ``prefix_mean="all"`` divides the literal ``L_p`` by L*|a| and ``L_m``
+    by L, per example (the default ``prefix_mean="sampled"`` weighs the prefixes differently:
+    test_weighting_defaults.py)."""
     model = tiny_llama()
     exs = random_examples(5, seed=21)
     literal = MaskLearner(model, model, MaskLearnerConfig.literal(num_prefixes=3))
-    normalized = MaskLearner(model, model, MaskLearnerConfig(num_prefixes=3))
+    normalized = MaskLearner(model, model, MaskLearnerConfig(num_prefixes=3, prefix_mean="all"))
     normalized.load_state_dict(literal.state_dict())
     assert literal.config.objective == "literal" and literal.config.alpha == 0.5 and literal.config.predictor_warmup == 0
     assert MaskLearnerConfig.literal(alpha=0.3).alpha == 0.3

@@ -14,6 +14,9 @@ _MASK_LOSS = ("sampled", "expected")
 _MASK_NORM = ("sum", "length")
 _OBJECTIVE = ("normalized", "literal")
 _MONITOR = ("objective", "answer_loss")
+_PREFIX_MEAN = ("sampled", "all")
+PREDICTOR_LR = 3e-3  # predictor_lr="auto" for a predictor trained fully (or frozen, for its projection / head)
+LORA_PREDICTOR_LR = 1e-4  # predictor_lr="auto" for LoRA adapters on a pre-trained predictor
 
 
 def _int(config: object, name: str, *, low: int) -> None:
@@ -49,8 +52,14 @@ class MaskLearnerConfig:
     Objective ``L_k = L_p + alpha * L_m``. ``num_prefixes`` (P) prefix lengths per example estimate
     the paper's sum over all prefixes (see ``kpod_ops.weighting.prefixes``). ``objective``:
 
-    - ``"normalized"`` (default): ``L_p`` is the mean over prefix lengths of the mean answer-token
-      NLL, ``L_m`` the mean keep mask (``mask_norm=None`` means ``"length"``). Both are O(1) for any
+    - ``"normalized"`` (default): ``L_p`` is a mean over prefixes of the mean answer-token NLL,
+      ``L_m`` the mean keep mask (``mask_norm=None`` means ``"length"``). ``prefix_mean="sampled"``
+      (default) weighs the P sampled prefixes alike, so the full rationale counts 1/P;
+      ``"all"`` estimates the mean over all L prefix lengths (the full rationale counts 1/L). With
+      a predictor that cannot redo the arithmetic, the full rationale is the only prefix from which
+      the answer can be read (off its last result), and in shorter prefixes the visible
+      intermediate numbers mislead a predictor that copies the last number: at 1/L, hiding the
+      numbers lowered ``L_p`` and SmolLM2 learned to mask them. Both terms are O(1) for any
       rationale/answer length and vocabulary, so ``alpha`` (default 0.25) means "nats per answer
       token that keeping every token must buy". Literally (sums) the answer term of a 40-token rationale with
       an 8-token answer is ~L*|a| = 320 times larger per unit, so on a pre-trained predictor
@@ -68,13 +77,25 @@ class MaskLearnerConfig:
     predictor allows it and says why not otherwise (then the logits); ``True`` requires it,
     ``False`` uses the logits (see :class:`~kpod_ops.weighting.AnswerPredictor`).
 
+    ``train_predictor_after_warmup``: whether the predictor keeps learning with the weights once
+    the warm-up ends (``True``, the paper's joint training) or is held fixed (``False``).
+    ``"auto"`` (default) holds a ``"lora"`` predictor fixed: a pre-trained model that is trained on
+    a few dozen examples of masks drawn from the weights co-adapts with them; it unlearned reading
+    the rationale (it can already copy the answer, so that gets no gradient, while every row where
+    the answer's number is hidden or not yet written teaches it to ignore the rationale), and the
+    weights followed it to 0.
+
     Training: AdamW with ``lr`` for the weight generator and mask embedding, ``predictor_lr``
     (``None``: the same as ``lr``; 0 keeps them fixed) for the predictor, its projection and answer
-    head. Warm-up: at first only the predictor learns, on masks drawn from the initial weights, for
-    at most ``predictor_warmup`` of the steps; with ``reading_gain`` set it ends as soon as the
-    predictor reads the rationale (its answer NLL per token with the full rationale is at least
-    ``reading_gain`` nats below that with every rationale token masked, on a probe of validation
-    examples). Without a warm-up a predictor that cannot read yet gives the weights no reason to
+    head. ``"auto"`` (default) is 1e-4 with ``predictor_training="lora"`` (adapters on a
+    pre-trained LM: at 3e-3 SmolLM2-135M unlearned reading the rationale within 8 steps) and 3e-3
+    otherwise (small predictors trained from scratch; train a pre-trained one fully with a small
+    ``predictor_lr`` too). Warm-up: at first only the predictor learns, on masks drawn from the
+    initial weights, for at most ``predictor_warmup`` of the steps; with ``reading_gain`` set it
+    ends as soon as the predictor reads the rationale (its answer NLL per token with the full
+    rationale is at least ``reading_gain`` nats below that with every rationale token masked, on a
+    probe of validation examples, on two probes in a row; a probe before any training would not
+    do: an untrained tiny Llama's random outputs passed it). Without a warm-up a predictor that cannot read yet gives the weights no reason to
     keep anything, and the mask pressure drives every weight to 0 where the sigmoid saturates and
     nothing recovers. Batches of ``batch_size`` examples, at most ``epochs`` epochs, early
     stopping after ``patience`` post-warm-up epochs without improvement of the validation
@@ -94,6 +115,7 @@ class MaskLearnerConfig:
     objective: str = "normalized"
     alpha: float = 0.25
     num_prefixes: int = 4
+    prefix_mean: str = "sampled"
     mask_loss: str = "sampled"
     mask_norm: str | None = None
     # answer predictor
@@ -106,8 +128,9 @@ class MaskLearnerConfig:
     fused_linear: bool | str = "auto"
     # training
     lr: float = 1e-3
-    predictor_lr: float | None = 3e-3
+    predictor_lr: float | str | None = "auto"
     predictor_warmup: float = 0.5
+    train_predictor_after_warmup: bool | str = "auto"
     reading_gain: float | None = 0.1
     weight_decay: float = 0.0
     grad_clip: float | None = 1.0
@@ -125,6 +148,7 @@ class MaskLearnerConfig:
             ("monitor", _MONITOR),
             ("projection", ("auto", "linear", "identity")),
             ("position", ("relative", "rotary", "none")),
+            ("prefix_mean", _PREFIX_MEAN),
         ):
             if getattr(self, name) not in allowed:
                 raise bad_input(name, f"one of {allowed}", repr(getattr(self, name)))
@@ -141,8 +165,8 @@ class MaskLearnerConfig:
             _real(self, name, "a finite number >= 0", lambda v: v >= 0)
         _real(self, "init_keep_logit", "a finite number", lambda v: True)
         _real(self, "predictor_warmup", "a fraction in [0, 1)", lambda v: 0 <= v < 1)
-        if self.predictor_lr is not None:
-            _real(self, "predictor_lr", "a finite number >= 0 or None (same as lr)", lambda v: v >= 0)
+        if self.predictor_lr is not None and self.predictor_lr != "auto":
+            _real(self, "predictor_lr", "a finite number >= 0, 'auto' or None (same as lr)", lambda v: v >= 0)
         if self.tau_final is not None:
             _real(self, "tau_final", "a finite number > 0 or None", lambda v: v > 0)
         if self.grad_clip is not None:
@@ -151,6 +175,10 @@ class MaskLearnerConfig:
             raise bad_input("mask_norm", f"one of {_MASK_NORM} or None (by objective)", repr(self.mask_norm))
         if self.reading_gain is not None:
             _real(self, "reading_gain", "a finite number >= 0 or None (fixed warm-up)", lambda v: v >= 0)
+        if self.train_predictor_after_warmup not in ("auto", True, False) or not isinstance(
+            self.train_predictor_after_warmup, (bool, str)
+        ):
+            raise bad_input("train_predictor_after_warmup", "'auto', True or False", repr(self.train_predictor_after_warmup))
         for name in ("hard", "copy_predictor"):
             if not isinstance(getattr(self, name), bool):
                 raise bad_input(name, "a bool", repr(getattr(self, name)))
@@ -159,6 +187,20 @@ class MaskLearnerConfig:
         targets = self.lora_targets
         if not (isinstance(targets, str) or (isinstance(targets, (list, tuple)) and all(isinstance(t, str) for t in targets))):
             raise bad_input("lora_targets", "a string or a list of module names", repr(targets))
+
+    @property
+    def predictor_learning_rate(self) -> float:
+        """``predictor_lr`` resolved: ``"auto"`` by ``predictor_training``, ``None`` as ``lr``."""
+        if self.predictor_lr == "auto":
+            return LORA_PREDICTOR_LR if self.predictor_training == "lora" else PREDICTOR_LR
+        return self.lr if self.predictor_lr is None else self.predictor_lr
+
+    @property
+    def joint_predictor(self) -> bool:
+        """``train_predictor_after_warmup`` resolved: ``"auto"`` holds a LoRA-adapted predictor fixed."""
+        if self.train_predictor_after_warmup == "auto":
+            return self.predictor_training != "lora"
+        return bool(self.train_predictor_after_warmup)
 
     @property
     def mask_normalization(self) -> str:
@@ -170,8 +212,9 @@ class MaskLearnerConfig:
     @classmethod
     def literal(cls, **overrides) -> MaskLearnerConfig:
         """The paper's objective read literally: sums over prefixes, answer tokens and kept tokens,
-        no warm-up, a constant temperature. Expect it to collapse with a predictor that starts
-        untrained, and to mask nothing with a pre-trained one (see the class doc)."""
+        no warm-up, a constant temperature, the predictor trained jointly at the weights' rate.
+        Expect it to collapse with a predictor that starts untrained, and to mask nothing with a
+        pre-trained one (see the class doc)."""
         base = {
             "objective": "literal",
             "alpha": 0.5,
@@ -179,6 +222,7 @@ class MaskLearnerConfig:
             "reading_gain": None,
             "tau_final": None,
             "predictor_lr": None,
+            "train_predictor_after_warmup": True,
         }
         return cls(**{**base, **overrides})
 

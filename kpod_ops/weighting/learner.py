@@ -92,8 +92,12 @@ class MaskLearner(nn.Module):
         rows, coefs = [], []
         for i in live:
             ks, cs = sample_prefix_lengths(batch.lengths[i], c.num_prefixes, rng)
-            if c.objective == "normalized":  # mean over prefix lengths of the mean answer-token NLL
-                cs = cs / (batch.lengths[i] * batch.answers[i].numel())
+            if c.objective == "normalized":  # a mean over prefixes of the mean answer-token NLL
+                if c.prefix_mean == "sampled":  # the sampled prefixes (the full rationale among them) alike
+                    cs = np.full(len(ks), 1.0 / len(ks))
+                else:  # unbiased for the mean over all L prefix lengths (the full rationale weighs 1/L)
+                    cs = cs / batch.lengths[i]
+                cs = cs / batch.answers[i].numel()
             rows += [(i, int(k)) for k in ks]
             coefs += [(i, float(v)) for v in cs]
         embed = self.weighter.embed

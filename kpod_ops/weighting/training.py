@@ -50,7 +50,7 @@ def _param_groups(learner) -> list[dict]:
     c = learner.config
     mask = [p for n, p in learner.named_parameters() if p.requires_grad and not n.startswith("predictor.")]
     pred = [p for n, p in learner.named_parameters() if p.requires_grad and n.startswith("predictor.")]
-    pred_lr = c.lr if c.predictor_lr is None else c.predictor_lr  # 0.0 means "do not train the predictor"
+    pred_lr = c.predictor_learning_rate  # 0.0 means "do not train the predictor"
     return [{"params": mask, "lr": c.lr}, {"params": pred, "lr": pred_lr}]
 
 
@@ -189,6 +189,8 @@ def fit(
                 warm_end = step  # the predictor reads the rationale (two probes in a row), or the budget is spent
             warming = warm_end is None
             opt.param_groups[0]["lr"] = 0.0 if warming else c.lr  # warm-up: the predictor learns alone
+            if not warming and not c.joint_predictor:
+                opt.param_groups[1]["lr"] = 0.0  # then the weights learn against a fixed reader
             out = learner.objective(batch, tau=tau, rng=rng, generator=gen)
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
