@@ -186,6 +186,25 @@ def test_stage_hashes_follow_what_a_stage_depends_on():
     assert stage_hash(config, "train") != stage_hash(changed_lr, "train")
     assert stage_hash(config, "warmup") != stage_hash({**config, "seed": 1}, "warmup")
     assert stage_hash(config, "data") == stage_hash({**config, "seed": 1}, "data")  # --seed never moves the splits
+    floored = merge(config, {"weights": {"floor": 0.0}})  # how the weights enter the loss: training only
+    assert stage_hash(config, "weights") == stage_hash(floored, "weights")
+    assert stage_hash(config, "train") != stage_hash(floored, "train")
+
+
+def test_weight_floor_keeps_every_token_trained_and_the_mean_at_one():
+    from kpod_ops.pipeline.config import validate
+    from kpod_ops.pipeline.weights import with_floor
+
+    w = {"a": np.array([0.0, 0.0, 3.0, 1.0], dtype=np.float32)}  # mean 1, words at 0
+    out = with_floor(w, 0.8)
+    np.testing.assert_allclose(out["a"], [0.8, 0.8, 1.4, 1.0], rtol=1e-6)
+    assert out["a"].mean() == pytest.approx(1.0) and out["a"].dtype == np.float32
+    assert with_floor(w, 0.0) is w  # the paper's weights as they are
+    for bad in (1.0, -0.1, True, "0.5"):
+        with pytest.raises(KPODInputError, match="weights.floor"):
+            with_floor(w, bad)
+        with pytest.raises(KPODInputError, match="weights.floor"):
+            validate(merge(preset_config("quick"), {"weights": {"floor": bad}}))
 
 
 def test_config_merge_and_methods_reject_unknown_names():

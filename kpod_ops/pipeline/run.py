@@ -43,7 +43,7 @@ from .store import Stage, read_json, write_json
 from .student import add_lora, load_student_dir, new_student, plain_model, save_student
 from .train import TrainSettings, train
 from .warmup import warm_up
-from .weights import learn_weights, learner_config
+from .weights import learn_weights, learner_config, with_floor
 
 Say = Callable[[str], None]
 
@@ -253,6 +253,9 @@ def _prepare(config: dict[str, Any], method: dict[str, Any], splits, out: Path, 
         weights = load_token_weights(stage.dir / "token_weights.npz", tokenized, tokenizer=tok)
         renorm = config["weights"]["renormalize"]
         in_loss = "no (uniform)" if not method["loss_weights"] else ("renormalised to mean 1 per rationale" if renorm else "raw w")
+        floor = config["weights"]["floor"]
+        if method["loss_weights"] and floor:
+            in_loss += f", then floor {floor}: {floor} + {1 - floor:g} * w"
         weights_info = {"degenerate": rec.get("degenerate"), "mean": rec.get("mean"), "kept_ratio": rec.get("kept_ratio"),
                         "in_loss": in_loss, "pictures": str(stage.dir / "pictures")}
 
@@ -295,6 +298,7 @@ def _prepare(config: dict[str, Any], method: dict[str, Any], splits, out: Path, 
     loss_weights = None
     if method["loss_weights"] and weights is not None:
         loss_weights = renormalize_mean_one(weights, allow_degenerate=config["allow_degenerate"]) if config["weights"]["renormalize"] else weights
+        loss_weights = with_floor(loss_weights, config["weights"]["floor"])
     return _Prepared(splits, student, tok, tokenized, skipped, before, weights_info, loss_weights, schedule,
                      (h_data, h_warm, h_weights, h_schedule), timings)
 

@@ -68,3 +68,19 @@ def learn_weights(
             "or pass --allow-degenerate to train with them anyway (the report records it)."
         )
     return LearnedWeights(weights, reason, history)
+
+
+def with_floor(weights: dict[str, np.ndarray], floor: float) -> dict[str, np.ndarray]:
+    """``floor + (1 - floor) * w`` per token: every token keeps at least ``floor`` of its loss.
+
+    The mask learner drives the weights of tokens the answer does not need (the words of a
+    rationale) to ~0. A pre-trained student already writes those words; a small student still
+    learning the language of its rationales never learns them with weight 0, and its generations
+    fall apart. A floor keeps them trained while the keypoints get the extra weight; with weights of
+    mean 1 the mean stays 1. ``floor=0`` returns ``weights`` unchanged.
+    """
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < 1:
+        raise KPODInputError(f"weights.floor: expected a number in [0, 1), got {floor!r}")
+    if floor == 0:
+        return weights
+    return {k: (floor + (1.0 - floor) * w).astype(np.float32) for k, w in weights.items()}
