@@ -94,8 +94,8 @@ class MaskLearnerConfig:
     initial weights, for at most ``predictor_warmup`` of the steps; with ``reading_gain`` set it
     ends as soon as the predictor reads the rationale (its answer NLL per token with the full
     rationale is at least ``reading_gain`` nats below that with every rationale token masked, on a
-    probe of validation examples, on two probes in a row; a probe before any training would not
-    do: an untrained tiny Llama's random outputs passed it). Without a warm-up a predictor that cannot read yet gives the weights no reason to
+    probe of validation examples, on two probes in a row; not before any training: an untrained
+    tiny Llama's random outputs passed such a probe). Without a warm-up a predictor that cannot read yet gives the weights no reason to
     keep anything, and the mask pressure drives every weight to 0 where the sigmoid saturates and
     nothing recovers. Batches of ``batch_size`` examples, at most ``epochs`` epochs, early
     stopping after ``patience`` post-warm-up epochs without improvement of the validation
