@@ -2,9 +2,10 @@
 
 Measures, on the same examples (synthetic GSM8K-like rationales tokenised with SmolLM2's
 tokenizer): (a) one mask-learner training step with the P prefixes of every example in one
-batched forward, (b) the same with one predictor call per prefix, (c) one plain student
-forward+backward over the full sequences. Prints examples/second and the ratios, with the
-machine. Run it twice to cover both allocators:
+batched forward and the answer loss from the hidden states (fused linear loss, the default),
+(b) the same with the answer loss from the answer rows' logits (``fused_linear=False``), (c) one
+predictor row per prefix, (d) one plain student forward+backward over the full sequences. Prints
+examples/second and the ratios, with the machine. Run it twice to cover both allocators:
 
     python benchmarks/bench_weighting.py
     THP_MEM_ALLOC_ENABLE=1 python benchmarks/bench_weighting.py
@@ -68,8 +69,11 @@ def main() -> None:
     ap.add_argument("--prefixes", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--training", default="lora", choices=["full", "lora", "frozen"])
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     ap.add_argument("--out", help="write the figures as JSON here (e.g. benchmarks/results/bench_weighting_<date>.json)")
     args = ap.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     from kpod_ops.models import load_smollm2, load_smollm2_tokenizer
 
     t0 = time.perf_counter()
@@ -83,8 +87,11 @@ def main() -> None:
     learner = MaskLearner(student, predictor, cfg)
     learner.train()
 
-    def mask_step(share: bool) -> None:
+    fused = learner.predictor.fused_linear
+
+    def mask_step(share: bool, linear: bool = fused) -> None:
         learner.predictor.share_prefixes = share
+        learner.predictor.fused_linear = linear
         learner.zero_grad(set_to_none=True)
         learner.objective(batch, rng=np.random.default_rng(0))["loss"].backward()
 
@@ -108,6 +115,7 @@ def main() -> None:
             scale[f"{objective}_alpha_L_m_per_example"] = alpha * float(out["mask_loss"])
         learner.config.objective = "normalized"
     shared = timeit(lambda: mask_step(True), args.repeats)
+    shared_logits = timeit(lambda: mask_step(True, False), args.repeats)
     per_row = timeit(lambda: mask_step(False), args.repeats)
     plain = timeit(student_step, args.repeats)
     rows = sum(min(args.prefixes, ex.rationale_len) for ex in exs)
@@ -115,16 +123,21 @@ def main() -> None:
         "machine": machine(),
         "model": "SmolLM2-135M-Instruct (Q4_1 GGUF, de-quantised fp32)",
         "predictor_training": args.training,
+        "threads": torch.get_num_threads(),
+        "answer_loss": "fused linear (no logits)" if fused else f"logits ({learner.predictor.fused_linear_reason})",
         "batch": args.batch,
         "prefixes": args.prefixes,
         "rows_per_step": rows,
         "mean_sequence_tokens": float(np.mean([len(ex.input_ids) for ex in exs])),
         "mask_step_shared_s": shared,
+        "mask_step_shared_logits_s": shared_logits,
         "mask_step_per_row_s": per_row,
         "student_fwd_bwd_s": plain,
         "mask_examples_per_s": args.batch / shared,
         "student_examples_per_s": args.batch / plain,
         "mask_cost_vs_student": shared / plain,
+        "logits_cost_vs_student": shared_logits / plain,
+        "fused_speedup_vs_logits": shared_logits / shared,
         "per_row_cost_vs_student": per_row / plain,
         "shared_speedup_vs_per_row": per_row / shared,
         "model_load_s": load_s,
