@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> float:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--warmup-epochs", type=int, default=2)
-    p.add_argument("--mask-examples", type=int, default=300)
+    p.add_argument("--mask-examples", type=int, default=1000)
+    p.add_argument("--mask-batch-size", type=int, default=16)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--accumulation", type=int, default=2, help="micro-batches per optimiser step")
@@ -138,12 +139,12 @@ def main(argv: list[str] | None = None) -> float:
 
     # 3. keypoint weights: the mask learner reads the student's (frozen) embeddings; its answer
     #    predictor is a copy of the student, which it trains (the student itself is untouched).
-    #    Its settings are those of `kpod distill --preset quick` (alpha 0.1: the paper's 0.5 masks
-    #    every token of this tiny student's rationales).
+    #    Its settings are those of `kpod distill --preset quick` (see the comment there: a fixed
+    #    warm-up on nearly unmasked rationales, then alpha 0.1).
     learner = MaskLearner(
         student.get_input_embeddings().weight.detach().clone(),
         copy.deepcopy(student),
-        learner_config(preset_config("quick")["weights"]["learner"], seed=0),
+        learner_config({**preset_config("quick")["weights"]["learner"], "batch_size": args.mask_batch_size}, seed=0),
     )
     learner.fit(train[: args.mask_examples], progress=False)
     weights = learner.token_weights(train)

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_custom_loop_runs_the_whole_method(tmp_path):
     args = ["--n-train", "24", "--n-test", "6", "--n-text", "40", "--hidden", "32", "--layers", "2", "--warmup-epochs", "1",
-            "--mask-examples", "16", "--epochs", "2", "--batch-size", "8", "--accumulation", "2", "--max-new-tokens", "8"]
+            "--mask-examples", "16", "--mask-batch-size", "2", "--epochs", "2", "--batch-size", "8", "--accumulation", "2", "--max-new-tokens", "8"]
     # no --allow-degenerate: the example's own mask-learner settings must give informative weights
     done = subprocess.run([sys.executable, str(ROOT / "examples" / "custom_loop.py"), *args], cwd=tmp_path, capture_output=True,
                           text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
