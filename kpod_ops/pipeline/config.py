@@ -65,7 +65,10 @@ _QUICK: dict[str, Any] = {
             "patience": 2,
         },
     },
-    "curriculum": {"n_clusters": 5, "beta": 12.0, "p": 0.5, "c0_ratio": 0.3, "normalisation": "softmax", "solver": "ftgp"},
+    # c0_ratio: the paper's 0.3 starts the tiny student on 30 % of the rationale difficulty, and at equal
+    # optimiser steps it then trains far fewer rationale tokens than `standard` (validation accuracy of
+    # kpod, seed 0: 28.5 % at 0.3, 42.0 % at 0.6, 45.0 % at 0.8; standard 46.5 %)
+    "curriculum": {"n_clusters": 5, "beta": 12.0, "p": 0.5, "c0_ratio": 0.8, "normalisation": "softmax", "solver": "ftgp"},
     "train": {
         "epochs": 18,  # chosen on the validation accuracy of `standard` (6 epochs: 9.5 %, 18: 46.5 %)
         "batch_size": 16,  # sequences per optimiser step (global batch)
@@ -90,8 +93,11 @@ _SMOLLM2["data"].update({"source": "gsm-symbolic", "n_train": 2000, "n_val": 200
                          "max_steps": None, "max_distractors": None})
 _SMOLLM2["student"].update({"kind": "smollm2", "lora_r": 16, "lora_alpha": 32})
 _SMOLLM2["warmup"].update({"enabled": False})
-_SMOLLM2["weights"].update({"n_examples": 500})
-_SMOLLM2["weights"]["learner"].update({"alpha": 0.5, "predictor_training": "lora", "mlp_hidden": 256, "batch_size": 8, "lr": 1e-3})
+# A pre-trained student already writes its rationales' words: the paper's weights as they are (floor 0)
+# and the paper's curriculum start (C0 = 30 % of B); the mask learner's defaults for a LoRA predictor.
+_SMOLLM2["weights"].update({"n_examples": 500, "floor": 0.0})
+_SMOLLM2["weights"]["learner"] = {"predictor_training": "lora", "batch_size": 8, "epochs": 3}
+_SMOLLM2["curriculum"].update({"c0_ratio": 0.3})
 _SMOLLM2["train"].update({"epochs": 4, "batch_size": 16, "micro_batch_size": 8, "lr": 2e-4, "checkpoint_every": 25})
 _SMOLLM2["eval"].update({"max_new_tokens": 256, "batch_size": 32})
 
