@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{distill,eval,compare,teach,weights,schedule,bench}")
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--preset", default="quick", help=_PRESET_HELP)  # checked by preset_config: one clear message
+        p.add_argument("--preset", default="auto", help=_PRESET_HELP + "; auto: smollm2-gsm where a CUDA GPU is present, "
+                       "quick otherwise")  # checked by preset_config: one clear message
         p.add_argument("--config", metavar="FILE", help="YAML or JSON file overriding preset values, e.g. {train: {epochs: 8}} or {train: {fused_linear: false}} (default auto: the loss from the hidden states, no logits, for Llama-style students)")
         p.add_argument("--student", metavar="DIR", help="a Hugging Face causal-LM folder to distil into instead of the preset's student")
         p.add_argument("--data", metavar="FILE.jsonl", help="your own JSONL (question, rationale, answer) instead of the preset's data; "
@@ -86,10 +87,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_preset() -> str:
+    """The built-in default: ``smollm2-gsm`` where a CUDA GPU is present (said on stdout), ``quick`` otherwise."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "quick"
+    print("kpod: --preset auto: smollm2-gsm (a CUDA GPU is present; --preset quick for the CPU preset)")
+    return "smollm2-gsm"
+
+
 def _config(args: argparse.Namespace) -> dict:
     from .pipeline.config import load_config_file, merge, method_settings, preset_config
 
-    config = preset_config(args.preset)
+    config = preset_config(default_preset() if args.preset == "auto" else args.preset)
     if args.config:
         config = merge(config, load_config_file(args.config), where=f"--config {args.config}")
     if getattr(args, "method", None) is not None:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from kpod_ops.cli import main
 from kpod_ops.data import load_builtin, write_jsonl
@@ -185,7 +186,7 @@ def test_help_lists_every_option_with_its_default(capsys):
     text = capsys.readouterr().out
     for option in ("--preset", "--out", "--method", "--seed", "--config", "--student", "--data", "--precision", "--allow-degenerate"):
         assert option in text
-    assert "default: quick" in text and "no-diversity" in text
+    assert "default: auto" in text and "no-diversity" in text
     text = " ".join(text.split())  # help lines wrap with the terminal width
     assert "(default: None)" not in text and "(default: False)" not in text  # options without a default say what happens
     assert text.count("default: the preset's, fp32") == 1 and text.count("default: torch's choice") == 1
@@ -196,3 +197,13 @@ def test_eval_help_states_the_threads_default_once(capsys):
         main(["eval", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: None)" not in text and text.count("default: torch's choice") == 1
+
+
+def test_the_default_preset_follows_the_gpu(monkeypatch, capsys):
+    from kpod_ops import cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.default_preset() == "quick"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cli.default_preset() == "smollm2-gsm"
+    assert "--preset auto: smollm2-gsm" in capsys.readouterr().out
