@@ -186,6 +186,12 @@ def stage_hash(config: dict[str, Any], stage: str, upstream: tuple[str, ...] = (
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def check_floor(floor: object) -> None:
+    """``weights.floor`` is a number in [0, 1): the share of its loss every token keeps."""
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < 1:
+        raise bad_input("weights.floor", "a number in [0, 1)", repr(floor))
+
+
 def validate(config: dict[str, Any]) -> dict[str, Any]:
     """Check the values a user is most likely to get wrong; return ``config``."""
     method_settings(config["method"])
@@ -197,9 +203,7 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
             raise bad_input(f"train.{key}", "a positive int", repr(t[key]))
     if t["batch_size"] % t["micro_batch_size"]:
         raise bad_input("train.batch_size", f"a multiple of train.micro_batch_size={t['micro_batch_size']}", t["batch_size"])
-    floor = config["weights"]["floor"]
-    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < 1:
-        raise bad_input("weights.floor", "a number in [0, 1)", repr(floor))
+    check_floor(config["weights"]["floor"])
     if t["normaliser"] not in ("sequence", "token"):
         raise bad_input("train.normaliser", "'sequence' or 'token'", repr(t["normaliser"]))
     if t["fused_linear"] not in ("auto", True, False):

@@ -18,6 +18,7 @@ import torch
 from ..data.tokenized import TokenizedExample
 from ..errors import KPODInputError
 from ..weighting import MaskLearner, MaskLearnerConfig, degeneracy
+from .config import check_floor
 
 
 class DegenerateWeightsError(KPODInputError):
@@ -79,8 +80,7 @@ def with_floor(weights: dict[str, np.ndarray], floor: float) -> dict[str, np.nda
     fall apart. A floor keeps them trained while the keypoints get the extra weight; with weights of
     mean 1 the mean stays 1. ``floor=0`` returns ``weights`` unchanged.
     """
-    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < 1:
-        raise KPODInputError(f"weights.floor: expected a number in [0, 1), got {floor!r}")
+    check_floor(floor)
     if floor == 0:
         return weights
     return {k: (floor + (1.0 - floor) * w).astype(np.float32) for k, w in weights.items()}
