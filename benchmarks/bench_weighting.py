@@ -4,7 +4,8 @@ Measures, on the same examples (synthetic GSM8K-like rationales tokenised with S
 tokenizer): (a) one mask-learner training step with the P prefixes of every example in one
 batched forward and the answer loss from the hidden states (fused linear loss, the default),
 (b) the same with the answer loss from the answer rows' logits (``fused_linear=False``), (c) one
-predictor row per prefix, (d) one plain student forward+backward over the full sequences. Prints
+predictor row per prefix, (d) one plain student forward+backward over the full sequences; and (a)
+without ``cap_at_blank`` (on by default for a LoRA predictor: one more forward without gradients). Prints
 examples/second and the ratios, with the machine. Run it twice to cover both allocators:
 
     python benchmarks/bench_weighting.py
@@ -89,11 +90,11 @@ def main() -> None:
 
     fused = learner.predictor.fused_linear
 
-    def mask_step(share: bool, linear: bool = fused) -> None:
+    def mask_step(share: bool, linear: bool = fused, cap: bool | None = None) -> None:
         learner.predictor.share_prefixes = share
         learner.predictor.fused_linear = linear
         learner.zero_grad(set_to_none=True)
-        learner.objective(batch, rng=np.random.default_rng(0))["loss"].backward()
+        learner.objective(batch, rng=np.random.default_rng(0), cap_at_blank=cap)["loss"].backward()
 
     ids = torch.nn.utils.rnn.pad_sequence(
         [torch.tensor(ex.input_ids) for ex in exs], batch_first=True, padding_value=tok.pad_token_id
@@ -116,6 +117,7 @@ def main() -> None:
         learner.config.objective = "normalized"
     shared = timeit(lambda: mask_step(True), args.repeats)
     shared_logits = timeit(lambda: mask_step(True, False), args.repeats)
+    uncapped = timeit(lambda: mask_step(True, cap=False), args.repeats)
     per_row = timeit(lambda: mask_step(False), args.repeats)
     plain = timeit(student_step, args.repeats)
     rows = sum(min(args.prefixes, ex.rationale_len) for ex in exs)
@@ -131,6 +133,8 @@ def main() -> None:
         "mean_sequence_tokens": float(np.mean([len(ex.input_ids) for ex in exs])),
         "mask_step_shared_s": shared,
         "mask_step_shared_logits_s": shared_logits,
+        "cap_at_blank": cfg.caps_at_blank,
+        "mask_step_uncapped_s": uncapped,
         "mask_step_per_row_s": per_row,
         "student_fwd_bwd_s": plain,
         "mask_examples_per_s": args.batch / shared,
@@ -138,6 +142,7 @@ def main() -> None:
         "mask_cost_vs_student": shared / plain,
         "logits_cost_vs_student": shared_logits / plain,
         "fused_speedup_vs_logits": shared_logits / shared,
+        "uncapped_cost_vs_student": uncapped / plain,
         "per_row_cost_vs_student": per_row / plain,
         "shared_speedup_vs_per_row": per_row / shared,
         "model_load_s": load_s,

@@ -560,7 +560,7 @@ def test_fit_warns_with_cause_and_remedy_when_weights_collapse():
     with pytest.warns(DegenerateWeightsWarning, match="every token is masked.*never learned to read the rationale"):
         history = learner.fit(random_examples(8, seed=7), progress=False)
     assert "every token is masked" in history[-1]["degenerate"]
-    assert "val_reading_gain" in history[-1]
+    assert "val_reading_gain" in history[-1] and "val_prefix_reading_gain" in history[-1]
     weights = learner.token_weights(random_examples(8, seed=7))
     assert is_degenerate(weights)
     with pytest.raises(KPODInputError, match="allow_degenerate"):

@@ -79,3 +79,72 @@ def test_lora_predictor_is_held_fixed_after_the_warmup_unless_asked():
     assert history[0]["warmup_end_step"] == 0 and not moved
     assert _predictor_moves("lora", train_predictor_after_warmup=True)[0]
     assert _predictor_moves("full")[0]  # a predictor trained fully keeps learning with the weights (the paper)
+
+
+def test_cap_at_blank_auto_caps_when_the_predictor_does_not_learn_with_the_weights():
+    assert not MaskLearnerConfig().caps_at_blank  # a predictor trained jointly learns to distrust partial prefixes
+    assert MaskLearnerConfig(predictor_training="lora").caps_at_blank
+    assert MaskLearnerConfig(predictor_training="frozen").caps_at_blank
+    assert MaskLearnerConfig(predictor_lr=0.0).caps_at_blank
+    assert MaskLearnerConfig(train_predictor_after_warmup=False).caps_at_blank
+    assert not MaskLearnerConfig.literal(predictor_training="lora").caps_at_blank  # the paper has no cap
+    assert MaskLearnerConfig(cap_at_blank=True).caps_at_blank
+    assert not MaskLearnerConfig(predictor_training="lora", cap_at_blank=False).caps_at_blank
+    for bad in ("yes", 1, None):
+        with pytest.raises(KPODInputError, match="cap_at_blank"):
+            MaskLearnerConfig(cap_at_blank=bad)
+
+
+def _objective_with_blank_shift(shift: float, cap: bool):
+    """Objective and weight-generator gradient when the fully masked prefix's NLL is moved by ``shift``."""
+    model = llama()
+    learner = MaskLearner(model, model, MaskLearnerConfig(num_prefixes=3, seed=0))
+    forward = learner.predictor.forward
+
+    def shifted(*args):
+        nll = forward(*args)
+        return nll if torch.is_grad_enabled() else nll + shift  # the cap's bound runs without gradients
+
+    learner.predictor.forward = shifted
+    out = learner.objective(
+        make_batch(TASK.examples[:4]), rng=np.random.default_rng(0), generator=torch.Generator().manual_seed(0),
+        cap_at_blank=cap,
+    )
+    out["loss"].backward()
+    grad = torch.cat([p.grad.flatten() for p in learner.weighter.parameters() if p.grad is not None])
+    return out, grad
+
+
+def test_cap_at_blank_bounds_each_prefix_by_the_blank_prefix_and_stops_its_gradient():
+    plain, plain_grad = _objective_with_blank_shift(0.0, cap=False)
+    # a blank prefix far worse than any masked one: the cap never binds, nothing changes
+    loose, loose_grad = _objective_with_blank_shift(1e6, cap=True)
+    assert torch.equal(loose["loss"], plain["loss"]) and torch.allclose(loose_grad, plain_grad)
+    # a blank prefix better than every masked one (each prefix misleads): the answer term is the blank's,
+    # constant in the weights, so only alpha * L_m moves them
+    tight, tight_grad = _objective_with_blank_shift(-1e6, cap=True)
+    assert float(tight["answer_loss"].detach()) < float(plain["answer_loss"].detach())
+    model = llama()
+    learner = MaskLearner(model, model, MaskLearnerConfig(num_prefixes=3, seed=0))
+    out = learner.objective(
+        make_batch(TASK.examples[:4]), rng=np.random.default_rng(0), generator=torch.Generator().manual_seed(0),
+        cap_at_blank=False,
+    )
+    (learner.config.alpha * out["mask_loss"]).backward()
+    mask_only = torch.cat([p.grad.flatten() for p in learner.weighter.parameters() if p.grad is not None])
+    assert torch.allclose(tight_grad, mask_only, atol=1e-7)
+
+
+def test_prefix_reading_gain_diagnoses_misleading_prefixes():
+    from kpod_ops.weighting.training import _collapse_advice, reading_gain
+
+    model = llama()
+    batch = make_batch(TASK.examples[:4])
+    one = MaskLearner(model, model, MaskLearnerConfig(num_prefixes=1))
+    assert reading_gain(one, batch, prefixes=True) == pytest.approx(reading_gain(one, batch), abs=1e-6)
+    four = MaskLearner(model, model, MaskLearnerConfig(num_prefixes=4))
+    assert np.isfinite(reading_gain(four, batch, prefixes=True))
+    record = {"val_reading_gain": 1.2, "val_prefix_reading_gain": -0.4}
+    reason = "almost every token is masked (kept ratio 0.00%)"
+    assert "cap_at_blank=True" in _collapse_advice(reason, record, MaskLearnerConfig(train_predictor_after_warmup=True))
+    assert "cap_at_blank" not in _collapse_advice(reason, record, MaskLearnerConfig(predictor_training="lora"))

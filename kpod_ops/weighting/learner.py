@@ -71,6 +71,7 @@ class MaskLearner(nn.Module):
         tau: float | None = None,
         rng: np.random.Generator,
         generator: torch.Generator | None = None,
+        cap_at_blank: bool | None = None,
     ) -> dict[str, torch.Tensor]:
         """``L_k = L_p + alpha * L_m`` averaged over the batch's examples (those with a rationale).
 
@@ -78,7 +79,9 @@ class MaskLearner(nn.Module):
         (see :mod:`kpod_ops.weighting.prefixes`), divided by the rationale and answer lengths under
         ``objective="normalized"``; ``L_m`` is the sum of the sampled keep mask (or of the keep
         probabilities), divided by the rationale length under ``mask_norm="length"`` (the
-        normalized default). Returns the batch means ``loss``, ``answer_loss``, ``mask_loss`` and
+        normalized default). With ``cap_at_blank`` (``None``: the config's, resolved) each prefix's
+        NLL is at most that of the same prefix fully masked (no gradient through that bound).
+        Returns the batch means ``loss``, ``answer_loss``, ``mask_loss`` and
         the kept ratio ``kept`` (mean w).
         """
         c = self.config
@@ -108,6 +111,13 @@ class MaskLearner(nn.Module):
             batch.answers,
             rows,
         )
+        if c.caps_at_blank if cap_at_blank is None else cap_at_blank:  # misleading prefixes count as unread
+            with torch.no_grad():
+                blank = [self.mask_embedding.detach().expand(batch.lengths[i], -1) for i in range(len(batch.lengths))]
+                base = self.predictor(
+                    [embed(p) for p in batch.prompts], blank, [embed(a) for a in batch.answers], batch.answers, rows
+                )
+            nll = torch.minimum(nll, base.to(nll.dtype))
         owner = torch.tensor([i for i, _ in coefs], device=nll.device)
         coef = torch.tensor([v for _, v in coefs], device=nll.device, dtype=nll.dtype)
         answer = torch.zeros(len(batch.lengths), device=nll.device, dtype=nll.dtype).index_add(0, owner, coef * nll)

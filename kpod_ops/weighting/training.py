@@ -17,32 +17,48 @@ from ..errors import bad_input
 from .batching import MaskBatch, check_examples, make_batch
 from .degenerate import DegenerateWeightsWarning, degeneracy
 from .gumbel import anneal_tau
+from .prefixes import sample_prefix_lengths
 
 _EVAL_SEED_OFFSET = 7919
 _PROBE_SIZE = 32
 
 
 @torch.no_grad()
-def reading_gain(learner, batch: MaskBatch) -> float:
+def reading_gain(learner, batch: MaskBatch, *, prefixes: bool = False) -> float:
     """How much the predictor reads the rationale: mean over examples of the answer NLL per token
-    with every rationale token replaced by the mask embedding minus that with the full, unmasked
-    rationale (nats). About 0 for a predictor that ignores the rationale."""
+    with every rationale token replaced by the mask embedding minus that with the unmasked
+    rationale (nats). About 0 for a predictor that ignores the rationale.
+
+    By default on the full rationale; with ``prefixes`` on the objective's P sampled prefixes
+    (fixed draws), weighed as the objective weighs them. Negative there means that partial
+    rationales mislead the predictor (see ``MaskLearnerConfig.cap_at_blank``).
+    """
     was_training = learner.training
     learner.eval()
+    c = learner.config
     try:
         embed = learner.weighter.embed
         live = [i for i, n in enumerate(batch.lengths) if n > 0]
-        rows = [(i, batch.lengths[i]) for i in live]
+        rows, coefs = [], []
+        rng = np.random.default_rng(c.seed + _EVAL_SEED_OFFSET)
+        for i in live:
+            n = batch.lengths[i]
+            if not prefixes:
+                ks, cs = np.array([n]), np.array([1.0])
+            else:
+                ks, cs = sample_prefix_lengths(n, c.num_prefixes, rng)
+                cs = np.full(len(ks), 1.0 / len(ks)) if c.prefix_mean == "sampled" else cs / n
+            rows += [(i, int(k)) for k in ks]
+            coefs += [float(v) / batch.answers[i].numel() for v in cs]
         prompt = [embed(p) for p in batch.prompts]
         answer = [embed(a) for a in batch.answers]
         clean = [embed(batch.rationale[i, : batch.lengths[i]]) for i in range(len(batch.lengths))]
         hidden = [learner.mask_embedding.expand_as(r) for r in clean]
-        n_answer = torch.tensor([batch.answers[i].numel() for i in live], dtype=torch.float32)
-        with_r = learner.predictor(prompt, clean, answer, batch.answers, rows).float().cpu() / n_answer
-        without = learner.predictor(prompt, hidden, answer, batch.answers, rows).float().cpu() / n_answer
+        with_r = learner.predictor(prompt, clean, answer, batch.answers, rows).float().cpu()
+        without = learner.predictor(prompt, hidden, answer, batch.answers, rows).float().cpu()
     finally:
         learner.train(was_training)
-    return float((without - with_r).mean())
+    return float(((without - with_r) * torch.tensor(coefs)).sum()) / len(live)
 
 
 def _param_groups(learner) -> list[dict]:
@@ -62,7 +78,8 @@ def evaluate(
 
     Returns ``objective``, ``answer_loss``, ``mask_loss`` (example means), ``kept`` (mean keep
     probability over tokens), ``kept_hard`` (fraction of tokens with ``w > 0.5``) and
-    ``reading_gain`` (see :func:`reading_gain`, on the first 32 examples).
+    ``reading_gain`` and ``prefix_reading_gain`` (see :func:`reading_gain`: on the full rationale and
+    on the objective's prefixes, on the first 32 examples).
     """
     check_examples(examples, need_answer=True)
     c = learner.config
@@ -96,7 +113,9 @@ def evaluate(
     out = {k: v / n_ex for k, v in totals.items()}
     out["kept"] = kept_sum / max(n_tok, 1)
     out["kept_hard"] = hard_sum / max(n_tok, 1)
-    out["reading_gain"] = reading_gain(learner, _probe(examples, learner.device))
+    probe = _probe(examples, learner.device)
+    out["reading_gain"] = reading_gain(learner, probe)
+    out["prefix_reading_gain"] = reading_gain(learner, probe, prefixes=True)
     return out
 
 
@@ -120,6 +139,13 @@ def _collapse_advice(reason: str, record: dict, config) -> str:
                 f"the answer predictor never learned to read the rationale (reading gain {gain:.3f} nats per "
                 "answer token): train longer (epochs, more examples), raise predictor_lr, keep the warm-up "
                 "(predictor_warmup, reading_gain), or use a pre-trained predictor"
+            )
+        prefix_gain = record.get("val_prefix_reading_gain", float("nan"))
+        if prefix_gain < 0 and not config.caps_at_blank:
+            return (
+                f"partial rationales mislead the predictor (it does worse with a prefix visible than hidden: "
+                f"prefix reading gain {prefix_gain:.3f} nats per answer token), so hiding tokens pays: set "
+                "cap_at_blank=True, or let the predictor learn with the weights"
             )
         return "the mask pressure wins although the predictor reads: lower alpha, or anneal tau (tau_final)"
     return "the weights barely moved: train longer (epochs) or raise lr"
@@ -191,7 +217,8 @@ def fit(
             opt.param_groups[0]["lr"] = 0.0 if warming else c.lr  # warm-up: the predictor learns alone
             if not warming and not c.joint_predictor:
                 opt.param_groups[1]["lr"] = 0.0  # then the weights learn against a fixed reader
-            out = learner.objective(batch, tau=tau, rng=rng, generator=gen)
+            cap = False if warming else None  # the warm-up trains the predictor on every prefix as it is
+            out = learner.objective(batch, tau=tau, rng=rng, generator=gen, cap_at_blank=cap)
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             if c.grad_clip:
