@@ -61,9 +61,9 @@ class MaskLearnerConfig:
       intermediate numbers mislead a predictor that copies the last number: at 1/L, hiding the
       numbers lowered ``L_p`` and SmolLM2 learned to mask them. Both terms are O(1) for any
       rationale/answer length and vocabulary, so ``alpha`` (default 0.1) means "nats per answer
-      token that keeping every token must buy" (0.25 until this release: with answers that are mostly
-      template, "Therefore, the answer is 84." being 2 digits in ~10 tokens, it made hiding every
-      token pay on SmolLM2 for one seed in three). Literally (sums) the answer term of a 40-token rationale with
+      token that keeping every token must buy" (formerly 0.25: with answers that are mostly
+      template, "Therefore, the answer is 84." being 2 digits in ~10 tokens, the SmolLM2 LoRA
+      weights then collapsed to "mask everything" on one seed of the two tried). Literally (sums) the answer term of a 40-token rationale with
       an 8-token answer is ~L*|a| = 320 times larger per unit, so on a pre-trained predictor
       nothing is ever masked, while on a predictor that cannot read yet ``L_m`` alone decides.
     - ``"literal"``: the paper's sums (``L_p`` over all prefixes and answer tokens, ``L_m = sum m``),
