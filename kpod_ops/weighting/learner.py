@@ -92,34 +92,18 @@ class MaskLearner(nn.Module):
         live = [i for i, n in enumerate(batch.lengths) if n > 0]
         if not live:
             raise bad_input("examples", "at least one example with a non-empty rationale", "only empty rationales")
-        rows, coefs = [], []
-        for i in live:
-            ks, cs = sample_prefix_lengths(batch.lengths[i], c.num_prefixes, rng)
-            if c.objective == "normalized":  # a mean over prefixes of the mean answer-token NLL
-                if c.prefix_mean == "sampled":  # the sampled prefixes (the full rationale among them) alike
-                    cs = np.full(len(ks), 1.0 / len(ks))
-                else:  # unbiased for the mean over all L prefix lengths (the full rationale weighs 1/L)
-                    cs = cs / batch.lengths[i]
-                cs = cs / batch.answers[i].numel()
-            rows += [(i, int(k)) for k in ks]
-            coefs += [(i, float(v)) for v in cs]
+        rows, coefs = self.prefix_rows(batch, rng, normalized=c.objective == "normalized")
         embed = self.weighter.embed
-        nll = self.predictor(
-            [embed(p) for p in batch.prompts],
-            [masked[i, : batch.lengths[i]] for i in range(len(batch.lengths))],
-            [embed(a) for a in batch.answers],
-            batch.answers,
-            rows,
-        )
+        prompts, answers = [embed(p) for p in batch.prompts], [embed(a) for a in batch.answers]
+        rationales = [masked[i, : batch.lengths[i]] for i in range(len(batch.lengths))]
+        nll = self.predictor(prompts, rationales, answers, batch.answers, rows)
         if c.caps_at_blank if cap_at_blank is None else cap_at_blank:  # misleading prefixes count as unread
             with torch.no_grad():
-                blank = [self.mask_embedding.detach().expand(batch.lengths[i], -1) for i in range(len(batch.lengths))]
-                base = self.predictor(
-                    [embed(p) for p in batch.prompts], blank, [embed(a) for a in batch.answers], batch.answers, rows
-                )
+                blank = [self.mask_embedding.detach().expand(n, -1) for n in batch.lengths]
+                base = self.predictor(prompts, blank, answers, batch.answers, rows)
             nll = torch.minimum(nll, base.to(nll.dtype))
-        owner = torch.tensor([i for i, _ in coefs], device=nll.device)
-        coef = torch.tensor([v for _, v in coefs], device=nll.device, dtype=nll.dtype)
+        owner = torch.tensor([i for i, _ in rows], device=nll.device)
+        coef = torch.tensor(coefs, device=nll.device, dtype=nll.dtype)
         answer = torch.zeros(len(batch.lengths), device=nll.device, dtype=nll.dtype).index_add(0, owner, coef * nll)
         keep_prob = torch.sigmoid(logits)
         mask_term = (m if c.mask_loss == "sampled" else keep_prob).sum(-1)
@@ -134,6 +118,33 @@ class MaskLearner(nn.Module):
             "mask_loss": mask_term.mean(),
             "kept": keep_prob[batch.attention_mask].mean(),
         }
+
+    def prefix_rows(
+        self, batch: MaskBatch, rng: np.random.Generator, *, normalized: bool = True, full_only: bool = False
+    ) -> tuple[list[tuple[int, int]], list[float]]:
+        """The answer loss's rows ``(example, prefix length)`` over the examples with a rationale, and
+        each row's coefficient in ``L_p``: the P sampled prefixes (see
+        :mod:`kpod_ops.weighting.prefixes`), or only the full rationale with ``full_only``; with
+        ``normalized`` a mean over prefixes (``prefix_mean``) of the mean answer-token NLL."""
+        c = self.config
+        rows, coefs = [], []
+        for i, n in enumerate(batch.lengths):
+            if n == 0:
+                continue
+            if full_only:
+                ks, cs = np.array([n]), np.array([1.0])
+            else:
+                ks, cs = sample_prefix_lengths(n, c.num_prefixes, rng)
+                if normalized:
+                    if c.prefix_mean == "sampled":  # the sampled prefixes (the full rationale among them) alike
+                        cs = np.full(len(ks), 1.0 / len(ks))
+                    else:  # unbiased for the mean over all L prefix lengths (the full rationale weighs 1/L)
+                        cs = cs / n
+            if normalized:
+                cs = cs / batch.answers[i].numel()
+            rows += [(i, int(k)) for k in ks]
+            coefs += [float(v) for v in cs]
+        return rows, coefs
 
     @torch.no_grad()
     def token_weights(self, examples: Sequence[TokenizedExample], *, batch_size: int = 64) -> dict[str, np.ndarray]:

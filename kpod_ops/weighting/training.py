@@ -17,7 +17,6 @@ from ..errors import bad_input
 from .batching import MaskBatch, check_examples, make_batch
 from .degenerate import DegenerateWeightsWarning, degeneracy
 from .gumbel import anneal_tau
-from .prefixes import sample_prefix_lengths
 
 _EVAL_SEED_OFFSET = 7919
 _PROBE_SIZE = 32
@@ -35,21 +34,11 @@ def reading_gain(learner, batch: MaskBatch, *, prefixes: bool = False) -> float:
     """
     was_training = learner.training
     learner.eval()
-    c = learner.config
     try:
         embed = learner.weighter.embed
-        live = [i for i, n in enumerate(batch.lengths) if n > 0]
-        rows, coefs = [], []
-        rng = np.random.default_rng(c.seed + _EVAL_SEED_OFFSET)
-        for i in live:
-            n = batch.lengths[i]
-            if not prefixes:
-                ks, cs = np.array([n]), np.array([1.0])
-            else:
-                ks, cs = sample_prefix_lengths(n, c.num_prefixes, rng)
-                cs = np.full(len(ks), 1.0 / len(ks)) if c.prefix_mean == "sampled" else cs / n
-            rows += [(i, int(k)) for k in ks]
-            coefs += [float(v) / batch.answers[i].numel() for v in cs]
+        rng = np.random.default_rng(learner.config.seed + _EVAL_SEED_OFFSET)
+        rows, coefs = learner.prefix_rows(batch, rng, full_only=not prefixes)
+        n_live = sum(n > 0 for n in batch.lengths)
         prompt = [embed(p) for p in batch.prompts]
         answer = [embed(a) for a in batch.answers]
         clean = [embed(batch.rationale[i, : batch.lengths[i]]) for i in range(len(batch.lengths))]
@@ -58,7 +47,7 @@ def reading_gain(learner, batch: MaskBatch, *, prefixes: bool = False) -> float:
         without = learner.predictor(prompt, hidden, answer, batch.answers, rows).float().cpu()
     finally:
         learner.train(was_training)
-    return float(((without - with_r) * torch.tensor(coefs)).sum()) / len(live)
+    return float(((without - with_r) * torch.tensor(coefs)).sum()) / n_live
 
 
 def _param_groups(learner) -> list[dict]:
