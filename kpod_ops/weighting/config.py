@@ -76,9 +76,10 @@ class MaskLearnerConfig:
     NLL was 0.74 nats per answer token *higher* with the first quarter of a rationale visible than
     hidden (on every example), and 1.48 lower with all of it, so without the cap the sampled partial
     prefixes taught the weights to hide the numbers. A predictor trained jointly learns not to trust
-    partial rationales instead. ``"auto"`` (default) caps whenever the predictor does not learn
-    with the weights (``predictor_training`` ``"lora"`` or ``"frozen"``, held fixed after the
-    warm-up, or ``predictor_lr=0``); the paper has no cap (``literal()``: ``False``). Costs one
+    partial rationales instead. ``"auto"`` (default) caps unless the predictor is trained fully with
+    the weights: it caps a ``"lora"`` or ``"frozen"`` predictor (a pre-trained model; its adapters,
+    even when trained on after the warm-up, do not unlearn copying), one held fixed after the
+    warm-up, and ``predictor_lr=0``; the paper has no cap (``literal()``: ``False``). Costs one
     more forward pass of the predictor, without gradients, per step.
 
     ``mask_loss`` is the sampled keep indicators (paper) or the keep probabilities.
@@ -221,7 +222,7 @@ class MaskLearnerConfig:
 
     @property
     def caps_at_blank(self) -> bool:
-        """``cap_at_blank`` resolved: ``"auto"`` caps unless the predictor learns with the weights."""
+        """``cap_at_blank`` resolved: ``"auto"`` caps unless the predictor is trained fully with the weights."""
         if self.cap_at_blank == "auto":
             learns = self.predictor_training == "full" and self.joint_predictor and self.predictor_learning_rate > 0
             return not learns
