@@ -24,7 +24,8 @@ _PRESET_HELP = (
 _METHOD_HELP = (
     "kpod: token weights + progressive curriculum; standard: plain CoT distillation; ablations: "
     "no-weights (uniform token weights in the loss), no-sig-dif (step difficulty without token weights), "
-    "no-progressive (no curriculum), no-diversity (beta = 0)"
+    "no-progressive (no curriculum), no-diversity (beta = 0); paper: kpod with the paper's own settings "
+    "(weights.floor 0, curriculum.c0_ratio 0.3)"
 )
 
 
@@ -77,7 +78,9 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=fmt)
     common(c)
     c.add_argument("--methods", default="kpod,standard", help=f"comma-separated, from {', '.join(METHODS)}")
-    c.add_argument("--seeds", type=int, default=3, help="number of paired seeds (0..N-1)")
+    c.add_argument("--seeds", default="3", help="paired seeds: a count N (0..N-1), a range such as 100-111, or a list such as 100,105,107")
+    c.add_argument("--jobs", type=int, default=1, help="seeds run side by side, each in its own process with --threads "
+                   "threads (default 1 there); results do not depend on it. Finished runs in --out are reused")
     c.add_argument("--out", required=True, metavar="DIR", help="compare folder (one run folder per seed and method)")
     from .commands import NAMES, command
 
@@ -193,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     _summary(report)
             else:
                 methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-                compare(config, methods, args.seeds, args.out, progress=progress)
+                compare(config, methods, args.seeds, args.out, jobs=args.jobs, threads=args.threads, progress=progress)
         return 0
     except KPODInputError as exc:
         print(f"kpod: error: {exc}", file=sys.stderr)

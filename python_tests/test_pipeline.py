@@ -13,7 +13,6 @@ from kpod_ops import KPODInputError, keypoint_cross_entropy, load_builtin, token
 from kpod_ops.data.collator import KPODCollator
 from kpod_ops.models import tiny_student, tiny_tokenizer
 from kpod_ops.pipeline import TrainSettings, evaluate, generate, merge, method_settings, preset_config, prompt_ids, train
-from kpod_ops.pipeline.compare import format_table, paired_bootstrap, table
 from kpod_ops.pipeline.config import stage_hash
 from kpod_ops.pipeline.store import Stage, optimizer_from_files, optimizer_to_files
 from kpod_ops.pipeline.warmup import pack
@@ -220,18 +219,6 @@ def test_config_merge_and_methods_reject_unknown_names():
     assert method_settings("no-diversity")["beta"] == 0.0 and method_settings("no-sig-dif")["normalisation"] == "uniform"
     merged = merge(preset_config("quick"), {"weights": {"learner": {"tau": 0.5}}})
     assert merged["weights"]["learner"]["tau"] == 0.5 and merged["weights"]["learner"]["alpha"] == 0.1  # the rest is kept
-
-
-def test_compare_table_pairs_seeds_and_bootstraps_the_difference():
-    rows = table({"standard": [0.40, 0.50, 0.45], "kpod": [0.45, 0.56, 0.49]})
-    kpod = next(r for r in rows if r["method"] == "kpod")
-    assert kpod["diff_vs_standard"] == pytest.approx(0.05)
-    lo, hi = kpod["diff_ci95"]
-    assert 0.04 - 1e-9 <= lo <= 0.05 <= hi <= 0.06 + 1e-9
-    assert paired_bootstrap([0.1]) == (pytest.approx(0.1), pytest.approx(0.1))
-    one = table({"standard": [0.4], "kpod": [0.5]})
-    assert one[0]["std"] is None and one[1]["diff_ci95"] is None and one[1]["diff_vs_standard"] == pytest.approx(0.1)
-    assert "one seed" in format_table(one)
 
 
 def test_easier_arith_variant_and_its_guard():

@@ -2,15 +2,25 @@
 
 For each seed s, every method runs with the same data, warm-up, token weights, difficulties and
 clusters (one shared folder per seed) and the same number of optimiser steps. The table gives the
-held-out accuracy per method as mean ± std over seeds, and for every method the paired
-difference to ``standard`` (same seed) with a bootstrap 95 % confidence interval over seeds.
+held-out accuracy per method and, for every method, the paired difference to ``standard`` on the
+same seeds: its mean and SD, a paired t 95 % interval, the exact sign-flip p-value and the smallest
+difference the number of seeds could detect (see :mod:`kpod_ops.pipeline.stats`).
+
+A finished run (its ``report.json`` written with the same configuration) is reused, so a compare
+run again into the same folder only runs what is missing. ``jobs > 1`` runs that many seeds side by
+side, each in its own process with ``threads`` torch threads; the methods of one seed run one after
+another in one process, since they share that seed's stages. A run's result depends only on its
+configuration, seed and thread count, so ``jobs`` changes nothing but the wall time.
 """
 
 from __future__ import annotations
 
 import copy
+import multiprocessing
 import os
+import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -18,86 +28,178 @@ import numpy as np
 
 from ..errors import bad_input
 from . import distributed
-from .config import METHODS
+from .config import METHODS, resolve_method
 from .report import machine, plot_accuracy
 from .run import _silent, check_writable, distill
-from .store import write_json
+from .stats import paired_summary
+from .store import read_json, write_json
+
+_RANGE = re.compile(r"^(\d+)-(\d+)$")
 
 
-def paired_bootstrap(diffs: Sequence[float], *, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile bootstrap interval of the mean of paired differences (one per seed)."""
-    d = np.asarray(diffs, dtype=np.float64)
-    if d.size == 0:
-        raise bad_input("diffs", "at least one paired difference", "none")
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+def parse_seeds(spec: str | int) -> list[int]:
+    """``--seeds``: a count ``N`` (seeds 0..N−1), a range ``100-111`` or a list ``100,105,107`` (ranges allowed in it)."""
+    text = str(spec).strip()
+    expected = "a count N (seeds 0..N-1), a range such as 100-111 or a list such as 100,105,107"
+    if text.isdigit() and "," not in text:
+        if int(text) < 1:
+            raise bad_input("--seeds", expected, repr(text))
+        return list(range(int(text)))
+    seeds: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        match = _RANGE.match(part)
+        if match and int(match.group(1)) <= int(match.group(2)):
+            seeds += range(int(match.group(1)), int(match.group(2)) + 1)
+        elif part.isdigit() and "," in text:
+            seeds.append(int(part))
+        else:
+            raise bad_input("--seeds", expected, repr(text))
+    if len(set(seeds)) != len(seeds):
+        raise bad_input("--seeds", "each seed once", repr(text))
+    return seeds
 
 
-def table(results: dict[str, list[float]]) -> list[dict[str, Any]]:
-    """Rows: method, mean, std, n, and the paired difference to ``standard`` with its bootstrap CI."""
+def table(results: dict[str, dict[int, float]]) -> list[dict[str, Any]]:
+    """One row per method: accuracies by seed, mean and SD, and the paired statistics against ``standard``."""
     rows = []
     base = results.get("standard")
-    for method, accs in results.items():
-        a = np.asarray(accs)
+    for method, by_seed in results.items():
+        a = np.asarray(list(by_seed.values()), dtype=np.float64)
         row: dict[str, Any] = {"method": method, "mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else None,
-                               "n_seeds": int(a.size), "accuracies": [float(x) for x in a]}
+                               "n_seeds": int(a.size), "accuracies": {str(s): float(v) for s, v in by_seed.items()}}
         if base is not None and method != "standard":
-            k = min(len(base), a.size)
-            diffs = a[:k] - np.asarray(base[:k])
-            row["diff_vs_standard"] = float(diffs.mean())
-            row["diff_ci95"] = list(paired_bootstrap(diffs)) if k > 1 else None  # one pair has no spread to resample
+            paired = [s for s in by_seed if s in base]
+            if paired:
+                row.update(paired_summary([by_seed[s] - base[s] for s in paired]))
+                row["paired_seeds"] = paired
         rows.append(row)
     return rows
 
 
+def _pts(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| method | accuracy (mean ± std) | seeds | vs standard (paired, 95 % CI) |", "|---|---:|---:|---|"]
+    lines = ["| method | accuracy (mean ± SD) | seeds | vs standard: mean diff [paired t 95 % CI] | SD of diffs | "
+             "sign-flip p | detectable at 80 % power |", "|---|---:|---:|---|---:|---:|---:|"]
     for r in rows:
-        diff = "—"
-        if "diff_vs_standard" in r:
-            diff = f"{100 * r['diff_vs_standard']:+.1f} pts"
-            if r["diff_ci95"] is not None:
-                lo, hi = r["diff_ci95"]
-                diff += f" [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-            else:
-                diff += " (one seed: no interval)"
         acc = f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f} %" if r["std"] is not None else f"{100 * r['mean']:.1f} %"
-        lines.append(f"| {r['method']} | {acc} | {r['n_seeds']} | {diff} |")
+        diff, sd, p, mde = "—", "—", "—", "—"
+        if "diff_mean" in r:
+            diff = f"{_pts(r['diff_mean'])} pts"
+            diff += f" [{_pts(r['diff_ci95'][0])}, {_pts(r['diff_ci95'][1])}]" if r["diff_ci95"] else " (one pair: no interval)"
+            sd = f"{100 * r['diff_sd']:.1f} pts" if r["diff_sd"] is not None else "—"
+            p = f"{r['p_sign_flip']:.3g}"
+            mde = f"{100 * r['mde80']:.1f} pts" if r["mde80"] is not None else "—"
+        lines.append(f"| {r['method']} | {acc} | {r['n_seeds']} | {diff} | {sd} | {p} | {mde} |")
     return "\n".join(lines)
 
 
-def compare(config: dict[str, Any], methods: Sequence[str], seeds: int, out: str | os.PathLike, *,
-            progress: bool = True, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Run ``methods`` for seeds 0..seeds−1 into ``out``; writes ``compare.json``/``compare.md``; returns the rows.
+def _run_config(config: dict[str, Any], method: str, seed: int) -> dict[str, Any]:
+    cfg = copy.deepcopy(config)
+    cfg.update({"method": method, "seed": seed})
+    return cfg
 
-    Under torchrun every run trains data-parallel (see :func:`~kpod_ops.pipeline.distill`); rank 0 writes the table.
+
+def _finished(run: Path, cfg: dict[str, Any]) -> float | None:
+    """The test accuracy of a finished run of exactly ``cfg`` in ``run``, else None."""
+    try:
+        report = read_json(run / "report.json")
+    except (OSError, ValueError):
+        return None
+    return report["test_accuracy"] if report.get("config") == resolve_method(cfg) else None
+
+
+def _run_seed(config: dict[str, Any], methods: Sequence[str], seed: int, out: Path, threads: int | None,
+              progress: bool, log: bool) -> dict[str, float]:
+    """Every method on one seed, one after another (they share the seed's stages); test accuracy per method."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    accs = {}
+    for method in methods:
+        run = out / f"seed{seed}" / method
+        cfg = _run_config(config, method, seed)
+        if log:  # a worker process: the run's messages go to its log file
+            run.parent.mkdir(parents=True, exist_ok=True)
+            with (run.parent / f"{method}.log").open("a", encoding="utf-8") as f:
+                accs[method] = distill(cfg, run, shared=out / f"seed{seed}" / "shared", progress=False,
+                                       say=lambda m, f=f: (f.write(m + "\n"), f.flush()))["test_accuracy"]
+        else:
+            accs[method] = distill(cfg, run, shared=out / f"seed{seed}" / "shared", progress=progress)["test_accuracy"]
+    return accs
+
+
+def compare(config: dict[str, Any], methods: Sequence[str], seeds: int | str | Sequence[int], out: str | os.PathLike, *,
+            jobs: int = 1, threads: int | None = None, progress: bool = True,
+            say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Run ``methods`` on ``seeds`` into ``out``; writes ``compare.json``/``compare.md``; returns the rows.
+
+    ``seeds``: a count N (0..N−1), a ``--seeds`` string, or a list of seeds. ``jobs``: seeds run side
+    by side, each process with ``threads`` torch threads (default 1). Under torchrun every run trains
+    data-parallel (see :func:`~kpod_ops.pipeline.distill`), one at a time; rank 0 writes the table.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise bad_input("--methods", f"a comma-separated list of {METHODS}", ",".join(methods) or "nothing")
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise bad_input("--seeds", "a count >= 1 (seeds 0..N-1)", repr(seeds))
+    seed_list = list(seeds) if isinstance(seeds, (list, tuple)) else parse_seeds(seeds)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise bad_input("--jobs", "an int >= 1", repr(jobs))
+    if jobs > 1 and distributed.world_size() > 1:
+        raise bad_input("--jobs", "1 under torchrun (each run is already data-parallel)", jobs)
     out = Path(out)
     if distributed.is_main():  # under torchrun each run trains data-parallel; rank 0 writes and speaks
         check_writable(out)
     else:
         progress, say = False, _silent
-    results: dict[str, list[float]] = {m: [] for m in methods}
-    for seed in range(seeds):
+    results: dict[str, dict[int, float]] = {m: {} for m in methods}
+    todo = []
+    for seed in seed_list:
         for method in methods:
-            cfg = copy.deepcopy(config)
-            cfg.update({"method": method, "seed": seed})
-            say(f"=== compare: method {method}, seed {seed} ===")
-            report = distill(cfg, out / f"seed{seed}" / method, shared=out / f"seed{seed}" / "shared", progress=progress, say=say)
-            results[method].append(report["test_accuracy"])
+            done = _finished(out / f"seed{seed}" / method, _run_config(config, method, seed))
+            if done is not None:
+                results[method][seed] = done
+        missing = [m for m in methods if seed not in results[m]]
+        if missing:
+            todo.append((seed, missing))
+        elif methods:
+            say(f"=== compare: seed {seed}: every method finished before (reused) ===")
+
+    def record(seed: int, accs: dict[str, float]) -> None:
+        for method, acc in accs.items():
+            results[method][seed] = acc
+            say(f"=== compare: method {method}, seed {seed}: test accuracy {acc:.1%} ===")
+
+    if jobs == 1:
+        for seed, missing in todo:
+            say(f"=== compare: seed {seed}, methods {', '.join(missing)} ===")
+            record(seed, _run_seed(config, missing, seed, out, threads, progress, log=False))
+    else:
+        say(f"=== compare: {len(todo)} seed(s) to run, {jobs} side by side ({threads or 1} thread(s) each); "
+            f"logs in {out}/seed*/<method>.log ===")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_run_seed, config, missing, seed, out, threads or 1, False, True): seed for seed, missing in todo}
+            for future in as_completed(futures):
+                record(futures[future], future.result())
+    for method in methods:  # in the order of the seeds asked for
+        results[method] = {s: results[method][s] for s in seed_list}
     rows = table(results)
     if not distributed.is_main():
         return rows
     text = format_table(rows)
-    write_json(out / "compare.json", {"preset": config["preset"], "seeds": seeds, "rows": rows, "machine": machine()})
-    plot_accuracy([(r["method"], r["mean"]) for r in rows], out / "accuracy.png", title=f"held-out accuracy, {seeds} seed(s)")
-    (out / "compare.md").write_text(f"# kpod compare — preset `{config['preset']}`\n\n{text}\n\n![accuracy](accuracy.png)\n",
-                                    encoding="utf-8")
+    write_json(out / "compare.json", {"preset": config["preset"], "seeds": seed_list, "methods": list(methods), "rows": rows,
+                                      "machine": machine(), "threads_per_run": threads})
+    plot_accuracy([(r["method"], r["mean"]) for r in rows], out / "accuracy.png",
+                  title=f"held-out accuracy, {len(seed_list)} seed(s)")
+    (out / "compare.md").write_text(f"# kpod compare — preset `{config['preset']}`, seeds {_seed_text(seed_list)}\n\n{text}\n\n"
+                                    "![accuracy](accuracy.png)\n", encoding="utf-8")
     say(text)
     return rows
+
+
+def _seed_text(seeds: Sequence[int]) -> str:
+    if list(seeds) == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}–{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
+    return ", ".join(map(str, seeds))

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import KPODInputError, bad_input
 
-METHODS = ("kpod", "standard", "no-weights", "no-sig-dif", "no-progressive", "no-diversity")
+METHODS = ("kpod", "standard", "no-weights", "no-sig-dif", "no-progressive", "no-diversity", "paper")
 PRESETS = ("quick", "smollm2-gsm")
 
 # What each method changes (the paper's Table 2): token weights in the loss, the per-step weight
@@ -27,6 +27,13 @@ _METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     "no-sig-dif": {"loss_weights": True, "curriculum": True, "normalisation": "uniform", "progressive": True, "beta": None},
     "no-progressive": {"loss_weights": True, "curriculum": False, "normalisation": None, "progressive": False, "beta": None},
     "no-diversity": {"loss_weights": True, "curriculum": True, "normalisation": None, "progressive": True, "beta": 0.0},
+    "paper": {"loss_weights": True, "curriculum": True, "normalisation": None, "progressive": True, "beta": None},
+}
+
+# Settings a method fixes whatever the preset says: ``paper`` is KPOD with the paper's own token
+# weights (no floor) and curriculum start (C0 = 30 % of the total difficulty B).
+_METHOD_CONFIG: dict[str, dict[str, Any]] = {
+    "paper": {"weights": {"floor": 0.0}, "curriculum": {"c0_ratio": 0.3}},
 }
 
 _QUICK: dict[str, Any] = {
@@ -83,6 +90,8 @@ _QUICK: dict[str, Any] = {
         # "auto": the loss from the hidden states without [B, T, V] logits wherever the student is supported
         # (Llama-style); true: required (an unsupported student is an error); false: from the logits
         "fused_linear": "auto",
+        "min_lr_ratio": 0.1,  # the cosine learning-rate schedule ends at min_lr_ratio × lr
+        "average_last": 0.0,  # the trained model: the mean of the weights after each of the last share of steps (0: the last)
     },
     "eval": {"max_new_tokens": 120, "batch_size": 125},
     "precision": "fp32",
@@ -131,6 +140,11 @@ def method_settings(method: str) -> dict[str, Any]:
     if method not in _METHOD_SETTINGS:
         raise bad_input("--method", f"one of {METHODS}", repr(method))
     return dict(_METHOD_SETTINGS[method])
+
+
+def resolve_method(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the settings its method fixes applied (only ``paper`` has any)."""
+    return merge(config, _METHOD_CONFIG.get(config["method"], {}), where=f"--method {config['method']}")
 
 
 def merge(config: dict[str, Any], overrides: dict[str, Any], where: str = "config") -> dict[str, Any]:
@@ -204,6 +218,9 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
             raise bad_input(f"train.{key}", "a positive int", repr(t[key]))
     if t["batch_size"] % t["micro_batch_size"]:
         raise bad_input("train.batch_size", f"a multiple of train.micro_batch_size={t['micro_batch_size']}", t["batch_size"])
+    for key in ("min_lr_ratio", "average_last"):
+        if isinstance(t[key], bool) or not isinstance(t[key], (int, float)) or not 0 <= t[key] < 1:
+            raise bad_input(f"train.{key}", "a number in [0, 1)", repr(t[key]))
     check_floor(config["weights"]["floor"])
     if t["normaliser"] not in ("sequence", "token"):
         raise bad_input("train.normaliser", "'sequence' or 'token'", repr(t["normaliser"]))

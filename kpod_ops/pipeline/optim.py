@@ -13,8 +13,8 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=False)
 
 
-def lr_at(step: int, total: int, base: float, warmup_ratio: float) -> float:
-    """Linear warm-up over ``warmup_ratio`` of the steps, then cosine decay to 10 % of ``base``.
+def lr_at(step: int, total: int, base: float, warmup_ratio: float, min_ratio: float = 0.1) -> float:
+    """Linear warm-up over ``warmup_ratio`` of the steps, then cosine decay to ``min_ratio × base``.
 
     A pure function of the step, so a resumed run needs no scheduler state.
     """
@@ -22,7 +22,7 @@ def lr_at(step: int, total: int, base: float, warmup_ratio: float) -> float:
     if step < warm:
         return base * (step + 1) / warm
     progress = (step - warm) / max(1, total - warm)
-    return base * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+    return base * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -34,7 +34,7 @@ from ..data.tokenize import tokenize_examples
 from ..errors import KPODInputError
 from ..weighting import load_token_weights, renormalize_mean_one, save_token_weights, weight_stats
 from . import distributed
-from .config import method_settings, stage_hash, validate
+from .config import method_settings, resolve_method, stage_hash, validate
 from .curriculum import build_schedule, cluster, schedule_from_json, schedule_to_json, score_difficulties
 from .data import make_splits, read_splits, write_splits
 from .evaluate import EvalResult, evaluate
@@ -154,7 +154,7 @@ def distill(config: dict[str, Any], out: str | os.PathLike, *, shared: str | os.
     rank 0 writes files or prints.
     """
     t_start = time.perf_counter()
-    config = validate(config)
+    config = validate(resolve_method(config))
     _check_processes(config)
     method = method_settings(config["method"])
     splits = make_splits(config["data"])  # reads --data first: bad data fails before anything is written
@@ -252,10 +252,11 @@ def _prepare(config: dict[str, Any], method: dict[str, Any], splits, out: Path, 
         h_weights = rec["hash"]
         weights = load_token_weights(stage.dir / "token_weights.npz", tokenized, tokenizer=tok)
         renorm = config["weights"]["renormalize"]
-        in_loss = "no (uniform)" if not method["loss_weights"] else ("renormalised to mean 1 per rationale" if renorm else "raw w")
         floor = config["weights"]["floor"]
-        if method["loss_weights"] and floor:
-            in_loss += f", then floor {floor}: {floor} + {1 - floor:g} * w"
+        in_loss = "no (uniform)"
+        if method["loss_weights"]:
+            in_loss = f"floor {floor}: {floor} + {1 - floor:g} * w" if floor else "w"
+            in_loss += ", renormalised to mean 1 per rationale" if renorm else ""
         weights_info = {"degenerate": rec.get("degenerate"), "mean": rec.get("mean"), "kept_ratio": rec.get("kept_ratio"),
                         "in_loss": in_loss, "pictures": str(stage.dir / "pictures")}
 
@@ -297,8 +298,11 @@ def _prepare(config: dict[str, Any], method: dict[str, Any], splits, out: Path, 
 
     loss_weights = None
     if method["loss_weights"] and weights is not None:
-        loss_weights = renormalize_mean_one(weights, allow_degenerate=config["allow_degenerate"]) if config["weights"]["renormalize"] else weights
-        loss_weights = with_floor(loss_weights, config["weights"]["floor"])
+        # the floor acts on the learned weights in [0, 1], before any renormalisation, so the contrast between a
+        # keypoint (w = 1) and a token the learner masks (w = 0) is 1 / floor on every seed
+        loss_weights = with_floor(weights, config["weights"]["floor"])
+        if config["weights"]["renormalize"]:
+            loss_weights = renormalize_mean_one(loss_weights, allow_degenerate=config["allow_degenerate"])
     return _Prepared(splits, student, tok, tokenized, skipped, before, weights_info, loss_weights, schedule,
                      (h_data, h_warm, h_weights, h_schedule), timings)
 
@@ -309,7 +313,7 @@ def _train_stage(config: dict[str, Any], method: dict[str, Any], prep: _Prepared
     tr = config["train"]
     settings = TrainSettings(**{k: tr[k] for k in ("epochs", "batch_size", "micro_batch_size", "lr", "warmup_ratio", "weight_decay",
                                                    "grad_clip", "normaliser", "checkpoint_every",
-                                                   "fused_linear")},
+                                                   "fused_linear", "min_lr_ratio", "average_last")},
                              seed=config["seed"], precision=config["precision"])
     h_data, h_warm, h_weights, h_schedule = prep.hashes
     train_hash = stage_hash(config, "train", (h_data, h_warm, h_weights if method["loss_weights"] else "", h_schedule,

@@ -62,6 +62,8 @@ class TrainSettings:
     seed: int = 0
     precision: str = "fp32"
     fused_linear: bool | str = "auto"  # the loss from the hidden states, no [B, T, V] logits (see resolve_fused_linear)
+    min_lr_ratio: float = 0.1  # the cosine schedule ends at min_lr_ratio × lr
+    average_last: float = 0.0  # the trained model is the mean of the weights after each of the last share of steps (0: off)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "micro_batch_size", "checkpoint_every"):
@@ -76,6 +78,14 @@ class TrainSettings:
             raise bad_input("precision", "'fp32' or 'bf16'", repr(self.precision))
         if self.fused_linear not in FUSED_LINEAR:
             raise bad_input("fused_linear", "'auto', true or false", repr(self.fused_linear))
+        for name in ("min_lr_ratio", "average_last"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise bad_input(name, "a number in [0, 1)", repr(value))
+
+    def averaged_steps(self, total: int) -> int:
+        """How many of the ``total`` optimiser steps end in the averaged model (0: no averaging)."""
+        return max(1, round(self.average_last * total)) if self.average_last else 0
 
 
 @dataclass
@@ -89,7 +99,8 @@ def steps_per_epoch(n_examples: int, batch_size: int) -> int:
     return math.ceil(n_examples / batch_size)
 
 
-def _save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, position: dict) -> None:
+def _save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, position: dict,
+                     average: dict[str, torch.Tensor] | None = None) -> None:
     """Write a new checkpoint next to the old one, then swap (a crash leaves one complete checkpoint)."""
     new, old, cur = folder / (CHECKPOINT + ".new"), folder / (CHECKPOINT + ".old"), folder / CHECKPOINT
     if new.exists():
@@ -99,6 +110,8 @@ def _save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, position: 
     tensors, rest = optimizer_to_files(optimizer)
     save_tensors(new / "optimizer.safetensors", tensors)
     write_json(new / "optimizer.json", rest)
+    if average:
+        save_tensors(new / "average.safetensors", average)
     write_json(new / "state.json", position)
     if cur.exists():
         os.replace(cur, old)
@@ -125,6 +138,22 @@ def _load_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer) -> dict:
             params[name].copy_(value)
     optimizer_from_files(optimizer, load_tensors(ckpt / "optimizer.safetensors"), read_json(ckpt / "optimizer.json"))
     return read_json(ckpt / "state.json")
+
+
+def _load_average(ckpt: Path) -> dict[str, torch.Tensor]:
+    return load_tensors(ckpt / "average.safetensors") if (ckpt / "average.safetensors").is_file() else {}
+
+
+def _accumulate_average(average: dict[str, torch.Tensor], model: torch.nn.Module, count: int) -> None:
+    """Running mean of the trainable weights: ``average`` holds the mean of ``count`` models after this call."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            if count == 1:
+                average[name] = p.detach().float().clone()
+            else:
+                average[name].add_(p.detach().float() - average[name], alpha=1.0 / count)
 
 
 def _normaliser(micro: list[dict[str, torch.Tensor]], n_sequences: int, kind: str, device: torch.device) -> int:
@@ -234,6 +263,8 @@ def train(
     optimizer = make_optimizer(model, s.lr, s.weight_decay)
     device = next(model.parameters()).device
     result = TrainResult()
+    n_average = s.averaged_steps(total)
+    average: dict[str, torch.Tensor] = {}
     epoch0, batch0 = 1, 0
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if folder is not None:
@@ -247,6 +278,7 @@ def train(
                         shutil.rmtree(ckpt)
                 else:
                     position = _load_checkpoint(ckpt, model, optimizer)
+                    average = {k: v.to(device) for k, v in _load_average(ckpt).items()}
                     epoch0, batch0 = position["epoch"], position["batch"]
                     result.history, result.steps = position["history"], position["step"]
                     result.resumed_at_step = result.steps
@@ -277,7 +309,7 @@ def train(
             scale, real = world, len(micro)
             if not micro:  # a short last batch left this process nothing: a zero-weight pass keeps DDP in step
                 micro, scale = [collator(chosen[:1])], 0
-            lr = lr_at(result.steps, total, s.lr, s.warmup_ratio)
+            lr = lr_at(result.steps, total, s.lr, s.warmup_ratio, s.min_lr_ratio)
             set_lr(optimizer, lr)
             optimizer.zero_grad(set_to_none=True)
             step_loss, given = 0.0, 0
@@ -294,6 +326,8 @@ def train(
                 torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], s.grad_clip)
             optimizer.step()
             result.steps += 1
+            if result.steps > total - n_average:
+                _accumulate_average(average, model, result.steps - (total - n_average))
             result.history.append({"step": result.steps, "epoch": epoch, "loss": step_loss, "lr": lr, "given_steps": given})
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{step_loss:.3f}")
@@ -301,8 +335,14 @@ def train(
                 nxt_epoch, nxt_batch = (epoch, b + 1) if b + 1 < per_epoch else (epoch + 1, 0)
                 _save_checkpoint(folder, model, optimizer, {
                     "hash": run_hash, "epoch": nxt_epoch, "batch": nxt_batch, "step": result.steps, "history": result.history,
-                })
+                }, average)
     del ddp, step_module  # drops DDP's gradient hooks from the student
     bar.close()
+    if average:  # the trained model is the average of the last n_average steps' weights
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in average:
+                    p.copy_(average[name].to(p.dtype))
+        say(f"[train] the trained model is the mean of the weights after each of the last {n_average} optimiser steps")
     model.eval()
     return result

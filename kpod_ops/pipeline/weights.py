@@ -77,8 +77,10 @@ def with_floor(weights: dict[str, np.ndarray], floor: float) -> dict[str, np.nda
     The mask learner drives the weights of tokens the answer does not need (the words of a
     rationale) to ~0. A pre-trained student already writes those words; a small student still
     learning the language of its rationales never learns them with weight 0, and its generations
-    fall apart. A floor keeps them trained while the keypoints get the extra weight; with weights of
-    mean 1 the mean stays 1. ``floor=0`` returns ``weights`` unchanged.
+    fall apart. A floor keeps them trained while the keypoints get the extra weight. Applied to the
+    learned weights in [0, 1] (before renormalising to mean 1), it fixes the contrast between a
+    keypoint (w = 1) and a masked token (w = 0) at ``1 / floor`` whatever the seed's mean weight.
+    ``floor=0`` returns ``weights`` unchanged.
     """
     check_floor(floor)
     if floor == 0:
