@@ -412,10 +412,11 @@ def test_evaluate_reports_answer_accuracy(tmp_path):
     from kpod_ops.integrations.evaluation import answer_accuracy
 
     tok, tokenized, weights = tiny_data(8)
+    answers = {ex.id: ex.answer for ex in load_builtin("arith-cot", "train", n=8, seed=0)}
     model = tiny_llama(tok)
     args = train_args(tmp_path, per_device_train_batch_size=4, per_device_eval_batch_size=4, max_steps=1)
     trainer = KPODTrainer(model, args, train_dataset=tokenized, eval_dataset=tokenized[:4], processing_class=tok,
-                          token_weights=weights, answer_accuracy=True, max_new_tokens=8,
+                          token_weights=weights, answer_accuracy=True, max_new_tokens=8, eval_answers=answers,
                           compute_metrics=lambda p: {"label_tokens": float((p.label_ids != -100).sum())})
     metrics = trainer.evaluate()  # compute_metrics gets the (guarded) labels gathered and concatenated as numpy
     assert {"eval_loss", "eval_answer_accuracy", "eval_answered", "eval_label_tokens"} <= set(metrics)
@@ -438,7 +439,8 @@ def test_evaluate_reports_answer_accuracy(tmp_path):
             width = max(map(len, rows))
             return torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
 
-    assert answer_accuracy(Oracle(), tok, tokenized, batch_size=3) == {"answer_accuracy": 1.0, "answered": 1.0}
+    assert answer_accuracy(Oracle(), tok, tokenized, batch_size=3, answers=answers) == {"answer_accuracy": 1.0,
+                                                                                         "answered": 1.0}
 
 
 @pytest.mark.parametrize("persistent", [False, True])

@@ -6,7 +6,7 @@ Used by ``KPODTrainer(answer_accuracy=True)`` so that ``trainer.evaluate()`` rep
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -25,9 +25,14 @@ def answer_accuracy(
     *,
     max_new_tokens: int = 128,
     batch_size: int = 16,
+    answers: Mapping[str, str] | None = None,
 ) -> dict[str, float]:
     """Greedy-decode a rationale and answer from each example's prompt tokens and compare the final
-    answer (``extract_answer``) with the one in the example's own answer tokens.
+    answer (``extract_answer``) with the example's gold answer **string**: ``answers[id]`` when
+    ``answers`` is given, else the example's ``"answer"`` entry (a record from ``to_record`` with an
+    ``"answer"`` key added, e.g. ``{**to_record(te), "answer": ex.answer}``). The gold answer is never
+    re-read from decoded answer tokens (a tokenizer need not decode "21" back to "21"); an example
+    with no gold answer string is an error.
 
     Returns ``{"answer_accuracy": correct / n, "answered": fraction with any answer}``. Decoder-only
     models (PEFT-wrapped ones too); the batch is left-padded with the tokenizer's pad (or EOS) token.
@@ -36,9 +41,12 @@ def answer_accuracy(
         raise bad_input("max_new_tokens", "a positive int", repr(max_new_tokens))
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise bad_input("batch_size", "a positive int", repr(batch_size))
+    if answers is not None and not isinstance(answers, Mapping):
+        raise bad_input("answers", "a mapping example id -> gold answer string, or None", type(answers).__name__)
     items = [as_tokenized(e, "examples") for e in examples]
     if not items:
         raise bad_input("examples", "at least one example", "none")
+    golds = [_gold(e, ex, answers) for e, ex in zip(examples, items)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     was_training = model.training
@@ -56,11 +64,28 @@ def answer_accuracy(
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                                  max_new_tokens=max_new_tokens, pad_token_id=pad,
                                  eos_token_id=tokenizer.eos_token_id)
-            for b, ex in enumerate(chunk):
+            for b, gold in enumerate(golds[start:start + batch_size]):
                 predicted = extract_answer(tokenizer.decode(out[b, width:], skip_special_tokens=True))
-                gold = extract_answer(tokenizer.decode(list(ex.answer_ids), skip_special_tokens=True))
                 answered += predicted is not None
                 correct += predicted is not None and answers_match(predicted, gold)
     finally:
         model.train(was_training)
     return {"answer_accuracy": correct / len(items), "answered": answered / len(items)}
+
+
+def _gold(example: Any, tokenized: TokenizedExample, answers: Mapping[str, str] | None) -> str:
+    """The gold answer string of one example: ``answers[id]``, else its ``answer`` entry / attribute."""
+    if answers is not None and tokenized.id in answers:
+        gold = answers[tokenized.id]
+    elif isinstance(example, Mapping) and example.get("answer") is not None:
+        gold = example["answer"]
+    elif getattr(example, "answer", None) is not None:
+        gold = example.answer
+    else:
+        raise bad_input(
+            "examples", "each example's gold answer string (answers={id: answer}, or records with an 'answer' key)",
+            f"none for example {tokenized.id!r}",
+        )
+    if not isinstance(gold, str) or not gold.strip():
+        raise bad_input(f"answers[{tokenized.id!r}]", "a non-empty gold answer string", repr(gold))
+    return gold

@@ -19,6 +19,8 @@ cross-entropy (see :mod:`kpod_ops.data.guard`).
 
 from __future__ import annotations
 
+import copy
+import difflib
 import inspect
 import math
 import os
@@ -28,12 +30,13 @@ from pathlib import Path
 from types import MethodType
 from typing import Any
 
+import numpy as np
 import torch
 
 from .._optional import require
 from ..curriculum import ProgressiveSchedule
 from ..data.collator import KPODCollator, _KPODCollatorBase
-from ..data.guard import is_guarded, unguard
+from ..data.guard import guard, is_guarded, unguard
 from ..data.records import RECORD_KEYS
 from ..errors import KPODInputError, bad_input
 from ..losses import keypoint_cross_entropy
@@ -67,8 +70,12 @@ class _Patch:
             self.backbone = None
         self.backbone_forward = None if self.backbone is None else self.backbone.__dict__.get("forward")
         self.pending: tuple[Any, Any, bool] | None = None
+        # the loss tensor the KPOD loss returned in the running forward (only stored from inside the forward, never
+        # read there, so that torch.compile replays the store without guarding on it)
+        self.ran_loss: Any = None
         self.linear = False  # whether the training loss comes from the hidden states (no logits)
         self.linear_reason = "fused_linear=False"
+        self.known_keys: frozenset[str] = frozenset(BATCH_KEYS)
 
 
 def _method_signature(bound: Any) -> inspect.Signature:
@@ -105,25 +112,142 @@ def _check_not_packed(kwargs: Mapping[str, Any]) -> None:
         )
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    """``warnings.warn(message)`` the first time ``key`` comes up in this process."""
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, UserWarning, stacklevel=4)
+
+
+def _looks_like_kpod_key(key: str) -> bool:
+    """A batch key that is probably a misspelt KPOD field (``weights``, ``token_weight``, ``loss_starts``)."""
+    low = key.lower()
+    if any(part in low for part in ("weight", "loss_start", "step_id", "lossstart")):
+        return True
+    return bool(difflib.get_close_matches(low, BATCH_KEYS, n=1, cutoff=0.8))
+
+
+def _check_keys(known: frozenset[str], kwargs: Mapping[str, Any]) -> None:
+    """Refuse a batch key that looks like a KPOD field but is not one: the backbone's ``**kwargs`` would swallow it."""
+    unknown = sorted(k for k in kwargs if k not in known and _looks_like_kpod_key(k))
+    if unknown:
+        raise bad_input(
+            "batch", f"the KPOD fields under their names {list(BATCH_KEYS)} (the patched forward reads only these)",
+            f"unknown key(s) {unknown}: the model would ignore them and train without them; rename them",
+        )
+
+
+def _mask_before_start(labels: torch.Tensor, starts: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """``labels`` with ``ignore_index`` at every position before ``loss_start`` (guarded labels stay guarded)."""
+    guarded = is_guarded(labels)
+    plain = unguard(labels)
+    positions = torch.arange(plain.shape[-1], device=plain.device)
+    out = torch.where(positions < starts.to(plain.device).reshape(-1, 1), ignore_index, plain)
+    return guard(out) if guarded else out
+
+
+def _check_masked_before_start(labels: Any, starts: Any) -> None:
+    """Under Trainer's token count (``num_items_in_batch`` counts ``labels[:, 1:] != -100``) every label before
+    ``loss_start`` must be -100, or the divisor counts tokens the loss does not (the loss shrinks, by a factor that
+    moves with the curriculum stage)."""
+    if not isinstance(labels, torch.Tensor) or not isinstance(starts, torch.Tensor) or labels.dim() != 2:
+        return
+    plain = unguard(labels)
+    positions = torch.arange(plain.shape[-1], device=plain.device)
+    before = (positions >= 1) & (positions < starts.to(plain.device).reshape(-1, 1))
+    counted = int(((plain != -100) & before).sum())
+    if counted:
+        raise KPODInputError(
+            f"labels: expected -100 at every position before loss_start when Trainer passes num_items_in_batch (it "
+            f"counts labels != -100, so the divisor would count tokens the loss does not), got {counted} label(s) "
+            "before loss_start: mask them in the collator (KPODCollator does), or train with KPODTrainer (it counts "
+            "the active tokens itself)"
+        )
+
+
 @torch._dynamo.disable
-def _enter(patch: _Patch, token_weights: Any, loss_start: Any, kwargs: dict[str, Any]) -> None:
-    """Check the batch, stash its KPOD fields for the loss and unguard the labels (``kwargs`` in place).
-    Never traced by torch.compile: the guarded labels are not a tensor dynamo can trace."""
-    if token_weights is not None or loss_start is not None:
+def _enter(patch: _Patch, token_weights: Any, loss_start: Any, kwargs: dict[str, Any], training: bool) -> bool:
+    """Check the batch, stash its KPOD fields for the loss and unguard the labels (``kwargs`` in place); whether the
+    KPOD loss must run (labels with KPOD fields). Never traced by torch.compile: the guarded labels are not a tensor
+    dynamo can trace."""
+    _check_keys(patch.known_keys, kwargs)
+    has_fields = token_weights is not None or loss_start is not None
+    if has_fields:
         _check_not_packed(kwargs)
-    guarded = is_guarded(kwargs.get("labels"))
+    labels = kwargs.get("labels")
+    guarded = is_guarded(labels)
+    if labels is not None and has_fields and kwargs.get("num_items_in_batch") is not None:
+        _check_masked_before_start(labels, loss_start)
+    if labels is not None and not has_fields and not guarded and training:
+        _warn_once("no-fields", (
+            "apply_kpod_loss: the patched model is training on a batch with labels but no token_weights or "
+            "loss_start, so its loss is plain token-mean cross-entropy (no keypoint weights, no step truncation): "
+            "build the batches with kpod_ops.KPODCollator (or keep those fields in your collator's output)"
+        ))
     if guarded:  # the model's own code (and torch.compile) sees plain labels; the loss knows their origin
-        kwargs["labels"] = unguard(kwargs["labels"])
+        kwargs["labels"] = unguard(labels)
     patch.pending = (token_weights, loss_start, guarded)
+    return labels is not None and (has_fields or guarded)
+
+
+def _returned_loss(out: Any) -> Any:
+    loss = getattr(out, "loss", None)
+    if loss is None and isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor) and out[0].dim() == 0:
+        loss = out[0]
+    return loss
+
+
+def _depends_on(loss: torch.Tensor, ours: torch.Tensor) -> bool:
+    """Whether ``loss`` is ``ours`` or was computed from it (through the autograd graph; by value without one)."""
+    if loss is ours:
+        return True
+    target = ours.grad_fn
+    if target is None or loss.grad_fn is None:
+        return loss.shape == ours.shape and bool(torch.equal(loss.detach(), ours.detach()))
+    seen, todo = set(), [loss.grad_fn]
+    while todo:  # breadth first: the KPOD loss sits a few nodes below the returned loss when it is there
+        node = todo.pop(0)
+        if node is target:
+            return True
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        todo.extend(n for n, _ in node.next_functions)
+    return False
+
+
+@torch._dynamo.disable
+def _check_ran(patch: _Patch, out: Any, ours: Any) -> None:
+    """A batch with KPOD fields: the loss the model returns must be (or contain) the KPOD loss."""
+    what = (
+        "the model's forward computes its own loss (a custom or remote-code forward, or another kernel patch) instead "
+        "of calling its loss_function, so the returned loss would silently be plain cross-entropy: use a model whose "
+        "forward calls self.loss_function(logits, labels, ...) (as transformers' own models do), or compute "
+        "kpod_ops.keypoint_cross_entropy(logits, labels, token_weights, loss_start, shift=True) yourself"
+    )
+    if ours is None:
+        raise KPODInputError(f"model: expected the KPOD loss to run on a batch with KPOD fields, got a forward that "
+                             f"never called it; {what}")
+    loss = _returned_loss(out)
+    if not isinstance(loss, torch.Tensor) or not _depends_on(loss, ours):
+        raise KPODInputError(f"model: expected the returned loss to be the KPOD loss, got another one; {what}")
 
 
 def _make_forward(patch: _Patch, original: Any) -> Any:
     def forward(self, *args, token_weights=None, loss_start=None, step_ids=None, **kwargs):
-        _enter(patch, token_weights, loss_start, kwargs)
+        saved = patch.pending, patch.ran_loss  # re-entrant: a nested forward restores the outer one's state
         try:
-            return original(*args, **kwargs)
+            must_run = _enter(patch, token_weights, loss_start, kwargs, self.training)
+            patch.ran_loss = None
+            out = original(*args, **kwargs)
+            if must_run:
+                _check_ran(patch, out, patch.ran_loss)
+            return out
         finally:
-            patch.pending = None
+            patch.pending, patch.ran_loss = saved
 
     # Under torch.compile (Trainer's torch_compile=True) this frame runs eagerly: the guarded labels and the
     # batch fields never enter the compiled graph, while the original forward (and the loss) it calls are compiled.
@@ -176,8 +300,11 @@ def _make_linear_loss(patch: _Patch) -> Any:
         extra = {k: v for k, v in (("token_weights", token_weights), ("loss_start", loss_start)) if v is not None}
         labels, weights, starts = _batch_fields(patch, labels, hidden.device, extra)
         loss = linear_causal_lm_loss(hidden, lm_head_weight, labels, bias=bias, token_weights=weights, loss_start=starts,
-                                     num_items_in_batch=num_items_in_batch, ignore_index=ignore_index)
-        return loss.clone()  # see kpod_loss
+                                     num_items_in_batch=num_items_in_batch, ignore_index=ignore_index,
+                                     impl="fused" if patch.fused_linear is True else "auto")
+        loss = loss.clone()  # see kpod_loss
+        patch.ran_loss = loss
+        return loss
 
     return kpod_linear_loss
 
@@ -198,7 +325,9 @@ def _make_loss(patch: _Patch) -> Any:
         )
         # Trainer rescales the returned loss in place (``loss *= num_processes``): hand it a fresh tensor so
         # that the loss op's own saved output stays intact for backward
-        return loss.clone()
+        loss = loss.clone()
+        patch.ran_loss = loss
+        return loss
 
     return kpod_loss
 
@@ -251,6 +380,11 @@ def apply_kpod_loss(model: Any, *, fused_linear: bool | str = "auto", impl: str 
     patch = _Patch(base, impl, fused_linear)
     if fused_linear is not False:
         _apply_fused_linear(model, patch, fused_linear)
+    named = inspect.signature(base.forward).parameters.values()
+    patch.known_keys = frozenset(
+        [p.name for p in named if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
+        + [*BATCH_KEYS, "num_items_in_batch"]
+    )
     base.forward = MethodType(_make_forward(patch, base.forward), base)
     base.loss_function = _make_loss(patch)
     base.accepts_loss_kwargs = True  # so Trainer passes num_items_in_batch
@@ -267,6 +401,14 @@ def _apply_fused_linear(model: Any, patch: _Patch, fused_linear: bool | str) -> 
     from .linear_patch import patch_linear_loss, supports
 
     ok, why = supports(model)
+    if ok and fused_linear is True:
+        from .._extension import fused_available
+        from ..losses import linear_ops
+
+        loaded, reason = fused_available()
+        if not loaded or not linear_ops.OPS_REGISTERED:
+            raise bad_input("fused_linear", "the fused linear kernel (or fused_linear=False/'auto')",
+                            reason if not loaded else "kpod_ops._C loaded without the fused linear ops")
     patch.linear_reason = why
     if not ok:
         if fused_linear is True:
@@ -336,6 +478,7 @@ class KPODCallback(TrainerCallback):
             raise bad_input("given_steps", "a ScheduledGivenSteps of the same schedule, or None", repr(given_steps))
         self.schedule = schedule
         self.given_steps = given_steps if given_steps is not None else ScheduledGivenSteps(schedule)
+        self.given_steps.set_stage(self.given_steps.stage)  # driven from here on (see ScheduledGivenSteps)
 
     def _attach(self, collate_fn: Any) -> None:
         collator = find_kpod_collator(collate_fn)
@@ -369,6 +512,32 @@ class KPODCallback(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.given_steps.set_stage(_stage(state.epoch))
+
+
+# ---------------------------------------------------------------------------------------------- evaluation batches
+class _EvaluationCollator:
+    """KPODTrainer's evaluation / prediction batches: every example's full rationale (``c = 0``: held-out examples
+    have no schedule, and the loss is comparable across stages), the collator's token weights where it has them and 1
+    for examples it has none for (held-out ids)."""
+
+    def __init__(self, collator: _KPODCollatorBase) -> None:
+        inner = copy.copy(collator)
+        inner._in_workers = torch.zeros(1, dtype=torch.int64).share_memory_()  # its own copy: no workers yet
+        inner.given_steps = None
+        self.data_collator = inner
+        self.token_weights = collator.token_weights
+
+    def __call__(self, features: Any) -> dict[str, torch.Tensor]:
+        source = self.token_weights
+        if isinstance(source, Mapping):
+            from ..data.records import as_tokenized
+
+            table = {}
+            for feature in features:
+                ex = as_tokenized(feature)
+                table[ex.id] = source[ex.id] if ex.id in source else np.ones(ex.rationale_len, dtype=np.float32)
+            self.data_collator.token_weights = table
+        return self.data_collator(features)
 
 
 # ---------------------------------------------------------------------------------------------- trainer
@@ -448,6 +617,10 @@ class _KPODTrainerMixin:
         that no wrapper the compiled graph starts at (PEFT, accelerate) traces them — the model is patched,
         so its loss is the KPOD loss."""
         inputs = super()._prepare_inputs(inputs)
+        if isinstance(inputs, Mapping) and isinstance(inputs.get("labels"), torch.Tensor) \
+                and isinstance(inputs.get("loss_start"), torch.Tensor) and inputs["labels"].dim() == 2:
+            # positions before loss_start never count: the loss, the token count and compute_metrics agree on it
+            inputs = {**inputs, "labels": _mask_before_start(inputs["labels"], inputs["loss_start"])}
         if self.args.torch_compile and isinstance(inputs, Mapping) and is_guarded(inputs.get("labels")):
             missing = [k for k in ("token_weights", "loss_start") if inputs.get(k) is None]
             if missing:
@@ -458,6 +631,33 @@ class _KPODTrainerMixin:
             inputs = {**inputs, "labels": unguard(inputs["labels"])}
         return inputs
 
+    def _kpod_evaluation_collator(self) -> Any:
+        collator = self.data_collator
+        if not isinstance(collator, _KPODCollatorBase):
+            return collator  # a wrapper around the KPOD collator: used as it is
+        cached = getattr(self, "_kpod_eval_collator", None)
+        if cached is None or cached[0] is not collator:
+            cached = (collator, _EvaluationCollator(collator))
+            self._kpod_eval_collator = cached
+        return cached[1]
+
+    def _kpod_with_evaluation_collator(self, build: Any, *args: Any) -> Any:
+        training = self.data_collator
+        self.data_collator = self._kpod_evaluation_collator()
+        try:
+            return build(*args)
+        finally:
+            self.data_collator = training
+
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
+        """Trainer's evaluation DataLoader, whose batches give no steps (``c = 0``, the full rationale: evaluation
+        examples need no schedule) and weight 1 where the collator has no token weights for an example."""
+        return self._kpod_with_evaluation_collator(super().get_eval_dataloader, eval_dataset)
+
+    def get_test_dataloader(self, test_dataset: Any) -> Any:
+        """As :meth:`get_eval_dataloader`, for ``predict``."""
+        return self._kpod_with_evaluation_collator(super().get_test_dataloader, test_dataset)
+
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
         extra = [*RECORD_KEYS, "steps", *BATCH_KEYS]
@@ -466,7 +666,13 @@ class _KPODTrainerMixin:
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | int | None:
         """Trainer's token count (``"token"``), or the number of sequences of the global batch (``"sequence"``):
         rows with labels over every accumulation micro-batch, summed across processes."""
-        if self.kpod_normaliser == "token":
+        if self.kpod_normaliser == "token":  # Trainer's count of labels != -100, over the active positions only
+            batch_samples = [
+                {**b, "labels": _mask_before_start(b["labels"], b["loss_start"])}
+                if isinstance(b.get("labels"), torch.Tensor) and isinstance(b.get("loss_start"), torch.Tensor)
+                and b["labels"].dim() == 2 else b
+                for b in batch_samples
+            ]
             return super()._get_num_items_in_batch(batch_samples, device)
         if not batch_samples or "labels" not in batch_samples[0]:
             return None
@@ -498,7 +704,7 @@ class KPODTrainer(_KPODTrainerMixin, Trainer):
     def __init__(self, model: Any = None, args: Any = None, data_collator: Any = None, *rest: Any,
                  normaliser: str = "sequence", token_weights: Any = None, schedule: Any = None,
                  fused_linear: bool | str = "auto", answer_accuracy: bool = False, max_new_tokens: int = 128,
-                 **kwargs: Any) -> None:
+                 eval_answers: Mapping[str, str] | None = None, **kwargs: Any) -> None:
         processing_class = kwargs.get("processing_class", rest[2] if len(rest) > 2 else None)
         if answer_accuracy and processing_class is None:
             raise bad_input("processing_class", "the tokenizer when answer_accuracy=True (it decodes the answers)", None)
@@ -506,6 +712,10 @@ class KPODTrainer(_KPODTrainerMixin, Trainer):
             model, data_collator, processing_class, normaliser, token_weights, schedule, fused_linear,
             kwargs.get("callbacks"), kwargs.get("train_dataset", rest[0] if rest else None),
         )
+        if eval_answers is not None and not isinstance(eval_answers, Mapping):
+            raise bad_input("eval_answers", "a mapping example id -> gold answer string, or None",
+                            type(eval_answers).__name__)
+        self.kpod_eval_answers = eval_answers
         self.kpod_answer_accuracy = bool(answer_accuracy)
         self.kpod_max_new_tokens = max_new_tokens
         super().__init__(model, args, data_collator, *rest, **kwargs)
@@ -523,7 +733,7 @@ class KPODTrainer(_KPODTrainerMixin, Trainer):
                 raise bad_input("eval_dataset", "one dataset with answer_accuracy=True", "a dict of datasets")
             scores = answer_accuracy(self.model, self.processing_class, list(dataset),
                                      max_new_tokens=self.kpod_max_new_tokens,
-                                     batch_size=self.args.per_device_eval_batch_size)
+                                     batch_size=self.args.per_device_eval_batch_size, answers=self.kpod_eval_answers)
             extra = {f"{metric_key_prefix}_{k}": v for k, v in scores.items()}
             metrics.update(extra)
             self.log(extra)

@@ -87,6 +87,12 @@ def supports(model: Any) -> tuple[bool, str]:
         return False, f"{cls} is not a *ForCausalLM model"
     if not isinstance(getattr(base, "model", None), torch.nn.Module):
         return False, f"{cls} has no `model` backbone"
+    forward_module = getattr(type(base).forward, "__module__", "") or ""
+    if not forward_module.startswith("transformers.models."):
+        return False, (
+            f"{cls}.forward comes from {forward_module or 'unknown code'}, not from transformers' {model_type} model "
+            "(a subclass, remote code or another kernel patch): the patch would bypass it"
+        )
     head = getattr(base, "lm_head", None)
     if type(head) is not torch.nn.Linear:
         return False, (
@@ -112,8 +118,12 @@ def linear_causal_lm_loss(
     loss_start: torch.Tensor | None = None,
     num_items_in_batch: int | torch.Tensor | None = None,
     ignore_index: int = -100,
+    impl: str = "auto",
 ) -> torch.Tensor:
-    """Hugging Face's causal-LM loss (token mean, or ``Σ ÷ num_items_in_batch``), KPOD-weighted."""
+    """Hugging Face's causal-LM loss, KPOD-weighted: ``Σ ω·ℓ`` over the active positions divided by
+    ``num_items_in_batch`` when given (Trainer's token count of the accumulated global batch), else by
+    this batch's active tokens — a **token mean**. ``impl`` as in
+    :func:`~kpod_ops.keypoint_linear_cross_entropy` (``"fused"``: the fused kernel or an error)."""
     labels = labels.to(hidden.device)
     if token_weights is not None:
         token_weights = token_weights.to(device=hidden.device, dtype=torch.float32)
@@ -123,7 +133,7 @@ def linear_causal_lm_loss(
         num_items_in_batch = num_items_in_batch.to(hidden.device)
     return keypoint_linear_cross_entropy(
         hidden, lm_head_weight, labels, token_weights, loss_start, bias, ignore_index=ignore_index,
-        reduction="mean", num_items_in_batch=num_items_in_batch, shift=True,
+        reduction="mean", num_items_in_batch=num_items_in_batch, shift=True, impl=impl,
     )
 
 

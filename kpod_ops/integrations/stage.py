@@ -5,6 +5,11 @@ process does not reach persistent workers. :class:`ScheduledGivenSteps` is a ``g
 callable for :class:`~kpod_ops.data.KPODCollator` that reads the current stage from a one-element
 tensor in shared memory, so setting the stage in the main process (``set_stage``) reaches every
 worker, whether forked or spawned, persistent or not.
+
+Something must move the stage: :class:`~kpod_ops.integrations.hf.KPODCallback` (which
+``KPODTrainer(schedule=...)`` adds) or your loop's ``set_stage(epoch)``. A multi-epoch schedule
+whose stage nothing ever moved raises at the first epoch boundary (the first question served a
+second time) instead of training stage 1 for ever.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import numpy as np
 import torch
 
 from ..curriculum import ProgressiveSchedule
-from ..errors import bad_input
+from ..errors import KPODInputError, bad_input
 
 
 class ScheduledGivenSteps:
@@ -31,7 +36,13 @@ class ScheduledGivenSteps:
         self.schedule = schedule
         self._stage = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._cached: tuple[int, np.ndarray] | None = None
-        self.set_stage(stage)
+        self._check_stage(stage)
+        self._stage[0] = int(stage)
+        # 1 once set_stage was called (something drives the stage); until then, which questions were served, so
+        # that the first one served twice (an epoch boundary) finds the stage never moved
+        self._driven = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._served = torch.zeros(len(schedule.ids), dtype=torch.uint8).share_memory_()
+        self._multi_epoch = int(schedule.config.get("n_epochs", 1) or 1) > 1
 
     @property
     def stage(self) -> int:
@@ -40,15 +51,36 @@ class ScheduledGivenSteps:
 
     def set_stage(self, stage: int) -> None:
         """Move every process that holds this object (workers included) to ``stage`` (epoch, 1-based)."""
+        self._check_stage(stage)
+        self._stage[0] = int(stage)
+        self._driven[0] = 1
+
+    @property
+    def driven(self) -> bool:
+        """Whether :meth:`set_stage` was ever called (by ``KPODCallback`` or your loop)."""
+        return bool(int(self._driven[0]))
+
+    @staticmethod
+    def _check_stage(stage: object) -> None:
         if isinstance(stage, bool) or int(stage) != stage or stage < 1:
             raise bad_input("stage", "a 1-based epoch (int >= 1)", stage)
-        self._stage[0] = int(stage)
 
     def __call__(self, question_id: Hashable) -> int:
         stage = self.stage
+        index = self.schedule.index_of(question_id)
+        if self._multi_epoch and not int(self._driven[0]):
+            if int(self._served[index]):
+                raise KPODInputError(
+                    f"ScheduledGivenSteps: expected the stage to move at each epoch, got question {question_id!r} "
+                    f"served a second time (a new epoch) with the stage still at {stage} and nothing calling "
+                    "set_stage: under Trainer add callbacks=[KPODCallback(schedule, given_steps=<this object>)] "
+                    "(KPODTrainer(schedule=...) does it for you); in your own loop call .set_stage(epoch) at the start "
+                    "of every epoch"
+                )
+            self._served[index] = 1
         if self._cached is None or self._cached[0] != stage:
             self._cached = (stage, self.schedule.given_steps_array(stage))
-        return int(self._cached[1][self.schedule.index_of(question_id)])
+        return int(self._cached[1][index])
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._extension import fused_available
 from ..errors import bad_input
 from . import registration
+from .fallback import IMPLS, use_fused
 from .fused_scalar import fused_scalar_loss
 from .inputs import (
     RowPlan,
@@ -24,7 +24,7 @@ from .inputs import (
 from .reference import keypoint_cross_entropy_reference
 from .zero_weights import zero_weight_rows
 
-IMPLS = ("auto", "fused", "reference")
+__all__ = ["IMPLS", "KeypointCrossEntropy", "keypoint_cross_entropy"]
 
 
 def _compiling() -> bool:
@@ -121,18 +121,16 @@ def keypoint_cross_entropy(
             autograd's version counter makes any saved use fail loudly. The logits must be produced
             by an op (not a leaf, nor a view of one). Falls back to the functional op under
             ``torch.compile``.
-        impl: ``"auto"`` (fused where a kernel exists for the device), ``"fused"`` or
-            ``"reference"``.
+        impl: ``"auto"`` (fused where a kernel exists for the device; otherwise the reference, with
+            a ``RuntimeWarning`` once per process that states why), ``"fused"`` (the fused kernel or
+            a ``RuntimeError`` stating why not) or ``"reference"``.
     """
     check_arguments(logits, labels, token_weights, loss_start, reduction, num_items_in_batch, label_smoothing, shift)
     if impl not in IMPLS:
         raise bad_input("impl", f"one of {IMPLS}", repr(impl))
     if inplace_backward and reduction == "none":
         raise bad_input("inplace_backward", "False with reduction='none' (it needs a scalar reduction)", True)
-    ok, why = fused_available(logits.device)
-    if impl == "fused" and not ok:
-        raise RuntimeError(f"impl='fused' requested but {why}")
-    if impl == "reference" or not ok or not registration.REGISTERED:
+    if not use_fused("keypoint_cross_entropy", logits.device, impl, registration.REGISTERED):
         return keypoint_cross_entropy_reference(
             logits, labels, token_weights, loss_start, ignore_index=ignore_index, reduction=reduction,
             num_items_in_batch=num_items_in_batch, label_smoothing=label_smoothing, shift=shift, validate=validate,

@@ -25,9 +25,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._extension import fused_available
 from ..errors import bad_input
 from . import linear_ops
+from .fallback import use_fused
 from .inputs import accumulation_dtype, check_arguments, denominator, plan_rows, safe_divide, validated_labels
 from .linear_reference import keypoint_linear_cross_entropy_reference
 
@@ -186,6 +186,7 @@ def keypoint_linear_cross_entropy(
     shift: bool = False,
     validate: bool = True,
     chunk_size: int | str = "auto",
+    impl: str = "auto",
 ) -> torch.Tensor:
     """Keypoint cross-entropy of ``hidden @ lm_head_weightᵀ (+ bias)`` without building the logits.
 
@@ -207,11 +208,15 @@ def keypoint_linear_cross_entropy(
             one extra device→host synchronisation on CUDA. With ``False`` a bad label gives a NaN
             row (never silently skipped).
         chunk_size: rows per LM-head chunk; ``"auto"`` picks :func:`auto_chunk_size`.
+        impl: ``"auto"`` (the fused kernel where one exists for the device; otherwise the
+            reference, which builds the full logits, with a ``RuntimeWarning`` once per process
+            that states why), ``"fused"`` (the fused kernel or a ``RuntimeError`` stating why not)
+            or ``"reference"``.
 
     The row compaction synchronises once per call (``nonzero``); it happens inside the registered
     ops ``torch.ops.kpod_linear.*``, so ``torch.compile(fullgraph=True)`` works (CUDA-graph
-    capture does not). Without the compiled extension this runs
-    :func:`keypoint_linear_cross_entropy_reference`, which builds the full logits;
+    capture does not). Without a kernel for the device this runs
+    :func:`keypoint_linear_cross_entropy_reference`, which builds the full logits (see ``impl``);
     :func:`kpod_ops.fused_available` says why.
     """
     _check_linear(hidden, lm_head_weight, bias, chunk_size)
@@ -220,8 +225,7 @@ def keypoint_linear_cross_entropy(
     # a stand-in for the logits ([*lead, V], V elements of storage) for the shared argument checks
     proxy = hidden.detach().new_empty(V).expand(*lead, V)
     check_arguments(proxy, labels, token_weights, loss_start, reduction, num_items_in_batch, label_smoothing, shift)
-    ok, _why = fused_available(hidden.device)
-    if not ok or not linear_ops.OPS_REGISTERED:
+    if not use_fused("keypoint_linear_cross_entropy", hidden.device, impl, linear_ops.OPS_REGISTERED):
         return keypoint_linear_cross_entropy_reference(
             hidden, lm_head_weight, labels, token_weights, loss_start, bias, ignore_index=ignore_index,
             reduction=reduction, num_items_in_batch=num_items_in_batch, label_smoothing=label_smoothing,
@@ -292,8 +296,10 @@ class KeypointLinearCrossEntropy(nn.Module):
         shift: bool = False,
         validate: bool = True,
         chunk_size: int | str = "auto",
+        impl: str = "auto",
     ) -> None:
         super().__init__()
+        self.impl = impl
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = label_smoothing
@@ -314,11 +320,11 @@ class KeypointLinearCrossEntropy(nn.Module):
         return keypoint_linear_cross_entropy(
             hidden, lm_head_weight, labels, token_weights, loss_start, bias, ignore_index=self.ignore_index,
             reduction=self.reduction, num_items_in_batch=num_items_in_batch, label_smoothing=self.label_smoothing,
-            shift=self.shift, validate=self.validate, chunk_size=self.chunk_size,
+            shift=self.shift, validate=self.validate, chunk_size=self.chunk_size, impl=self.impl,
         )
 
     def extra_repr(self) -> str:
         return (
             f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, "
-            f"shift={self.shift}, chunk_size={self.chunk_size!r}"
+            f"shift={self.shift}, chunk_size={self.chunk_size!r}, impl={self.impl!r}"
         )
