@@ -247,3 +247,20 @@ def test_paper_config_file_merges_into_the_gpu_preset():
     config = merge(preset_config("smollm2-gsm"), load_config_file(file))
     assert config["train"]["lr"] == 1e-5 and config["train"]["epochs"] == 20 and config["student"]["lora_r"] == 64
     assert config["curriculum"]["beta"] == 12.0 and config["weights"]["learner"]["alpha"] == 0.5
+
+
+def test_keypoint_ranking_scores_numbers_and_operators_against_words():
+    from kpod_ops.weighting import keypoint_ranking
+    from kpod_ops.weighting.stats import token_role
+
+    assert [token_role(p) for p in (" 12", "=", " +", " apples", ",", " 3.5")] == [
+        "keypoint", "keypoint", "keypoint", "word", "other", "keypoint"]
+    tok = _tok()
+    examples = tokenize_examples(load_builtin("arith-cot", "train", n=6, seed=0), tok)
+    role = {te.id: np.array([token_role(tok.decode([t])) for t in te.rationale_ids]) for te in examples}
+    right = {i: (r == "keypoint").astype(np.float32) for i, r in role.items()}
+    wrong = {i: (r == "word").astype(np.float32) for i, r in role.items()}
+    flat = {i: np.full(len(r), 0.5, np.float32) for i, r in role.items()}
+    assert keypoint_ranking(right, examples, tok)["auc"] == 1.0 and keypoint_ranking(wrong, examples, tok)["auc"] == 0.0
+    ranking = keypoint_ranking(flat, examples, tok)
+    assert ranking["auc"] == 0.5 and ranking["n_keypoint"] > 0 and ranking["n_word"] > ranking["n_keypoint"]

@@ -88,6 +88,9 @@ def plot_accuracy(rows: Sequence[tuple[str, float]], path: Path, title: str = "h
     return path
 
 
+KEYPOINT_AUC = 0.7  # below this ROC-AUC the report says the weights do not find the numbers and operators
+
+
 def _fmt_seconds(s: float) -> str:
     return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
 
@@ -108,6 +111,11 @@ def markdown(report: dict[str, Any], plots: Sequence[str]) -> str:
         w = r["weights"]
         verdict = f"**degenerate** ({w['degenerate']}), allowed by --allow-degenerate" if w.get("degenerate") else "informative"
         lines.append(f"- token weights: {verdict}; in the loss: {w['in_loss']}")
+        rank = w.get("keypoint_ranking")
+        if rank:
+            found = "rank them above words" if rank["auc"] >= KEYPOINT_AUC else "do **not** rank them above words"
+            lines.append(f"- keypoints (numbers and operators vs words): ROC-AUC {rank['auc']:.2f}, mean weight "
+                         f"{rank['mean_keypoint']:.2f} vs {rank['mean_word']:.2f}: the weights {found}")
     lines += ["", "| stage | seconds | reused |", "|---|---:|---|"]
     for name, t in r["timings"].items():
         lines.append(f"| {name} | {t['seconds']:.1f} | {'yes' if t['reused'] else 'no'} |")

@@ -32,7 +32,7 @@ import torch
 
 from ..data.tokenize import tokenize_examples
 from ..errors import KPODInputError
-from ..weighting import load_token_weights, renormalize_mean_one, save_token_weights, weight_stats
+from ..weighting import keypoint_ranking, load_token_weights, renormalize_mean_one, save_token_weights, weight_stats
 from . import distributed
 from .config import method_settings, resolve_method, stage_hash, validate
 from .curriculum import build_schedule, cluster, schedule_from_json, schedule_to_json, score_difficulties
@@ -244,8 +244,12 @@ def _prepare(config: dict[str, Any], method: dict[str, Any], splits, out: Path, 
             stats = weight_stats(learned.weights, tokenized, tokenizer=tok)
             write_json(folder / "history.json", learned.history)
             _weight_pictures(folder, learned.weights, tokenized, tok)
+            ranking = keypoint_ranking(learned.weights, tokenized, tok)
+            if ranking is not None:
+                say(f"[weights] numbers and operators vs words: ROC-AUC {ranking['auc']:.2f} (mean weight "
+                    f"{ranking['mean_keypoint']:.2f} vs {ranking['mean_word']:.2f})")
             rec = stage.finish(degenerate=learned.degenerate, mean=stats.mean, std=stats.std, kept_ratio=stats.kept_ratio,
-                               top_tokens=stats.top_tokens[:10], bottom_tokens=stats.bottom_tokens[:10])
+                               top_tokens=stats.top_tokens[:10], bottom_tokens=stats.bottom_tokens[:10], keypoint_ranking=ranking)
         elif rec.get("degenerate") and not config["allow_degenerate"]:
             raise KPODInputError(f"token weights in {stage.dir} are degenerate ({rec['degenerate']}); pass --allow-degenerate to use them")
         note(rec)
@@ -258,6 +262,7 @@ def _prepare(config: dict[str, Any], method: dict[str, Any], splits, out: Path, 
             in_loss = f"floor {floor}: {floor} + {1 - floor:g} * w" if floor else "w"
             in_loss += ", renormalised to mean 1 per rationale" if renorm else ""
         weights_info = {"degenerate": rec.get("degenerate"), "mean": rec.get("mean"), "kept_ratio": rec.get("kept_ratio"),
+                        "keypoint_ranking": rec.get("keypoint_ranking"),
                         "in_loss": in_loss, "pictures": str(stage.dir / "pictures")}
 
     # curriculum -----------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from .learner import MaskLearner
 from .predictor import AnswerPredictor
 from .prefixes import sample_prefix_lengths
 from .render import render_html, render_png
-from .stats import WeightStats, renormalize_mean_one, weight_stats
+from .stats import WeightStats, keypoint_ranking, renormalize_mean_one, weight_stats
 from .store import load_token_weights, save_token_weights, tokenizer_fingerprint
 from .training import evaluate, fit
 
@@ -41,6 +41,7 @@ __all__ = [
     "token_weights",
     "tokenizer_fingerprint",
     "weight_stats",
+    "keypoint_ranking",
 ]
 
 

@@ -6,6 +6,7 @@ import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -118,3 +119,43 @@ def weight_stats(
         rows = sorted(((name(t), s / c, c) for t, (s, c) in sums.items() if c >= min_count), key=lambda r: -r[1])
         stats.top_tokens, stats.bottom_tokens = rows[:top_k], rows[::-1][:top_k]
     return stats
+
+
+_OPERATORS = frozenset("+-*/=×÷")
+
+
+def token_role(piece: str) -> str:
+    """``"keypoint"`` (a number or an arithmetic operator), ``"word"`` (alphabetic) or ``"other"``."""
+    text = piece.strip()
+    if text and (text.replace(".", "").replace(",", "").isdigit() or all(c in _OPERATORS for c in text)):
+        return "keypoint"
+    return "word" if text.isalpha() else "other"
+
+
+def keypoint_ranking(weights: Mapping[str, np.ndarray], examples: Sequence[TokenizedExample], tokenizer: Any) -> dict | None:
+    """How well the weights of arithmetic rationales rank numbers and operators above words.
+
+    ``auc``: the ROC-AUC (the chance that a random number/operator token outweighs a random word
+    token, ties counting half); 0.5 is no ranking, 1 a perfect one. Also the mean weight of each
+    class and their sizes. ``None`` when the rationales have no tokens of one of the classes (not
+    arithmetic). A spread-only check cannot see weights that are confident about the wrong tokens.
+    """
+    decode = tokenizer.decode
+    roles: dict[int, str] = {}
+    key, word = [], []
+    for ex in examples:
+        w = np.asarray(weights[ex.id], dtype=np.float64)
+        for tok, v in zip(ex.rationale_ids, w):
+            role = roles.setdefault(int(tok), token_role(decode([int(tok)])))
+            if role == "keypoint":
+                key.append(v)
+            elif role == "word":
+                word.append(v)
+    if not key or not word:
+        return None
+    k, ws = np.asarray(key), np.sort(np.asarray(word))
+    below = np.searchsorted(ws, k, side="left")  # words strictly below each keypoint weight
+    ties = np.searchsorted(ws, k, side="right") - below
+    auc = float((below + 0.5 * ties).sum() / (k.size * ws.size))
+    return {"auc": auc, "mean_keypoint": float(k.mean()), "mean_word": float(ws.mean()),
+            "n_keypoint": int(k.size), "n_word": int(ws.size)}
