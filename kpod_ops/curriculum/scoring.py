@@ -98,7 +98,7 @@ def rationale_nll(
     model.eval()
     try:
         with torch.inference_mode():
-            for s in tqdm(range(0, len(order), batch_size), desc="step difficulty", disable=not progress, unit="batch"):
+            for s in tqdm(range(0, len(order), batch_size), desc="step difficulty", disable=None if progress else True, unit="batch"):  # None: only on a terminal
                 chunk = [examples[i] for i in order[s : s + batch_size]]
                 batch = scoring_batch(chunk, pad_id)
                 nll = _forward_nll(model, batch, device).float().cpu().numpy()

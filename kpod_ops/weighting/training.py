@@ -193,7 +193,7 @@ def fit(
     learner.train()
     for epoch in range(1, c.epochs + 1):
         order = rng.permutation(len(train))
-        bar = tqdm(range(steps_per_epoch), desc=f"mask learner epoch {epoch}/{c.epochs}", disable=not progress, leave=False)
+        bar = tqdm(range(steps_per_epoch), desc=f"mask learner epoch {epoch}/{c.epochs}", disable=None if progress else True, leave=False)  # None: only on a terminal
         run = {"loss": 0.0, "answer_loss": 0.0, "mask_loss": 0.0, "kept": 0.0}
         for s in bar:
             batch = make_batch([train[i] for i in order[s * c.batch_size : (s + 1) * c.batch_size]], learner.device)
