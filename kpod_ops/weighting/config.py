@@ -55,16 +55,12 @@ class MaskLearnerConfig:
     - ``"normalized"`` (default): ``L_p`` is a mean over prefixes of the mean answer-token NLL,
       ``L_m`` the mean keep mask (``mask_norm=None`` means ``"length"``). ``prefix_mean="sampled"``
       (default) weighs the P sampled prefixes alike, so the full rationale counts 1/P;
-      ``"all"`` estimates the mean over all L prefix lengths (the full rationale counts 1/L). With
-      a predictor that cannot redo the arithmetic, the full rationale is the only prefix from which
-      the answer can be read (off its last result), and in shorter prefixes the visible
-      intermediate numbers mislead a predictor that copies the last number: at 1/L, hiding the
-      numbers lowered ``L_p`` and SmolLM2 learned to mask them. Both terms are O(1) for any
-      rationale/answer length and vocabulary, so ``alpha`` (default 0.1) means "nats per answer
-      token that keeping every token must buy" (formerly 0.25: with answers that are mostly
-      template, "Therefore, the answer is 84." being 2 digits in ~10 tokens, the SmolLM2 LoRA
-      weights then collapsed to "mask everything" on one seed of the two tried). Literally (sums) the answer term of a 40-token rationale with
-      an 8-token answer is ~L*|a| = 320 times larger per unit, so on a pre-trained predictor
+      ``"all"`` estimates the mean over all L prefix lengths (the full rationale counts 1/L), which
+      lets the misleading partial prefixes of a copying predictor dominate. Both terms are O(1) for
+      any rationale/answer length and vocabulary, so ``alpha`` (default 0.1) means "nats per answer
+      token that keeping every token must buy" (templated answers carry few informative tokens, so
+      larger values collapse the weights). Literally (sums) the answer term of a 40-token rationale
+      with an 8-token answer is ~L*|a| = 320 times larger per unit, so on a pre-trained predictor
       nothing is ever masked, while on a predictor that cannot read yet ``L_m`` alone decides.
     - ``"literal"``: the paper's sums (``L_p`` over all prefixes and answer tokens, ``L_m = sum m``),
       with the paper's ``alpha = 0.5``.
@@ -72,11 +68,9 @@ class MaskLearnerConfig:
     ``cap_at_blank``: each prefix's answer NLL is capped at what the predictor gets from that
     prefix with every token masked, so a prefix that misleads the predictor (its NLL is higher with
     the tokens visible than hidden) neither rewards nor punishes keeping them. A pre-trained
-    predictor that cannot redo the arithmetic copies the last number it sees: SmolLM2-135M's answer
-    NLL was 0.74 nats per answer token *higher* with the first quarter of a rationale visible than
-    hidden (on every example), and 1.48 lower with all of it, so without the cap the sampled partial
-    prefixes taught the weights to hide the numbers. A predictor trained jointly learns not to trust
-    partial rationales instead. ``"auto"`` (default) caps unless the predictor is trained fully with
+    predictor that cannot redo the arithmetic copies the last number it sees, so partial prefixes
+    mislead it and, uncapped, teach the weights to hide the numbers (docs/results.md has the
+    measurements). A predictor trained jointly learns not to trust partial rationales instead. ``"auto"`` (default) caps unless the predictor is trained fully with
     the weights: it caps a ``"lora"`` or ``"frozen"`` predictor (a pre-trained model; its adapters,
     even when trained on after the warm-up, do not unlearn copying), one held fixed after the
     warm-up, and ``predictor_lr=0``; the paper has no cap (``literal()``: ``False``). Costs one
@@ -94,23 +88,21 @@ class MaskLearnerConfig:
 
     ``train_predictor_after_warmup``: whether the predictor keeps learning with the weights once
     the warm-up ends (``True``, the paper's joint training) or is held fixed (``False``).
-    ``"auto"`` (default) holds a ``"lora"`` predictor fixed: a pre-trained model that is trained on
-    a few dozen examples of masks drawn from the weights co-adapts with them; it unlearned reading
-    the rationale (it can already copy the answer, so that gets no gradient, while every row where
-    the answer's number is hidden or not yet written teaches it to ignore the rationale), and the
-    weights followed it to 0.
+    ``"auto"`` (default) holds a ``"lora"`` predictor fixed: trained on masks drawn from the
+    weights, a pre-trained model co-adapts with them and unlearns reading the rationale (every row
+    where the answer's number is hidden teaches it to ignore the rationale), and the weights
+    follow it to 0.
 
     Training: AdamW with ``lr`` for the weight generator and mask embedding, ``predictor_lr``
     (``None``: the same as ``lr``; 0 keeps them fixed) for the predictor, its projection and answer
     head. ``"auto"`` (default) is 1e-4 with ``predictor_training="lora"`` (adapters on a
-    pre-trained LM: at 3e-3 SmolLM2-135M unlearned reading the rationale within 8 steps) and 3e-3
-    otherwise (small predictors trained from scratch; train a pre-trained one fully with a small
+    pre-trained LM unlearn reading the rationale at higher rates) and 3e-3 otherwise (small predictors trained from scratch; train a pre-trained one fully with a small
     ``predictor_lr`` too). Warm-up: at first only the predictor learns, on masks drawn from the
     initial weights, for at most ``predictor_warmup`` of the steps; with ``reading_gain`` set it
     ends as soon as the predictor reads the rationale (its answer NLL per token with the full
     rationale is at least ``reading_gain`` nats below that with every rationale token masked, on a
-    probe of validation examples, on two probes in a row; not before any training: an untrained
-    tiny Llama's random outputs passed such a probe). Without a warm-up a predictor that cannot read yet gives the weights no reason to
+    probe of validation examples, on two probes in a row, and not before any training, since an
+    untrained model's random outputs can pass one probe). Without a warm-up a predictor that cannot read yet gives the weights no reason to
     keep anything, and the mask pressure drives every weight to 0 where the sigmoid saturates and
     nothing recovers. Batches of ``batch_size`` examples, at most ``epochs`` epochs, early
     stopping after ``patience`` post-warm-up epochs without improvement of the validation
