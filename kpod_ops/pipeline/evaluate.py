@@ -72,7 +72,7 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        for s in tqdm(range(0, len(order), batch_size), desc="generate", unit="batch", disable=not progress):
+        for s in tqdm(range(0, len(order), batch_size), desc="generate", unit="batch", disable=None if progress else True):  # None: only on a terminal
             chunk = order[s : s + batch_size]
             width = max(len(prompts[i]) for i in chunk)
             ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)

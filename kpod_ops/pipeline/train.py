@@ -296,7 +296,7 @@ def train(
             step_module, device_ids=[device.index] if device.type == "cuda" else None)
         step_module = ddp
     weighted = token_weights is not None
-    bar = tqdm(total=total, initial=result.steps, desc="distil", unit="step", disable=not progress)
+    bar = tqdm(total=total, initial=result.steps, desc="distil", unit="step", disable=None if progress else True)  # None: only on a terminal
     for epoch in range(epoch0, s.epochs + 1):
         collator.given_steps = schedule.given_steps(epoch) if schedule is not None else None
         order = np.random.default_rng([s.seed, 11, epoch]).permutation(n)

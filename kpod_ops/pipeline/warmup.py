@@ -70,7 +70,7 @@ def warm_up(
     optimizer = make_optimizer(model, lr)
     model.train()
     losses: list[float] = []
-    bar = tqdm(total=total, desc="warm-up", unit="step", disable=not progress)
+    bar = tqdm(total=total, desc="warm-up", unit="step", disable=None if progress else True)  # None: only on a terminal
     step = 0
     for epoch in range(epochs):
         order = np.random.default_rng([seed, 7, epoch]).permutation(len(ids))
