@@ -13,8 +13,24 @@ Three tiers, as in Liger-Kernel:
 * :class:`KPODCallback`: moves a :class:`~kpod_ops.ProgressiveSchedule` to each epoch's stage in
   every data-loader worker.
 
-A KPOD batch that reaches a loss which would ignore its fields raises instead of training plain
-cross-entropy (see :mod:`kpod_ops.data.guard`).
+What each tier returns (reduction and normaliser):
+
+* ``model(**batch).loss`` of a patched model: ``Σ ω·ℓ ÷ active tokens of this batch`` (a token mean);
+* ``Trainer`` with a model patched by :func:`apply_kpod_loss` (logits or fused linear path):
+  ``Σ ω·ℓ ÷ num_items_in_batch``, the active tokens of the accumulated global batch (a token mean);
+* ``KPODTrainer`` / ``KPODSFTTrainer``, ``normaliser="sequence"`` (default): ``Σ ω·ℓ ÷ sequences
+  of the accumulated global batch``; ``normaliser="token"``: ``÷ active tokens`` of it.
+
+Active tokens are label positions ``t >= loss_start`` (and ``t >= 1``) with a label; ω is the
+token weight (1 on answer tokens). The per-sequence sum is (active tokens per sequence) times
+the token mean, so at the same learning rate its update is that many times larger: learning rates
+from token-mean recipes carry over with ``normaliser="token"`` or the patch alone.
+
+No silent wrong loss: a KPOD batch that reaches a loss which would ignore its fields raises
+(:mod:`kpod_ops.data.guard`); a patched model whose forward returns a loss other than the KPOD
+loss (it computes its own) raises; under Trainer's token count, labels not masked before
+``loss_start`` raise; a misspelt KPOD key (``weights``, ``loss_starts``) raises; training a
+patched model without any KPOD field warns once.
 """
 
 from __future__ import annotations
@@ -345,8 +361,18 @@ def apply_kpod_loss(model: Any, *, fused_linear: bool | str = "auto", impl: str 
     even with ``remove_unused_columns=True``. ``labels`` are unshifted (causal LM: ``shift=True``).
     The loss is ``Σ ω·ℓ`` over active positions divided by Trainer's ``num_items_in_batch`` (the
     active tokens of the accumulated, global batch) or, called directly, by this batch's active
-    tokens: a token mean, invariant to gradient accumulation. Batches without KPOD fields train the
-    plain (token-mean) cross-entropy through the same kernel.
+    tokens: a token mean, invariant to gradient accumulation (with ω ≡ 1 it is Hugging Face's own
+    causal-LM loss; a sum per sequence is this times the active tokens per sequence). Batches without
+    KPOD fields train the plain (token-mean) cross-entropy through the same kernel, with a warning
+    (once per process) when training.
+
+    Checks on every batch with KPOD fields: the loss the model returns must be the KPOD loss (or be
+    computed from it, e.g. plus a router loss) — a forward that computes its own loss (a subclass,
+    remote code, another kernel patch) raises :class:`~kpod_ops.errors.KPODInputError`; with
+    Trainer's ``num_items_in_batch`` (which counts ``labels != -100``) every label before
+    ``loss_start`` must be -100 (``KPODCollator``'s are), else the divisor would count tokens the
+    loss does not; a key that looks like a misspelt KPOD field (``weights``, ``token_weight``,
+    ``loss_starts``) raises instead of being swallowed by the model's ``**kwargs``.
 
     Works on PEFT-wrapped models (the base model is patched) and under ``torch.compile`` (Trainer's
     ``torch_compile=True``: the patched forward's batch handling runs eagerly, the model's own forward
@@ -358,7 +384,10 @@ def apply_kpod_loss(model: Any, *, fused_linear: bool | str = "auto", impl: str 
     model is an error); ``"auto"`` (default) does so where supported and warns, naming the reason,
     where not — it is always much smaller, and faster at LM-scale vocabularies, but slower than the
     logits path for tiny vocabularies (a few thousand tokens or less); ``False`` keeps the logits path.
-    Undo with :func:`revert_kpod_loss`. Applying twice is a no-op.
+    ``fused_linear=True`` also guarantees the fused kernel: no kernel for the tensors' device (or no
+    compiled extension) is an error, where ``"auto"`` falls back to the reference with a warning.
+    A model whose class overrides the family's ``forward`` is not patched for the linear loss
+    (``"auto"`` warns and keeps its forward). Undo with :func:`revert_kpod_loss`. Applying twice is a no-op.
     """
     if fused_linear not in FUSED_LINEAR:
         raise bad_input("fused_linear", f"one of {FUSED_LINEAR}", repr(fused_linear))
@@ -696,6 +725,14 @@ class KPODTrainer(_KPODTrainerMixin, Trainer):
         answer_accuracy: ``evaluate()`` also generates an answer for every evaluation example from
             its prompt tokens and reports ``eval_answer_accuracy`` (see
             :func:`~kpod_ops.integrations.evaluation.answer_accuracy`); ``max_new_tokens`` bounds it.
+            The gold answers are strings: ``eval_answers`` (id → answer) or an ``"answer"`` key of
+            each evaluation record.
+        eval_answers: the gold answer string of each evaluation example, by id (for
+            ``TokenizedExample`` items, which carry no answer string).
+
+    Evaluation (and ``predict``) batches give no steps: every example's full rationale
+    (``c = 0``), so held-out examples need no schedule and the evaluation loss is comparable across
+    curriculum stages; examples the collator has no token weights for get weight 1.
 
     The model is patched with :func:`apply_kpod_loss` if it is not already. Works with
     ``remove_unused_columns`` True or False and with DDP (``torchrun``); refuses DataParallel.

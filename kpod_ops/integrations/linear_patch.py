@@ -28,6 +28,12 @@ Contract (what :func:`kpod_ops.integrations.hf.apply_kpod_loss` relies on):
   ``loss_fn`` (e.g. one that reads the batch fields it captured elsewhere).
 * ``unpatch_linear_loss(model)`` restores the forward that was in place before the patch (an
   integration that wrapped the patched forward must restore its own wrapper first).
+* What it returns: a **token mean**, ``Σ ω·ℓ`` over the active positions divided by
+  ``num_items_in_batch`` (Trainer's token count) or, called directly, by the batch's active tokens
+  (Hugging Face's causal-LM convention; a sum per sequence is that times the active tokens per
+  sequence).
+* A model whose class overrides the family's ``forward`` (a subclass, remote code, another kernel
+  patch) is not supported: the patched forward would bypass it.
 * Under autocast the hidden states and the head's weight are cast to the autocast dtype first,
   as ``nn.Linear`` would be.
 """
