@@ -148,3 +148,28 @@ def test_prefix_reading_gain_diagnoses_misleading_prefixes():
     reason = "almost every token is masked (kept ratio 0.00%)"
     assert "cap_at_blank=True" in _collapse_advice(reason, record, MaskLearnerConfig(train_predictor_after_warmup=True))
     assert "cap_at_blank" not in _collapse_advice(reason, record, MaskLearnerConfig(predictor_training="lora"))
+
+
+@pytest.mark.parametrize("warmup_rows", ["prefixes", "full"])
+def test_warmup_rows_choose_what_the_predictor_warms_up_on(warmup_rows):
+    """``warmup_rows="full"``: the warm-up's answer loss has one row per example, its full rationale; after
+    the warm-up (and always with ``"prefixes"``) the objective's sampled prefixes."""
+    model = llama()
+    cfg = MaskLearnerConfig(epochs=2, batch_size=4, predictor_warmup=0.5, reading_gain=None, num_prefixes=3,
+                            warmup_rows=warmup_rows, seed=0)
+    learner = MaskLearner(model, model, cfg)
+    calls = []
+    forward = learner.predictor.forward
+
+    def spy(prompt, rationale, answer_emb, answer_ids, rows):
+        if learner.training and torch.is_grad_enabled():
+            calls.append(all(k == rationale[i].shape[0] for i, k in rows) and len(rows) == len(rationale))
+        return forward(prompt, rationale, answer_emb, answer_ids, rows)
+
+    learner.predictor.forward = spy
+    history = learner.fit(TASK.examples[:8], TASK.examples[:4], progress=False)
+    warm = history[-1]["warmup_end_step"]
+    assert warm == 2 and len(calls) == 4  # 2 steps per epoch, the first epoch warms up
+    assert calls[:warm] == [warmup_rows == "full"] * warm and not any(calls[warm:])
+    with pytest.raises(KPODInputError, match="warmup_rows"):
+        MaskLearnerConfig(warmup_rows="all")

@@ -102,7 +102,10 @@ class MaskLearnerConfig:
     ends as soon as the predictor reads the rationale (its answer NLL per token with the full
     rationale is at least ``reading_gain`` nats below that with every rationale token masked, on a
     probe of validation examples, on two probes in a row, and not before any training, since an
-    untrained model's random outputs can pass one probe). Without a warm-up a predictor that cannot read yet gives the weights no reason to
+    untrained model's random outputs can pass one probe). ``warmup_rows``: the warm-up trains the
+    predictor on the objective's sampled prefixes (``"prefixes"``) or on the full rationale only
+    (``"full"``): a small predictor trained from scratch mostly on partial rationales, where the
+    answer is not in view, learns to ignore the rationale; on full ones it learns to read it. Without a warm-up a predictor that cannot read yet gives the weights no reason to
     keep anything, and the mask pressure drives every weight to 0 where the sigmoid saturates and
     nothing recovers. Batches of ``batch_size`` examples, at most ``epochs`` epochs, early
     stopping after ``patience`` post-warm-up epochs without improvement of the validation
@@ -138,6 +141,7 @@ class MaskLearnerConfig:
     lr: float = 1e-3
     predictor_lr: float | str | None = "auto"
     predictor_warmup: float = 0.5
+    warmup_rows: str = "prefixes"
     train_predictor_after_warmup: bool | str = "auto"
     reading_gain: float | None = 0.1
     weight_decay: float = 0.0
@@ -173,6 +177,8 @@ class MaskLearnerConfig:
             _real(self, name, "a finite number >= 0", lambda v: v >= 0)
         _real(self, "init_keep_logit", "a finite number", lambda v: True)
         _real(self, "predictor_warmup", "a fraction in [0, 1)", lambda v: 0 <= v < 1)
+        if self.warmup_rows not in ("prefixes", "full"):
+            raise bad_input("warmup_rows", "'prefixes' or 'full'", repr(self.warmup_rows))
         if self.predictor_lr is not None and self.predictor_lr != "auto":
             _real(self, "predictor_lr", "a finite number >= 0, 'auto' or None (same as lr)", lambda v: v >= 0)
         if self.tau_final is not None:

@@ -72,6 +72,7 @@ class MaskLearner(nn.Module):
         rng: np.random.Generator,
         generator: torch.Generator | None = None,
         cap_at_blank: bool | None = None,
+        full_only: bool = False,
     ) -> dict[str, torch.Tensor]:
         """``L_k = L_p + alpha * L_m`` averaged over the batch's examples (those with a rationale).
 
@@ -81,8 +82,8 @@ class MaskLearner(nn.Module):
         probabilities), divided by the rationale length under ``mask_norm="length"`` (the
         normalized default). With ``cap_at_blank`` (``None``: the config's, resolved) each prefix's
         NLL is at most that of the same prefix fully masked (no gradient through that bound).
-        Returns the batch means ``loss``, ``answer_loss``, ``mask_loss`` and
-        the kept ratio ``kept`` (mean w).
+        ``full_only``: the answer loss on the full rationale alone (no prefixes). Returns the batch
+        means ``loss``, ``answer_loss``, ``mask_loss`` and the kept ratio ``kept`` (mean w).
         """
         c = self.config
         logits, emb = self.weighter(batch.rationale, batch.attention_mask)
@@ -92,7 +93,7 @@ class MaskLearner(nn.Module):
         live = [i for i, n in enumerate(batch.lengths) if n > 0]
         if not live:
             raise bad_input("examples", "at least one example with a non-empty rationale", "only empty rationales")
-        rows, coefs = self.prefix_rows(batch, rng, normalized=c.objective == "normalized")
+        rows, coefs = self.prefix_rows(batch, rng, normalized=c.objective == "normalized", full_only=full_only)
         embed = self.weighter.embed
         prompts, answers = [embed(p) for p in batch.prompts], [embed(a) for a in batch.answers]
         rationales = [masked[i, : batch.lengths[i]] for i in range(len(batch.lengths))]

@@ -207,7 +207,8 @@ def fit(
             if not warming and not c.joint_predictor:
                 opt.param_groups[1]["lr"] = 0.0  # then the weights learn against a fixed reader
             cap = False if warming else None  # the warm-up trains the predictor on every prefix as it is
-            out = learner.objective(batch, tau=tau, rng=rng, generator=gen, cap_at_blank=cap)
+            out = learner.objective(batch, tau=tau, rng=rng, generator=gen, cap_at_blank=cap,
+                                    full_only=warming and c.warmup_rows == "full")
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             if c.grad_clip:
