@@ -264,3 +264,23 @@ def test_keypoint_ranking_scores_numbers_and_operators_against_words():
     assert keypoint_ranking(right, examples, tok)["auc"] == 1.0 and keypoint_ranking(wrong, examples, tok)["auc"] == 0.0
     ranking = keypoint_ranking(flat, examples, tok)
     assert ranking["auc"] == 0.5 and ranking["n_keypoint"] > 0 and ranking["n_word"] > ranking["n_keypoint"]
+
+
+def test_weights_for_loss_fix_the_keypoint_contrast_and_check_the_learned_weights():
+    from kpod_ops.pipeline.weights import weights_for_loss
+
+    rng = np.random.default_rng(0)
+    learned = {f"q{i}": np.where(rng.random(12) < 0.3, 1.0, 0.0).astype(np.float32) for i in range(6)}
+    learned["q0"][:2] = (1.0, 0.0)  # both kinds in every rationale
+    out = weights_for_loss(learned, 0.5, renormalize=True, allow_degenerate=False)
+    for k, w in out.items():  # mean 1 per rationale, a keypoint (w = 1) twice a masked token (w = 0), whatever the mean
+        assert w.mean() == pytest.approx(1.0) and w.dtype == np.float32
+        assert w[learned[k] == 1].min() / w[learned[k] == 0].max() == pytest.approx(2.0)
+    plain = weights_for_loss(learned, 0.0, renormalize=True, allow_degenerate=False)
+    assert all(np.allclose(plain[k], learned[k] / learned[k].mean()) for k in learned)
+    assert weights_for_loss(learned, 0.5, renormalize=False, allow_degenerate=False)["q0"][:2].tolist() == [1.0, 0.5]
+    collapsed = {k: np.full(12, 1e-4, np.float32) for k in learned}  # the learner masked everything
+    with pytest.raises(KPODInputError, match="degenerate"):
+        weights_for_loss(collapsed, 0.5, renormalize=True, allow_degenerate=False)
+    with pytest.warns(UserWarning, match="degenerate"):
+        assert weights_for_loss(collapsed, 0.5, renormalize=True, allow_degenerate=True)["q1"].mean() == pytest.approx(1.0)

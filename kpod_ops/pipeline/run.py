@@ -32,7 +32,7 @@ import torch
 
 from ..data.tokenize import tokenize_examples
 from ..errors import KPODInputError
-from ..weighting import keypoint_ranking, load_token_weights, renormalize_mean_one, save_token_weights, weight_stats
+from ..weighting import keypoint_ranking, load_token_weights, save_token_weights, weight_stats
 from . import distributed
 from .config import method_settings, resolve_method, stage_hash, validate
 from .curriculum import build_schedule, cluster, schedule_from_json, schedule_to_json, score_difficulties
@@ -43,7 +43,7 @@ from .store import Stage, read_json, write_json
 from .student import add_lora, load_student_dir, new_student, plain_model, save_student
 from .train import TrainSettings, train
 from .warmup import warm_up
-from .weights import learn_weights, learner_config, with_floor
+from .weights import learn_weights, learner_config, weights_for_loss
 
 Say = Callable[[str], None]
 
@@ -305,9 +305,8 @@ def _prepare(config: dict[str, Any], method: dict[str, Any], splits, out: Path, 
     if method["loss_weights"] and weights is not None:
         # the floor acts on the learned weights in [0, 1], before any renormalisation, so the contrast between a
         # keypoint (w = 1) and a token the learner masks (w = 0) is 1 / floor on every seed
-        loss_weights = with_floor(weights, config["weights"]["floor"])
-        if config["weights"]["renormalize"]:
-            loss_weights = renormalize_mean_one(loss_weights, allow_degenerate=config["allow_degenerate"])
+        loss_weights = weights_for_loss(weights, config["weights"]["floor"], renormalize=config["weights"]["renormalize"],
+                                       allow_degenerate=config["allow_degenerate"])
     return _Prepared(splits, student, tok, tokenized, skipped, before, weights_info, loss_weights, schedule,
                      (h_data, h_warm, h_weights, h_schedule), timings)
 

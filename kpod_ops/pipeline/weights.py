@@ -17,7 +17,7 @@ import torch
 
 from ..data.tokenized import TokenizedExample
 from ..errors import KPODInputError
-from ..weighting import MaskLearner, MaskLearnerConfig, degeneracy
+from ..weighting import MaskLearner, MaskLearnerConfig, degeneracy, renormalize_mean_one
 from .config import check_floor
 
 
@@ -86,3 +86,19 @@ def with_floor(weights: dict[str, np.ndarray], floor: float) -> dict[str, np.nda
     if floor == 0:
         return weights
     return {k: (floor + (1.0 - floor) * w).astype(np.float32) for k, w in weights.items()}
+
+
+def weights_for_loss(weights: dict[str, np.ndarray], floor: float, *, renormalize: bool,
+                 allow_degenerate: bool) -> dict[str, np.ndarray]:
+    """The weights the loss uses: ``floor + (1 - floor) * w`` on the learned ``w``, then (``renormalize``)
+    scaled to mean 1 per rationale.
+
+    Degeneracy is a property of the learned weights, so they are the ones checked (a floor of 0.5
+    makes every token count as kept): degenerate ones are refused unless ``allow_degenerate``.
+    """
+    if not renormalize:
+        return with_floor(weights, floor)
+    checked = renormalize_mean_one(weights, allow_degenerate=allow_degenerate)  # refuses degenerate w
+    if floor == 0:
+        return checked
+    return {k: (w / w.mean()).astype(np.float32) if w.size else w for k, w in with_floor(weights, floor).items()}
