@@ -284,3 +284,47 @@ def test_weights_for_loss_fix_the_keypoint_contrast_and_check_the_learned_weight
         weights_for_loss(collapsed, 0.5, renormalize=True, allow_degenerate=False)
     with pytest.warns(UserWarning, match="degenerate"):
         assert weights_for_loss(collapsed, 0.5, renormalize=True, allow_degenerate=True)["q1"].mean() == pytest.approx(1.0)
+
+
+def test_average_last_saves_the_mean_of_the_last_steps_weights_and_survives_a_resume(tmp_path, monkeypatch):
+    import importlib
+
+    train_module = importlib.import_module("kpod_ops.pipeline.train")  # the package exports a function of that name
+
+    examples = list(_examples())  # 8 examples, batch 2: 4 steps per epoch, 8 in all; the last 4 averaged
+    settings = TrainSettings(epochs=2, batch_size=2, micro_batch_size=2, lr=1e-2, checkpoint_every=100, average_last=0.5,
+                             min_lr_ratio=0.0)
+    assert settings.averaged_steps(8) == 4 and TrainSettings().averaged_steps(8) == 0
+    snapshots, accumulate = [], train_module._accumulate_average
+
+    def spy(average, model, count):
+        snapshots.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        accumulate(average, model, count)
+
+    monkeypatch.setattr(train_module, "_accumulate_average", spy)
+    model = _student()
+    history = train(model, _tok(), examples, settings, progress=False, say=lambda _: None).history
+    assert len(snapshots) == 4 and history[-1]["lr"] < history[0]["lr"]
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p, torch.stack([s[name] for s in snapshots]).mean(0), rtol=1e-6, atol=1e-7)
+    # a run stopped after epoch 1 (step 4: no step averaged yet) and one stopped mid-average resume to the same model
+    monkeypatch.setattr(train_module, "_accumulate_average", accumulate)
+    for stop_after in (4, 6):
+        folder = tmp_path / f"stop{stop_after}"
+        partial = TrainSettings(**{**settings.__dict__, "checkpoint_every": 1})
+        step = train_module.torch.optim.AdamW.step
+
+        def stopping_step(self, *a, _calls=[0], _stop=stop_after, _step=step, **k):  # noqa: B006 (a counter)
+            if _calls[0] == _stop:
+                raise KeyboardInterrupt
+            _calls[0] += 1
+            return _step(self, *a, **k)
+
+        monkeypatch.setattr(train_module.torch.optim.AdamW, "step", stopping_step)
+        with pytest.raises(KeyboardInterrupt):
+            train(_student(), _tok(), examples, partial, checkpoint_dir=folder, run_hash="h", progress=False, say=lambda _: None)
+        monkeypatch.setattr(train_module.torch.optim.AdamW, "step", step)
+        resumed = _student()
+        result = train(resumed, _tok(), examples, partial, checkpoint_dir=folder, run_hash="h", progress=False, say=lambda _: None)
+        assert result.resumed_at_step == stop_after
+        assert all(torch.equal(p, q) for p, q in zip(resumed.parameters(), model.parameters()))
