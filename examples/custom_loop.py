@@ -25,23 +25,12 @@ import copy
 import numpy as np
 import torch
 
-from kpod_ops import (
-    KPODCollator,
-    MaskLearner,
-    ProgressiveSchedule,
-    answers_match,
-    cluster_questions,
-    dataset_step_difficulties,
-    extract_answer,
-    keypoint_cross_entropy,
-    load_builtin,
-    question_embeddings,
-    renormalize_mean_one,
-    tokenize_examples,
-)
+from kpod_ops import keypoint_cross_entropy
+from kpod_ops.curriculum import ProgressiveSchedule, cluster_questions, dataset_step_difficulties, question_embeddings
+from kpod_ops.data import KPODCollator, answers_match, extract_answer, load_builtin, tokenize_examples
 from kpod_ops.models import tiny_student, tiny_tokenizer
 from kpod_ops.pipeline import learner_config, preset_config
-from kpod_ops.weighting import degeneracy
+from kpod_ops.weighting import MaskLearner, degeneracy, renormalize_mean_one
 
 
 def warm_up(student, tokenizer, texts, *, epochs: int, batch_size: int, lr: float, block: int = 128) -> None:

@@ -10,11 +10,11 @@ def about() -> str:
     """The version, whether the fused kernels load (and why not), and where to go next."""
     import kpod_ops
 
-    ok, why = kpod_ops.fused_available()
+    ok, why = kpod_ops.fused_status()
     lines = [f"kpod_ops {kpod_ops.__version__}", f"fused kernels: {'yes' if ok else 'no'} ({why})"]
     if ok:
         for device in ("cpu", "cuda"):
-            lines.append(f"  {device}: {kpod_ops.fused_available(device)[1]}")
+            lines.append(f"  {device}: {kpod_ops.fused_status(device)[1]}")
     lines.append("Use it from Python (import kpod_ops) or through the kpod command; the README has runnable examples.")
     return "\n".join(lines)
 

@@ -2,7 +2,7 @@
 
 As torchao does, a missing or broken build never breaks ``import kpod_ops``: the public API then
 runs the pure-PyTorch reference, a ``RuntimeWarning`` says so once at import, and
-:func:`fused_available` says why.
+:func:`fused_available` is then False and :func:`fused_status` says why.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def _kernel_table() -> dict[str, bool]:
 _KERNELS = _kernel_table()
 
 
-def fused_available(device: torch.device | str | None = None) -> tuple[bool, str]:
-    """Whether the fused kernels can run (on ``device`` if given), and why not if they cannot."""
+def fused_status(device: torch.device | str | None = None) -> tuple[bool, str]:
+    """Whether the fused kernels can run (on ``device`` if given), and a sentence saying why (not)."""
     if _LOAD_ERROR is not None:
         return False, f"the compiled extension kpod_ops._C did not load ({_LOAD_ERROR}); using the PyTorch reference"
     if device is None:
@@ -48,6 +48,11 @@ def fused_available(device: torch.device | str | None = None) -> tuple[bool, str
     if not _KERNELS.get(kind, False):
         return False, f"kpod_ops._C has no kernel for device type {kind!r} (built without it); using the PyTorch reference"
     return True, f"kpod_ops._C has a {kind.upper()} kernel"
+
+
+def fused_available(device: torch.device | str | None = None) -> bool:
+    """Whether the fused kernels can run (on ``device`` if given); :func:`fused_status` says why not."""
+    return fused_status(device)[0]
 
 
 def cuda_kernels_built() -> bool:

@@ -8,15 +8,16 @@ import pytest
 import torch
 
 import kpod_ops
-from kpod_ops import keypoint_cross_entropy, keypoint_cross_entropy_reference
+from kpod_ops import keypoint_cross_entropy
 from kpod_ops._extension import cuda_kernels_built
+from kpod_ops.losses.reference import keypoint_cross_entropy_reference
 
 # Every device-parametrised loss test runs on the CPU, and also on CUDA where a GPU is present
 # and the extension has CUDA kernels (as torch_scatter/testing.py does with its `devices`).
 DEVICES = [torch.device("cpu")]
 if torch.cuda.is_available() and cuda_kernels_built():
     DEVICES.append(torch.device("cuda"))
-FUSED_CPU = kpod_ops.fused_available("cpu")[0]
+FUSED_CPU = kpod_ops.fused_available("cpu")
 needs_fused = pytest.mark.skipif(not FUSED_CPU, reason="kpod_ops._C not built")
 IMPLS = ["fused", "reference"] if FUSED_CPU else ["reference"]
 

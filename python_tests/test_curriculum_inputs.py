@@ -13,8 +13,8 @@ from kpod_ops.curriculum import (
     combine_step_difficulties,
     question_embeddings,
     rationale_nll,
-    scoring_batch,
 )
+from kpod_ops.curriculum.scoring import _scoring_batch
 from kpod_ops.data import load_builtin, tokenize_examples
 from kpod_ops.errors import KPODInputError
 
@@ -29,9 +29,9 @@ def tokenized():
 def test_example_lists(tokenized):
     one = tokenized[0]
     cases = [
-        (lambda: scoring_batch([]), r"examples: expected a non-empty list of TokenizedExample, got an empty list"),
-        (lambda: scoring_batch(one), r"examples: expected a list of TokenizedExample, got a single TokenizedExample"),
-        (lambda: scoring_batch([one, "x"]), r"examples\[1\]: expected a TokenizedExample, got str"),
+        (lambda: _scoring_batch([]), r"examples: expected a non-empty list of TokenizedExample, got an empty list"),
+        (lambda: _scoring_batch(one), r"examples: expected a list of TokenizedExample, got a single TokenizedExample"),
+        (lambda: _scoring_batch([one, "x"]), r"examples\[1\]: expected a TokenizedExample, got str"),
         (lambda: combine_step_difficulties(one, {}), r"got a single TokenizedExample \(wrap it in a list"),
         (lambda: combine_step_difficulties(tokenized, [1.0]), r"nll: expected a dict"),
         (lambda: question_embeddings(one, embed_fn=lambda b: np.ones((len(b), 2))), r"examples: expected a list"),

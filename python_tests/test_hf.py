@@ -13,16 +13,9 @@ from test_data_helpers import bpe_tokenizer
 from training_helpers import assert_trained_alike, params
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
-from kpod_ops import (
-    KPODCollator,
-    KPODInputError,
-    ProgressiveSchedule,
-    keypoint_cross_entropy,
-    load_builtin,
-    to_record,
-    tokenize_examples,
-)
-from kpod_ops.data import unguard
+from kpod_ops import KPODInputError, keypoint_cross_entropy
+from kpod_ops.curriculum import ProgressiveSchedule
+from kpod_ops.data import KPODCollator, load_builtin, to_record, tokenize_examples, unguard
 from kpod_ops.integrations.hf import (
     KPODCallback,
     KPODTrainer,
@@ -517,7 +510,7 @@ def test_fused_linear_auto_says_when_it_uses_the_logits(tmp_path):
 
 
 def test_kpod_trainer_reads_the_weights_file_and_the_saved_schedule(tmp_path):
-    from kpod_ops import save_token_weights
+    from kpod_ops.weighting import save_token_weights
 
     tok, tokenized, weights = tiny_data(4)
     schedule = tiny_schedule(tokenized, n_epochs=2)

@@ -8,7 +8,8 @@ import pytest
 from test_hf import given, lora, step_losses, tiny_data, tiny_llama, tiny_schedule, train_args
 from transformers import Trainer
 
-from kpod_ops import KPODCollator, KPODInputError, to_record
+from kpod_ops import KPODInputError
+from kpod_ops.data import KPODCollator, to_record
 from kpod_ops.integrations.hf import KPODTrainer, apply_kpod_loss
 
 pytestmark = pytest.mark.slow

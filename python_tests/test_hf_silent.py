@@ -18,8 +18,8 @@ import torch
 from test_hf import given, step_losses, tiny_data, tiny_llama, tiny_schedule, train_args
 from transformers import LlamaForCausalLM, Trainer
 
-from kpod_ops import KPODCollator, KPODInputError, keypoint_cross_entropy, keypoint_linear_cross_entropy
-from kpod_ops.data import unguard
+from kpod_ops import KPODInputError, keypoint_cross_entropy, keypoint_linear_cross_entropy
+from kpod_ops.data import KPODCollator, unguard
 from kpod_ops.integrations import hf
 from kpod_ops.integrations.hf import KPODCallback, KPODTrainer, apply_kpod_loss
 from kpod_ops.integrations.stage import ScheduledGivenSteps
@@ -214,7 +214,7 @@ def test_scheduled_given_steps_without_a_driver_raise_at_the_first_epoch_boundar
 @pytest.fixture
 def no_kernel(monkeypatch):
     reason = "kpod_ops._C has no kernel for device type 'cpu' (simulated)"
-    monkeypatch.setattr(fallback, "fused_available", lambda device=None: (False, reason))
+    monkeypatch.setattr(fallback, "fused_status", lambda device=None: (False, reason))
     monkeypatch.setattr(fallback, "_WARNED", set())
     return reason
 

@@ -8,17 +8,10 @@ import torch
 from test_data_helpers import bpe_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import kpod_ops
-from kpod_ops import (
-    KPODCollator,
-    ProgressiveSchedule,
-    cluster_questions,
-    dataset_step_difficulties,
-    keypoint_cross_entropy,
-    load_builtin,
-    question_embeddings,
-    tokenize_examples,
-)
+from kpod_ops import keypoint_cross_entropy
+from kpod_ops.curriculum import ProgressiveSchedule, cluster_questions, dataset_step_difficulties, question_embeddings
+from kpod_ops.data import KPODCollator, load_builtin, tokenize_examples
+from kpod_ops.losses.reference import keypoint_cross_entropy_reference
 
 
 def test_kpod_loop_end_to_end_on_arith_cot():
@@ -71,7 +64,7 @@ def test_kpod_loop_end_to_end_on_arith_cot():
         loss = keypoint_cross_entropy(
             logits, batch["labels"], batch["token_weights"], batch["loss_start"], shift=True, reduction="sum"
         ) / len(tokenized)
-        reference = kpod_ops.keypoint_cross_entropy_reference(
+        reference = keypoint_cross_entropy_reference(
             logits.detach(), batch["labels"], batch["token_weights"], batch["loss_start"], shift=True, reduction="sum"
         ) / len(tokenized)
         torch.testing.assert_close(loss.detach(), reference, rtol=1e-4, atol=1e-4)

@@ -11,7 +11,7 @@ import kpod_ops
 from kpod_ops import KPODInputError, keypoint_cross_entropy
 
 transformers = pytest.importorskip("transformers")
-pytestmark = pytest.mark.skipif(not kpod_ops.fused_available("cpu")[0], reason="needs the compiled extension")
+pytestmark = pytest.mark.skipif(not kpod_ops.fused_available("cpu"), reason="needs the compiled extension")
 
 from kpod_ops.integrations.linear_patch import (  # noqa: E402
     is_linear_patched,

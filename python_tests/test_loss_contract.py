@@ -13,6 +13,7 @@ from loss_helpers import FUSED_CPU as FUSED
 
 import kpod_ops
 from kpod_ops import KeypointCrossEntropy, KPODInputError, keypoint_cross_entropy
+from kpod_ops.losses.reference import keypoint_cross_entropy_reference
 
 devices = pytest.mark.parametrize("device", DEVICES, ids=str)
 
@@ -113,7 +114,7 @@ def test_torch_compile_inductor_forward_backward(device):
     loss = compiled(x, weights)
     loss.backward()
     ref_x = logits.clone().requires_grad_(True)
-    ref = kpod_ops.keypoint_cross_entropy_reference(ref_x, labels, weights, start, reduction="sum")
+    ref = keypoint_cross_entropy_reference(ref_x, labels, weights, start, reduction="sum")
     ref.backward()
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-5, atol=1e-6)
@@ -321,11 +322,13 @@ def test_inplace_rejects_leaf_logits_and_none_reduction():
         keypoint_cross_entropy(logits, labels, reduction="none", inplace_backward=True)
 
 
-def test_fused_available_reports_reason():
-    ok, why = kpod_ops.fused_available()
+def test_fused_available_is_a_bool_and_fused_status_says_why():
+    ok, why = kpod_ops.fused_status()
     assert isinstance(ok, bool) and why
-    ok_meta, why_meta = kpod_ops.fused_available("meta")
+    assert kpod_ops.fused_available() is ok  # a bool, so `if kpod_ops.fused_available():` means what it says
+    ok_meta, why_meta = kpod_ops.fused_status("meta")
     assert not ok_meta and "meta" in why_meta
+    assert kpod_ops.fused_available("meta") is False
 
 
 # ---------------------------------------------------------------- bad input
@@ -400,18 +403,20 @@ def test_backward_twice_with_retain_graph(device):
 
 
 def test_missing_extension_degrades_to_reference():
-    """Without kpod_ops._C the API still works (reference) and fused_available() says why."""
+    """Without kpod_ops._C the API still works (reference) and fused_status() says why."""
     import subprocess
     import sys
 
     code = (
         "import sys; sys.modules['kpod_ops._C'] = None\n"
         "import torch, kpod_ops\n"
-        "ok, why = kpod_ops.fused_available()\n"
+        "ok, why = kpod_ops.fused_status()\n"
+        "assert kpod_ops.fused_available() is False\n"
         "assert not ok and 'did not load' in why, why\n"
         "x = torch.randn(2, 3, 5, requires_grad=True); y = torch.randint(0, 5, (2, 3))\n"
         "loss = kpod_ops.keypoint_cross_entropy(x, y, shift=True); loss.backward()\n"
-        "ref = kpod_ops.keypoint_cross_entropy_reference(x.detach(), y, shift=True)\n"
+        "from kpod_ops.losses.reference import keypoint_cross_entropy_reference\n"
+        "ref = keypoint_cross_entropy_reference(x.detach(), y, shift=True)\n"
         "assert torch.allclose(loss, ref) and x.grad is not None\n"
         "try:\n"
         "    kpod_ops.keypoint_cross_entropy(x, y, impl='fused')\n"

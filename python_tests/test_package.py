@@ -39,13 +39,55 @@ def test_missing_extension_warns_once_with_the_reason():
         """
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stderr.count("RuntimeWarning") == 1, res.stderr
+    # once at import (a reload does not repeat it), once more from the loss that falls back (once per reason)
+    assert res.stderr.count("RuntimeWarning: kpod_ops: the compiled extension") == 1, res.stderr
+    assert res.stderr.count("RuntimeWarning: keypoint_cross_entropy: falling back") == 1, res.stderr
     assert "kpod_ops._C did not load" in res.stderr and "reference" in res.stderr
     assert "ModuleNotFoundError" in res.stderr  # the reason, not only the fact
 
 
+TOP_LEVEL = {
+    "KPODInputError", "KeypointCrossEntropy", "KeypointLinearCrossEntropy", "__version__", "apply_kpod_loss",
+    "fused_available", "fused_status", "keypoint_cross_entropy", "keypoint_linear_cross_entropy", "step_difficulty",
+}
+
+
+def test_top_level_exports_only_what_a_user_of_the_loss_needs():
+    """The rest lives in its subpackage (kpod_ops.data, .weighting, .curriculum, .integrations.hf, .pipeline)."""
+    import kpod_ops
+
+    assert set(kpod_ops.__all__) == TOP_LEVEL and len(kpod_ops.__all__) == len(TOP_LEVEL)
+    for name in kpod_ops.__all__:
+        assert getattr(kpod_ops, name) is not None, name
+    assert isinstance(kpod_ops.fused_available(), bool)
+    from kpod_ops.integrations.hf import apply_kpod_loss
+
+    assert kpod_ops.apply_kpod_loss is apply_kpod_loss and "apply_kpod_loss" in dir(kpod_ops)
+    with pytest.raises(AttributeError):
+        kpod_ops.load_builtin  # noqa: B018  (in kpod_ops.data)
+
+
+def test_star_import_and_subpackage_all_names_resolve():
+    res = _run(
+        """
+        import sys
+        from kpod_ops import *  # noqa: F403
+        assert "transformers" in sys.modules  # apply_kpod_loss is resolved on use
+        import importlib
+        for mod in ("kpod_ops.data", "kpod_ops.weighting", "kpod_ops.curriculum", "kpod_ops.pipeline",
+                    "kpod_ops.losses", "kpod_ops.integrations.hf", "kpod_ops.integrations.linear_patch"):
+            m = importlib.import_module(mod)
+            missing = [n for n in m.__all__ if not hasattr(m, n)]
+            assert not missing, (mod, missing)
+            assert len(set(m.__all__)) == len(m.__all__), mod
+        print("ok")
+        """
+    )
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-3000:]
+
+
 def test_loaded_extension_does_not_warn():
-    res = _run("import kpod_ops; print(kpod_ops.fused_available()[0])", "-W", "error")
+    res = _run("import kpod_ops; print(kpod_ops.fused_available())", "-W", "error")
     assert res.returncode == 0, res.stderr[-3000:]
     if res.stdout.strip() == "True":
         assert "RuntimeWarning" not in res.stderr

@@ -9,7 +9,8 @@ import pytest
 import torch
 from training_helpers import assert_trained_alike, params
 
-from kpod_ops import KPODInputError, keypoint_cross_entropy, load_builtin, tokenize_examples
+from kpod_ops import KPODInputError, keypoint_cross_entropy
+from kpod_ops.data import load_builtin, tokenize_examples
 from kpod_ops.data.collator import KPODCollator
 from kpod_ops.models import tiny_student, tiny_tokenizer
 from kpod_ops.pipeline import TrainSettings, evaluate, generate, merge, method_settings, preset_config, prompt_ids, train

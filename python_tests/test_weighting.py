@@ -20,20 +20,20 @@ from kpod_ops.weighting import (
     TokenWeighter,
     apply_mask,
     degeneracy,
-    evaluate,
-    gumbel_sigmoid,
     is_degenerate,
     load_token_weights,
     render_html,
     render_png,
     renormalize_mean_one,
-    sample_prefix_lengths,
     save_token_weights,
     tokenizer_fingerprint,
     weight_stats,
 )
 from kpod_ops.weighting.batching import make_batch
+from kpod_ops.weighting.gumbel import gumbel_sigmoid
 from kpod_ops.weighting.planted import WordTokenizer, planted_task
+from kpod_ops.weighting.prefixes import sample_prefix_lengths
+from kpod_ops.weighting.training import evaluate
 
 VOCAB = 128
 

@@ -27,4 +27,4 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sig" ] || ! python -c "import k
   MAX_JOBS=${MAX_JOBS:-2} python -m pip install -q --no-build-isolation -e ".[all,test]"
   echo "$sig" > "$stamp"
 fi
-python -c "import kpod_ops; ok, why = kpod_ops.fused_available('cpu'); print('kpod_ops', kpod_ops.__version__, '| fused CPU kernels:', why)"
+python -c "import kpod_ops; ok, why = kpod_ops.fused_status('cpu'); print('kpod_ops', kpod_ops.__version__, '| fused CPU kernels:', why)"

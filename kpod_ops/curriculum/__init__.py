@@ -13,9 +13,8 @@ from .budget import DifficultyBudget
 from .clusters import cluster_questions
 from .difficulty import NORMALISATIONS, normalise_step_weights, remaining_difficulty, step_difficulty, total_difficulty
 from .embeddings import mean_input_embeddings, question_embeddings
-from .planner import INITS, StageRecord
 from .schedule import ProgressiveSchedule
-from .scoring import combine_step_difficulties, dataset_step_difficulties, rationale_nll, scoring_batch
+from .scoring import combine_step_difficulties, dataset_step_difficulties, rationale_nll
 from .solvers import DEFAULT_SOLVER, FTGP, SOLVERS, BruteForce, DensityGreedy, GreedyMax, MarginalGreedy, Solver, get_solver
 from .table import StepTable
 from .value import StageProblem
@@ -23,7 +22,6 @@ from .value import StageProblem
 __all__ = [
     "DEFAULT_SOLVER",
     "FTGP",
-    "INITS",
     "NORMALISATIONS",
     "SOLVERS",
     "BruteForce",
@@ -34,7 +32,6 @@ __all__ = [
     "ProgressiveSchedule",
     "Solver",
     "StageProblem",
-    "StageRecord",
     "StepTable",
     "cluster_questions",
     "combine_step_difficulties",
@@ -45,7 +42,6 @@ __all__ = [
     "question_embeddings",
     "rationale_nll",
     "remaining_difficulty",
-    "scoring_batch",
     "step_difficulty",
     "total_difficulty",
 ]

@@ -30,7 +30,7 @@ def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
     return out
 
 
-def scoring_batch(examples: Sequence[TokenizedExample], pad_id: int = 0) -> dict[str, torch.Tensor]:
+def _scoring_batch(examples: Sequence[TokenizedExample], pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Tensors to score the rationale tokens of ``examples`` (all decoder-only or all encoder–decoder).
 
     Decoder-only: ``input_ids``/``attention_mask`` of the full sequence (right-padded) and ``labels``
@@ -100,7 +100,7 @@ def rationale_nll(
         with torch.inference_mode():
             for s in tqdm(range(0, len(order), batch_size), desc="step difficulty", disable=None if progress else True, unit="batch"):  # None: only on a terminal
                 chunk = [examples[i] for i in order[s : s + batch_size]]
-                batch = scoring_batch(chunk, pad_id)
+                batch = _scoring_batch(chunk, pad_id)
                 nll = _forward_nll(model, batch, device).float().cpu().numpy()
                 for b, ex in enumerate(chunk):
                     if "decoder_targets" in batch:

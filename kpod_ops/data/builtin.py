@@ -17,7 +17,7 @@ BUILTIN_NAMES = ("gsm-symbolic", "arith-cot", "arith-text", "gsm8k-fixture")
 FIXTURE_FILE = "gsm8k_fixture.jsonl"
 
 
-def fixture_path() -> str:
+def _fixture_path() -> str:
     """Path of the hand-written GSM8K-format fixture (raw GSM8K fields: question, answer with ``#### n``)."""
     return str(resources.files("kpod_ops.data") / "files" / FIXTURE_FILE)
 
@@ -25,7 +25,7 @@ def fixture_path() -> str:
 def load_gsm8k_fixture(split: str = "train", n: int | None = None, seed: int = 0) -> list[CoTExample]:
     """The fixture's items (every fourth is test), calculator annotations stripped, shuffled by ``seed``."""
     check_split(split)
-    items = read_jsonl(fixture_path(), fields={"rationale": "answer", "answer": None}, strip_calculator=True)
+    items = read_jsonl(_fixture_path(), fields={"rationale": "answer", "answer": None}, strip_calculator=True)
     chosen = [ex for i, ex in enumerate(items) if (i % 4 == 3) == (split == "test")]
     random.Random(seed).shuffle(chosen)
     if n is not None:

@@ -10,7 +10,7 @@ Three tiers, as in Liger-Kernel:
 * :class:`KPODTrainer`: a ``Trainer`` that patches the model itself and offers the normaliser
   ``"sequence"`` (default; ``Σ ω·ℓ ÷ sequences in the global batch``, counted across accumulation
   micro-batches and ranks the way Trainer counts ``num_items_in_batch``) or ``"token"``.
-* :class:`KPODCallback`: moves a :class:`~kpod_ops.ProgressiveSchedule` to each epoch's stage in
+* :class:`KPODCallback`: moves a :class:`~kpod_ops.curriculum.ProgressiveSchedule` to each epoch's stage in
   every data-loader worker.
 
 What each tier returns (reduction and normaliser):
@@ -62,14 +62,11 @@ from .stage import ScheduledGivenSteps
 _transformers = require("transformers", extra="hf", feature="kpod_ops.integrations.hf")
 Trainer, TrainerCallback = _transformers.Trainer, _transformers.TrainerCallback
 
-BATCH_KEYS = ("token_weights", "loss_start", "step_ids")
+_BATCH_KEYS = ("token_weights", "loss_start", "step_ids")
 NORMALISERS = ("sequence", "token")
 FUSED_LINEAR = (False, True, "auto")
 
-__all__ = [
-    "BATCH_KEYS", "KPODCallback", "KPODTrainer", "apply_kpod_loss", "find_kpod_collator", "is_patched",
-    "revert_kpod_loss",
-]
+__all__ = ["KPODCallback", "KPODTrainer", "apply_kpod_loss", "is_patched", "revert_kpod_loss"]
 
 
 # ---------------------------------------------------------------------------------------------- patch
@@ -91,7 +88,7 @@ class _Patch:
         self.ran_loss: Any = None
         self.linear = False  # whether the training loss comes from the hidden states (no logits)
         self.linear_reason = "fused_linear=False"
-        self.known_keys: frozenset[str] = frozenset(BATCH_KEYS)
+        self.known_keys: frozenset[str] = frozenset(_BATCH_KEYS)
 
 
 def _method_signature(bound: Any) -> inspect.Signature:
@@ -106,8 +103,8 @@ def _signature_with_batch_keys(forward: Any) -> inspect.Signature:
     """``forward``'s signature plus keyword-only ``token_weights``, ``loss_start``, ``step_ids``, so that
     Trainer's ``remove_unused_columns=True`` keeps those columns."""
     sig = _method_signature(forward)
-    params = [p for p in sig.parameters.values() if p.name not in BATCH_KEYS]
-    extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=None) for k in BATCH_KEYS]
+    params = [p for p in sig.parameters.values() if p.name not in _BATCH_KEYS]
+    extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=None) for k in _BATCH_KEYS]
     var_kw = [i for i, p in enumerate(params) if p.kind == inspect.Parameter.VAR_KEYWORD]
     at = var_kw[0] if var_kw else len(params)
     return sig.replace(parameters=params[:at] + extra + params[at:])
@@ -143,7 +140,7 @@ def _looks_like_kpod_key(key: str) -> bool:
     low = key.lower()
     if any(part in low for part in ("weight", "loss_start", "step_id", "lossstart")):
         return True
-    return bool(difflib.get_close_matches(low, BATCH_KEYS, n=1, cutoff=0.8))
+    return bool(difflib.get_close_matches(low, _BATCH_KEYS, n=1, cutoff=0.8))
 
 
 def _check_keys(known: frozenset[str], kwargs: Mapping[str, Any]) -> None:
@@ -151,7 +148,7 @@ def _check_keys(known: frozenset[str], kwargs: Mapping[str, Any]) -> None:
     unknown = sorted(k for k in kwargs if k not in known and _looks_like_kpod_key(k))
     if unknown:
         raise bad_input(
-            "batch", f"the KPOD fields under their names {list(BATCH_KEYS)} (the patched forward reads only these)",
+            "batch", f"the KPOD fields under their names {list(_BATCH_KEYS)} (the patched forward reads only these)",
             f"unknown key(s) {unknown}: the model would ignore them and train without them; rename them",
         )
 
@@ -201,7 +198,7 @@ def _enter(patch: _Patch, token_weights: Any, loss_start: Any, kwargs: dict[str,
         _warn_once("no-fields", (
             "apply_kpod_loss: the patched model is training on a batch with labels but no token_weights or "
             "loss_start, so its loss is plain token-mean cross-entropy (no keypoint weights, no step truncation): "
-            "build the batches with kpod_ops.KPODCollator (or keep those fields in your collator's output)"
+            "build the batches with kpod_ops.data.KPODCollator (or keep those fields in your collator's output)"
         ))
     if guarded:  # the model's own code (and torch.compile) sees plain labels; the loss knows their origin
         kwargs["labels"] = unguard(labels)
@@ -412,7 +409,7 @@ def apply_kpod_loss(model: Any, *, fused_linear: bool | str = "auto", impl: str 
     named = inspect.signature(base.forward).parameters.values()
     patch.known_keys = frozenset(
         [p.name for p in named if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
-        + [*BATCH_KEYS, "num_items_in_batch"]
+        + [*_BATCH_KEYS, "num_items_in_batch"]
     )
     base.forward = MethodType(_make_forward(patch, base.forward), base)
     base.loss_function = _make_loss(patch)
@@ -431,10 +428,10 @@ def _apply_fused_linear(model: Any, patch: _Patch, fused_linear: bool | str) -> 
 
     ok, why = supports(model)
     if ok and fused_linear is True:
-        from .._extension import fused_available
+        from .._extension import fused_status
         from ..losses import linear_ops
 
-        loaded, reason = fused_available()
+        loaded, reason = fused_status()
         if not loaded or not linear_ops.OPS_REGISTERED:
             raise bad_input("fused_linear", "the fused linear kernel (or fused_linear=False/'auto')",
                             reason if not loaded else "kpod_ops._C loaded without the fused linear ops")
@@ -473,7 +470,7 @@ def revert_kpod_loss(model: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- callback
-def find_kpod_collator(collate_fn: Any) -> _KPODCollatorBase | None:
+def _find_kpod_collator(collate_fn: Any) -> _KPODCollatorBase | None:
     """The KPOD collator inside ``collate_fn`` (through Trainer's ``RemoveColumnsCollator``), or None."""
     for _ in range(8):
         if isinstance(collate_fn, _KPODCollatorBase):
@@ -502,7 +499,7 @@ class KPODCallback(TrainerCallback):
 
     def __init__(self, schedule: ProgressiveSchedule, given_steps: ScheduledGivenSteps | None = None) -> None:
         if not isinstance(schedule, ProgressiveSchedule):
-            raise bad_input("schedule", "a kpod_ops.ProgressiveSchedule", type(schedule).__name__)
+            raise bad_input("schedule", "a kpod_ops.curriculum.ProgressiveSchedule", type(schedule).__name__)
         if given_steps is not None and (not isinstance(given_steps, ScheduledGivenSteps) or given_steps.schedule is not schedule):
             raise bad_input("given_steps", "a ScheduledGivenSteps of the same schedule, or None", repr(given_steps))
         self.schedule = schedule
@@ -510,7 +507,7 @@ class KPODCallback(TrainerCallback):
         self.given_steps.set_stage(self.given_steps.stage)  # driven from here on (see ScheduledGivenSteps)
 
     def _attach(self, collate_fn: Any) -> None:
-        collator = find_kpod_collator(collate_fn)
+        collator = _find_kpod_collator(collate_fn)
         if collator is None:
             raise KPODInputError(
                 f"KPODCallback: expected the training DataLoader's collator to be a KPODCollator, got "
@@ -626,7 +623,7 @@ class _KPODTrainerMixin:
         elif token_weights is not None:
             raise bad_input("token_weights", "None when data_collator is given (give the weights to the collator)",
                             type(token_weights).__name__)
-        elif find_kpod_collator(data_collator) is None:
+        elif _find_kpod_collator(data_collator) is None:
             raise bad_input("data_collator", "a KPODCollator (or None to build one)", type(data_collator).__name__)
         return data_collator, callbacks
 
@@ -689,7 +686,7 @@ class _KPODTrainerMixin:
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
-        extra = [*RECORD_KEYS, "steps", *BATCH_KEYS]
+        extra = [*RECORD_KEYS, "steps", *_BATCH_KEYS]
         self._signature_columns = list(dict.fromkeys([*self._signature_columns, *extra]))
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | int | None:

@@ -1,5 +1,9 @@
 """Train a Llama-style Hugging Face causal LM without building its ``[B, T, V]`` logits.
 
+Users patch a model with ``apply_kpod_loss(model, fused_linear=True)``
+(:mod:`kpod_ops.integrations.hf`); this module is the mechanism behind it, and ``supports(model)``
+says which models it applies to.
+
 :func:`patch_linear_loss` replaces the forward of a ``LlamaForCausalLM``-style model (Llama,
 SmolLM2, Mistral, Qwen2, Qwen3; optionally inside PEFT or DDP wrappers) by one that, when
 ``labels`` are given, computes the loss with :func:`kpod_ops.keypoint_linear_cross_entropy` from
@@ -55,7 +59,7 @@ _ATTR = "_kpod_linear_patch"
 LossFn = Callable[..., torch.Tensor]
 
 __all__ = [
-    "SUPPORTED_MODEL_TYPES", "hidden_and_head", "linear_causal_lm_loss", "patch_linear_loss", "supports", "unpatch_linear_loss",
+    "SUPPORTED_MODEL_TYPES", "linear_causal_lm_loss", "supports",
 ]
 
 

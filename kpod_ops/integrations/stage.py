@@ -32,7 +32,7 @@ class ScheduledGivenSteps:
 
     def __init__(self, schedule: ProgressiveSchedule, stage: int = 1) -> None:
         if not isinstance(schedule, ProgressiveSchedule):
-            raise bad_input("schedule", "a kpod_ops.ProgressiveSchedule", type(schedule).__name__)
+            raise bad_input("schedule", "a kpod_ops.curriculum.ProgressiveSchedule", type(schedule).__name__)
         self.schedule = schedule
         self._stage = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._cached: tuple[int, np.ndarray] | None = None

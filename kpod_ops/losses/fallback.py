@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-from .._extension import fused_available
+from .._extension import fused_status
 from ..errors import bad_input
 
 IMPLS = ("auto", "fused", "reference")
@@ -27,7 +27,7 @@ def use_fused(loss: str, device: torch.device, impl: str, registered: bool) -> b
         raise bad_input("impl", f"one of {IMPLS}", repr(impl))
     if impl == "reference":
         return False
-    ok, why = fused_available(device)
+    ok, why = fused_status(device)
     if ok and not registered:
         ok, why = False, "the fused ops are not registered with torch (kpod_ops._C loaded without them)"
     if ok:

@@ -139,7 +139,7 @@ class _ScalarLinearLoss(torch.autograd.Function):
         if torch.is_grad_enabled():  # backward(create_graph=True): refused, never silently wrong
             raise RuntimeError(
                 "keypoint_linear_cross_entropy: second derivatives (create_graph=True, gradient penalties) are not "
-                "supported by the fused linear loss; use keypoint_linear_cross_entropy_reference for them"
+                "supported by the fused linear loss; pass impl='reference' for them"
             )
         saved = ctx.saved_tensors
         hidden, weight, bias, target, row_scale, nll, use, active, inv, loss = saved[:10]
@@ -215,9 +215,9 @@ def keypoint_linear_cross_entropy(
 
     The row compaction synchronises once per call (``nonzero``); it happens inside the registered
     ops ``torch.ops.kpod_linear.*``, so ``torch.compile(fullgraph=True)`` works (CUDA-graph
-    capture does not). Without a kernel for the device this runs
-    :func:`keypoint_linear_cross_entropy_reference`, which builds the full logits (see ``impl``);
-    :func:`kpod_ops.fused_available` says why.
+    capture does not). Without a kernel for the device this runs the pure-PyTorch reference, which
+    builds the full logits (see ``impl``);
+    :func:`kpod_ops.fused_status` says why.
     """
     _check_linear(hidden, lm_head_weight, bias, chunk_size)
     V = lm_head_weight.shape[0]
