@@ -8,3 +8,20 @@ sys.path.insert(0, os.path.dirname(__file__))
 settings.register_profile("ci", max_examples=40, deadline=None, print_blob=True)
 settings.register_profile("dev", max_examples=15, deadline=None)
 settings.load_profile(os.environ.get("KPOD_HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False,
+                     help="also run the tests marked slow (planted suite, SmolLM2, torchrun, end-to-end runs); CI does")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``pytest`` alone runs the fast tier; ``--runslow`` (scripts/test.sh, CI) adds the slow tests."""
+    if config.getoption("--runslow"):
+        return
+    import pytest
+
+    skip = pytest.mark.skip(reason="slow: pass --runslow (scripts/test.sh does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
