@@ -26,7 +26,7 @@ WORKER = textwrap.dedent(
     warnings.filterwarnings("ignore")
     import torch
     from test_hf import SequentialKPODTrainer, tiny_data, tiny_llama, tiny_schedule, train_args
-    from kpod_ops import KPODCollator
+    from kpod_ops.data import KPODCollator
 
 
     def run(out, batch, accumulation, normaliser, steps):
