@@ -164,7 +164,7 @@ def compare(config: dict[str, Any], methods: Sequence[str], seeds: int | str | S
         missing = [m for m in methods if seed not in results[m]]
         if missing:
             todo.append((seed, missing))
-        elif methods:
+        else:
             say(f"=== compare: seed {seed}: every method finished before (reused) ===")
 
     def record(seed: int, accs: dict[str, float]) -> None:
