@@ -176,7 +176,7 @@ def compare(config: dict[str, Any], methods: Sequence[str], seeds: int | str | S
         for seed, missing in todo:
             say(f"=== compare: seed {seed}, methods {', '.join(missing)} ===")
             record(seed, _run_seed(config, missing, seed, out, threads, progress, log=False))
-    else:
+    elif todo:
         say(f"=== compare: {len(todo)} seed(s) to run, {jobs} side by side ({threads or 1} thread(s) each); "
             f"logs in {out}/seed*/<method>.log ===")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
