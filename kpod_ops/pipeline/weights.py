@@ -89,7 +89,7 @@ def with_floor(weights: dict[str, np.ndarray], floor: float) -> dict[str, np.nda
 
 
 def weights_for_loss(weights: dict[str, np.ndarray], floor: float, *, renormalize: bool,
-                 allow_degenerate: bool) -> dict[str, np.ndarray]:
+                     allow_degenerate: bool) -> dict[str, np.ndarray]:
     """The weights the loss uses: ``floor + (1 - floor) * w`` on the learned ``w``, then (``renormalize``)
     scaled to mean 1 per rationale.
 
@@ -98,7 +98,9 @@ def weights_for_loss(weights: dict[str, np.ndarray], floor: float, *, renormaliz
     """
     if not renormalize:
         return with_floor(weights, floor)
-    checked = renormalize_mean_one(weights, allow_degenerate=allow_degenerate)  # refuses degenerate w
+    # the learned weights, checked (degenerate ones refused or warned about) and renormalised; with a floor
+    # only the check is used, and the floored weights are renormalised below
+    checked = renormalize_mean_one(weights, allow_degenerate=allow_degenerate)
     if floor == 0:
         return checked
     return {k: (w / w.mean()).astype(np.float32) if w.size else w for k, w in with_floor(weights, floor).items()}
