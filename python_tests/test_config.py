@@ -1,0 +1,147 @@
+"""The ``kpod distill`` configuration: what a run writes and hashes, pinned byte for byte.
+
+A study reuses a finished run by comparing the configuration in its ``report.json`` with the one it
+would run, and every stage is reused by its hash: both must stay exactly as they are for every
+preset and method, so they are pinned here as literal values (SHA-256 of the configuration as
+``json.dumps(config, indent=2)`` writes it, and the hash of every stage ``distill`` runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from test_cli import TINY
+
+from kpod_ops.cli import _config, _parser
+from kpod_ops.pipeline.config import METHODS, PRESETS, method_settings, preset_config, resolve_method, stage_hash
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (preset, method): (SHA-256 of the serialised resolved configuration, {stage folder: hash})
+EXPECTED = {
+    ("quick", "kpod"): (
+        "26f84f6fd8977f12022f087652a83c3f52ef095d63145d74c98af30f891f0188",
+        {"data": "01751062431e5045", "warmup": "385b39e09c82bc0e", "eval-before": "0057fbac8cbddc8c", "weights": "aa28cc63d9e28bac", "difficulty-softmax": "b01a6f3459177035", "clusters": "fd5beb27656fbeb9", "schedule": "f403d7e7b9ffd71c", "train": "71979be6b84988c1", "eval": "8e750cbd10e32a85", "eval-val": "5b27daf96fb999ec"},
+    ),
+    ("quick", "standard"): (
+        "3f4c3d53902c79b54555bf0f0a2d2991d47703e4ede53be3ea3d93e397db63c0",
+        {"data": "01751062431e5045", "warmup": "385b39e09c82bc0e", "eval-before": "0057fbac8cbddc8c", "weights": "", "train": "878511e0bafd7399", "eval": "4d26866fffd97fce", "eval-val": "91e75ded74337819"},
+    ),
+    ("quick", "no-weights"): (
+        "1ee6c1665dfb1a4b106984674b64769ec15b41b50fbc39420cfb0844ece4ec4d",
+        {"data": "01751062431e5045", "warmup": "385b39e09c82bc0e", "eval-before": "0057fbac8cbddc8c", "weights": "aa28cc63d9e28bac", "difficulty-softmax": "b01a6f3459177035", "clusters": "fd5beb27656fbeb9", "schedule": "f403d7e7b9ffd71c", "train": "ad054a60d4ed9717", "eval": "c0e55209bd15b557", "eval-val": "fcdb5a557c810259"},
+    ),
+    ("quick", "no-sig-dif"): (
+        "8d6e7ab6a4ed2abc7f59abfd837d3b25f1239301e4d3b22960382cdd2270a6d3",
+        {"data": "01751062431e5045", "warmup": "385b39e09c82bc0e", "eval-before": "0057fbac8cbddc8c", "weights": "aa28cc63d9e28bac", "difficulty-uniform": "b01a6f3459177035", "clusters": "fd5beb27656fbeb9", "schedule": "f403d7e7b9ffd71c", "train": "ecc015609b64a622", "eval": "2d0c23d0cbe875d8", "eval-val": "b8113a0db9a7c1d4"},
+    ),
+    ("quick", "no-progressive"): (
+        "09da5eb76f6aef0c48000a3bd051e008a11fd037efefdfaa6c110ca92e09ae24",
+        {"data": "01751062431e5045", "warmup": "385b39e09c82bc0e", "eval-before": "0057fbac8cbddc8c", "weights": "aa28cc63d9e28bac", "train": "20d1f9b1095541eb", "eval": "56c73172ddb56cfe", "eval-val": "3384922a2e3da81b"},
+    ),
+    ("quick", "no-diversity"): (
+        "e7e16d3f0b30d3fa7bce9668d386a2a3a779c6107fa2f5cfcf50549651f18a56",
+        {"data": "01751062431e5045", "warmup": "385b39e09c82bc0e", "eval-before": "0057fbac8cbddc8c", "weights": "aa28cc63d9e28bac", "difficulty-softmax": "b01a6f3459177035", "clusters": "fd5beb27656fbeb9", "schedule": "76795fef4b4e215c", "train": "0db4f27c69427c9c", "eval": "dca46ef456dd9441", "eval-val": "49a1b37ca7903174"},
+    ),
+    ("quick", "paper"): (
+        "c58379fb604597af1ebac6cc2f5a55e8232c2f390205612f1b55f0e1048b30c8",
+        {"data": "01751062431e5045", "warmup": "385b39e09c82bc0e", "eval-before": "0057fbac8cbddc8c", "weights": "aa28cc63d9e28bac", "difficulty-softmax": "b01a6f3459177035", "clusters": "fd5beb27656fbeb9", "schedule": "435ea1b9152e89df", "train": "74417da3946498fb", "eval": "a5a8f2b75263022f", "eval-val": "e53fac39e349552f"},
+    ),
+    ("smollm2-gsm", "kpod"): (
+        "ca2b2a0facbd3828045585226673f90cbf431013ced1511f64721667166ead36",
+        {"data": "69ae465d61d41679", "warmup": "e3501d625f5e430a", "eval-before": "0f438a2625b4a034", "weights": "4b59437153898644", "difficulty-softmax": "e1e3d6d2163147ee", "clusters": "3c2e3165aefacaaa", "schedule": "f8d3e9d22df5f8b2", "train": "9ea5ca8a054d70cc", "eval": "e42c569199dbb401", "eval-val": "fca74909669564f6"},
+    ),
+    ("smollm2-gsm", "standard"): (
+        "9998c956e7414953dcdcc42bdb186e47c8b0feb3c5285a21c0b3d2bb8d57e28e",
+        {"data": "69ae465d61d41679", "warmup": "e3501d625f5e430a", "eval-before": "0f438a2625b4a034", "weights": "", "train": "74a2f0014fc4a2be", "eval": "9132715e70a7e956", "eval-val": "b32a03fc1e08b561"},
+    ),
+    ("smollm2-gsm", "no-weights"): (
+        "35e05046e76a40fe1f7c14f0ca98a8f79a3df4d8d1dcbc73facdd9d21a61b6e3",
+        {"data": "69ae465d61d41679", "warmup": "e3501d625f5e430a", "eval-before": "0f438a2625b4a034", "weights": "4b59437153898644", "difficulty-softmax": "e1e3d6d2163147ee", "clusters": "3c2e3165aefacaaa", "schedule": "f8d3e9d22df5f8b2", "train": "bd1f298fd03dc991", "eval": "00f950207581a269", "eval-val": "d59045794b2ccb52"},
+    ),
+    ("smollm2-gsm", "no-sig-dif"): (
+        "12ea9791cf1f7536cbb54794ce6462f4a61618d5145d471c7ff5c2ea836b808c",
+        {"data": "69ae465d61d41679", "warmup": "e3501d625f5e430a", "eval-before": "0f438a2625b4a034", "weights": "4b59437153898644", "difficulty-uniform": "e1e3d6d2163147ee", "clusters": "3c2e3165aefacaaa", "schedule": "f8d3e9d22df5f8b2", "train": "978e346b93d2e9dd", "eval": "9720fdd68649deac", "eval-val": "e460da4161de1015"},
+    ),
+    ("smollm2-gsm", "no-progressive"): (
+        "ecf8a1641465eb6f63ba70ffe00770b087678d6d2dc502fdcdc4b06d698b55a6",
+        {"data": "69ae465d61d41679", "warmup": "e3501d625f5e430a", "eval-before": "0f438a2625b4a034", "weights": "4b59437153898644", "train": "ba3e87921160101e", "eval": "8ba10037e48ca27b", "eval-val": "fa8b4db5b63a1901"},
+    ),
+    ("smollm2-gsm", "no-diversity"): (
+        "4f0d46fbfbce653a40bdce6009234a73a5040f808e09258e9111890310b4b5d3",
+        {"data": "69ae465d61d41679", "warmup": "e3501d625f5e430a", "eval-before": "0f438a2625b4a034", "weights": "4b59437153898644", "difficulty-softmax": "e1e3d6d2163147ee", "clusters": "3c2e3165aefacaaa", "schedule": "6996162562168816", "train": "a17b28c561ab7647", "eval": "5605ef5112b5c5f7", "eval-val": "b917e8ba6391e72a"},
+    ),
+    ("smollm2-gsm", "paper"): (
+        "456e9501f9c3d7bf4d4a6fe6da636167c8df4e729e10333f5e9a2749cca13b44",
+        {"data": "69ae465d61d41679", "warmup": "e3501d625f5e430a", "eval-before": "0f438a2625b4a034", "weights": "4b59437153898644", "difficulty-softmax": "e1e3d6d2163147ee", "clusters": "3c2e3165aefacaaa", "schedule": "f8d3e9d22df5f8b2", "train": "9ea5ca8a054d70cc", "eval": "e42c569199dbb401", "eval-val": "fca74909669564f6"},
+    ),
+}
+
+
+def _serialised(config: dict) -> str:
+    return json.dumps(config, indent=2) + "\n"
+
+
+def _stage_hashes(config: dict) -> dict[str, str]:
+    """The hash of every stage ``distill`` runs for ``config``, chained as it chains them ("": the stage is skipped)."""
+    m = method_settings(config["method"])
+    cur = config["curriculum"]
+    norm = m["normalisation"] or cur["normalisation"]
+    beta = cur["beta"] if m["beta"] is None else m["beta"]
+    needs_weights = m["loss_weights"] or (m["curriculum"] and norm != "uniform")
+    h = {"data": stage_hash(config, "data"), "warmup": stage_hash(config, "warmup")}
+    up = (h["data"], h["warmup"])
+    h["eval-before"] = stage_hash(config, "eval", up)
+    h["weights"] = stage_hash(config, "weights", up) if needs_weights else ""
+    if m["curriculum"]:
+        h[f"difficulty-{norm}"] = stage_hash(config, "difficulty", (*up, h["weights"]))
+        h["clusters"] = stage_hash(config, "clusters", up)
+        h["schedule"] = stage_hash(config, "schedule", (h[f"difficulty-{norm}"], h["clusters"], str(beta), str(m["progressive"])))
+    h["train"] = stage_hash(config, "train", (*up, h["weights"] if m["loss_weights"] else "", h.get("schedule", ""),
+                                              json.dumps(m, sort_keys=True)))
+    h["eval"] = stage_hash(config, "eval", (h["train"],))
+    h["eval-val"] = stage_hash(config, "eval", (h["train"], "val"))
+    return h
+
+
+def _resolved(preset: str, method: str) -> dict:
+    config = preset_config(preset)
+    config["method"] = method
+    return resolve_method(config)
+
+
+def test_every_preset_and_method_is_pinned():
+    assert set(EXPECTED) == {(p, m) for p in PRESETS for m in METHODS}
+
+
+@pytest.mark.parametrize(("preset", "method"), sorted(EXPECTED))
+def test_serialised_config_and_stage_hashes_stay_byte_identical(preset, method):
+    config = _resolved(preset, method)
+    digest, hashes = EXPECTED[preset, method]
+    assert hashlib.sha256(_serialised(config).encode()).hexdigest() == digest
+    assert _stage_hashes(config) == hashes
+
+
+def test_cli_config_file_and_flags_serialise_as_before():
+    args = _parser().parse_args(["distill", "--preset", "smollm2-gsm", "--config", str(ROOT / "examples" / "paper-llama7b.yaml"),
+                                 "--method", "no-diversity", "--seed", "3", "--precision", "bf16", "--allow-degenerate",
+                                 "--out", "unused"])
+    config = resolve_method(_config(args))
+    assert hashlib.sha256(_serialised(config).encode()).hexdigest() == "2f8546b80b19af5d1567bab3d9dfcf2d5aff7e4930db07acad723ce7d131bbe1"
+    assert _stage_hashes(config) == {"data": "69ae465d61d41679", "warmup": "9f609f7ab7aa7647", "eval-before": "54ab0a5e52c0cc1b", "weights": "40917823ef780741", "difficulty-softmax": "54f5d4008e8b5142", "clusters": "216e6da1e28dc9f9", "schedule": "e0752a4b2b352fa0", "train": "3ab2f87929edf19e", "eval": "b6f8e3dca35ca92b", "eval-val": "bc7bec6cdf4dba97"}
+
+
+def test_cli_data_file_and_the_test_suites_tiny_config_serialise_as_before(tmp_path):
+    data, tiny = tmp_path / "data.jsonl", tmp_path / "tiny.json"
+    data.write_text("{}\n")  # read by distill, not here
+    tiny.write_text(json.dumps(TINY))
+    args = _parser().parse_args(["distill", "--preset", "quick", "--data", str(data), "--config", str(tiny), "--method", "standard",
+                                 "--allow-degenerate", "--out", "unused"])
+    config = resolve_method(_config(args))
+    assert config["data"]["source"] == str(data.resolve())
+    config["data"]["source"] = "DATA"  # the one value that depends on where the file is
+    assert hashlib.sha256(_serialised(config).encode()).hexdigest() == "ae63bfc0db9290f3da81b049d47a7dd39af9e62dd95aec5da943746b5c1c74d9"
+    assert _stage_hashes(config) == {"data": "6a100467d0bd4cf7", "warmup": "2457a58f92dc23b2", "eval-before": "8218a51b31339b77", "weights": "", "train": "6294a3c77c36730e", "eval": "7855afe419aa14dd", "eval-val": "63b4e90ffd0b8a70"}
