@@ -16,6 +16,7 @@ from kpod_ops.data import (
     read_jsonl,
     write_jsonl,
 )
+from kpod_ops.data.jsonl import generated_id
 from kpod_ops.errors import KPODInputError
 from kpod_ops.steps import split_steps
 
@@ -42,7 +43,61 @@ def test_read_jsonl_roundtrip_and_marker(tmp_path):
 def test_read_raw_gsm8k_with_field_mapping(tmp_path):
     path = _write(tmp_path, [{"question": "Q?", "answer": "Half is 48/2=<<48/2=24>>24.\n#### 24"}])
     (ex,) = read_jsonl(path, fields={"id": None, "rationale": "answer", "answer": None}, strip_calculator=True)
-    assert (ex.id, ex.rationale, ex.answer) == ("line-1", "Half is 48/2=24.", "24")
+    assert (ex.id, ex.rationale, ex.answer) == (generated_id("Q?", "Half is 48/2=<<48/2=24>>24.\n#### 24"), "Half is 48/2=24.", "24")
+    # the rationale's key is the answer key: the answer is the number after its marker, not the whole text
+    assert read_jsonl(path, fields={"rationale": "answer"}, strip_calculator=True) == [ex]
+
+
+# A user's file as it comes: CRLF line ends, a blank line, ids on some records only, GSM8K-style
+# rationales ending in "#### n" without an answer field, an answer given in the rationale's own words.
+USER_RECORDS = [
+    {"question": "Carlos has 40 apples. He eats 6. How many are left?", "rationale": "He eats 6, so 40 - 6 = 34.\n#### 34"},
+    {"id": "q-2", "question": "Mia reads 12 pages a day for 3 days. How many pages?", "rationale": "12 * 3 = 36.\nSo the answer is 36.",
+     "answer": "36"},
+    {"question": "A box holds 1,200 pens. Half are red. How many red pens?", "rationale": "1,200 / 2 = 600 red pens.\n#### 600"},
+    {"question": "Tom pays $3 for 2 pens. How much for 6 pens?", "rationale": "6 / 2 = 3 groups, 3 * 3 = 9.\nSo the answer is 46.",
+     "answer": "999"},
+]
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_a_users_file_without_ids_or_answers(tmp_path, newline):
+    path = tmp_path / "mine.jsonl"
+    lines = [json.dumps(r) for r in USER_RECORDS]
+    path.write_bytes(newline.join([*lines[:2], "", *lines[2:]]).encode() + newline.encode())
+    got = read_jsonl(path)
+    assert [e.answer for e in got] == ["34", "36", "600", "999"]
+    assert got[0].rationale == "He eats 6, so 40 - 6 = 34." and got[2].rationale == "1,200 / 2 = 600 red pens."
+    assert got[1].id == "q-2" and got[0].id == generated_id(USER_RECORDS[0]["question"], USER_RECORDS[0]["rationale"])
+    assert re.fullmatch(r"ex-[0-9a-f]{12}", got[3].id)
+    # the rationale that ends on 46 under an answer field of 999: trained on unless filtered, counted either way
+    assert got.disagreements == [(got[3].id, "46", "999")] and got.filtered == []
+    assert "1 whose rationale disagrees with the answer field (0 of them filtered)" in got.report()
+    assert f"{got[3].id!r} (46 vs 999)" in got.report()
+    clean = read_jsonl(path, filter_wrong_answers=True)
+    assert [e.id for e in clean] == [e.id for e in got[:3]] and clean.filtered == [got[3].id]
+    assert clean.disagreements == got.disagreements
+
+
+def test_generated_ids_follow_the_content_not_the_line(tmp_path):
+    first = read_jsonl(_write(tmp_path, USER_RECORDS))
+    moved = read_jsonl(_write(tmp_path, [GOOD, *reversed(USER_RECORDS)]))
+    assert {e.id: e for e in first} == {e.id: e for e in moved if e.id != "a"}
+    other = {**USER_RECORDS[0], "rationale": "40 - 6 = 34.\n#### 34"}  # a second rationale for the same question
+    ids = [e.id for e in read_jsonl(_write(tmp_path, [USER_RECORDS[0], other]))]
+    assert len(set(ids)) == 2
+    with pytest.raises(KPODInputError, match=r"data.jsonl:2: field 'id': expected a unique id, .*the same record twice"):
+        read_jsonl(_write(tmp_path, [USER_RECORDS[0], USER_RECORDS[0]]))
+
+
+def test_a_missing_answer_needs_a_final_marker(tmp_path):
+    no_marker = {"question": "How many?", "rationale": "He has 5 apples."}
+    with pytest.raises(KPODInputError, match=r"data.jsonl:1: field 'answer' \(answer\) missing and field 'rationale' "
+                                              r"\(rationale\): expected an answer marker"):
+        read_jsonl(_write(tmp_path, [no_marker]))
+    inside = {"question": "How many?", "rationale": "#### 5 is not the end.\nHe has 6."}
+    with pytest.raises(KPODInputError, match="answer marker"):
+        read_jsonl(_write(tmp_path, [inside]))
 
 
 @pytest.mark.parametrize(

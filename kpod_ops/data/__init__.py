@@ -11,6 +11,7 @@ from .records import to_record, validate_tokenized
 from .summary import DataSummary, summarize_examples
 from .tokenize import DEFAULT_ANSWER_TEMPLATE, DEFAULT_TEMPLATE, tokenize_example, tokenize_examples
 from .tokenized import TokenizedExample
+from .vocabulary import VocabularyReport, vocabulary_report
 
 __all__ = [
     "BUILTIN_NAMES",
@@ -22,6 +23,7 @@ __all__ = [
     "KPODSeq2SeqCollator",
     "ReadResult",
     "TokenizedExample",
+    "VocabularyReport",
     "answers_match",
     "extract_answer",
     "load_builtin",
@@ -36,5 +38,6 @@ __all__ = [
     "tokenize_examples",
     "unguard",
     "validate_tokenized",
+    "vocabulary_report",
     "write_jsonl",
 ]

@@ -5,11 +5,13 @@ Bad input is caught here, with the file and line, never deep inside training.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import KPODInputError, bad_input
 from ..steps import DEFAULT_ANSWER_MARKERS, find_answer
@@ -20,25 +22,41 @@ FIELDS = ("id", "question", "rationale", "answer")
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
 
 
+class Disagreement(NamedTuple):
+    """A record whose rationale reaches another answer than its gold ``answer`` field."""
+
+    id: str
+    rationale_answer: str | None  # the rationale's own final answer (None: no number in it)
+    gold: str
+
+
 class ReadResult(list):
-    """The examples read (a ``list[CoTExample]``) plus what was left out.
+    """The examples read (a ``list[CoTExample]``) plus what was left out or needs a look.
 
     ``skipped`` lists ``(line_number, reason)`` for bad lines dropped under ``on_error="skip"``;
-    ``filtered`` lists the ids dropped by ``filter_wrong_answers``; ``ambiguous_markers`` lists the
-    ids whose rationale holds an answer marker ("the answer is") that does not end it and was
-    therefore kept as reasoning — worth a look, the record may be cut wrongly in the source.
+    ``disagreements`` lists every record whose rationale's own final answer differs from its gold
+    answer (kept unless ``filter_wrong_answers``); ``filtered`` lists the ids that
+    ``filter_wrong_answers`` dropped; ``ambiguous_markers`` lists the ids whose rationale holds an
+    answer marker ("the answer is") that does not end it and was therefore kept as reasoning.
     """
 
-    def __init__(self, examples: Iterable[CoTExample] = (), skipped=None, filtered=None, ambiguous_markers=None) -> None:
+    def __init__(self, examples: Iterable[CoTExample] = (), skipped=None, filtered=None, ambiguous_markers=None,
+                 disagreements=None) -> None:
         super().__init__(examples)
         self.skipped: list[tuple[int, str]] = list(skipped or [])
         self.filtered: list[str] = list(filtered or [])
         self.ambiguous_markers: list[str] = list(ambiguous_markers or [])
+        self.disagreements: list[Disagreement] = list(disagreements or [])
 
     def report(self) -> str:
         """One line: how many examples were read and what was left out or needs a look."""
-        return (f"{len(self)} examples read; {len(self.skipped)} bad lines skipped, {len(self.filtered)} filtered "
-                f"(wrong answer), {len(self.ambiguous_markers)} with an answer marker inside the reasoning")
+        text = (f"{len(self)} examples read; {len(self.skipped)} bad lines skipped, {len(self.disagreements)} whose "
+                f"rationale disagrees with the answer field ({len(self.filtered)} of them filtered), "
+                f"{len(self.ambiguous_markers)} with an answer marker inside the reasoning")
+        if self.disagreements:
+            shown = ", ".join(f"{d.id!r} ({d.rationale_answer} vs {d.gold})" for d in self.disagreements[:3])
+            text += f"; disagreeing (rationale vs answer): {shown}" + (" ..." if len(self.disagreements) > 3 else "")
+        return text
 
 
 def strip_calculator_annotations(text: str) -> str:
@@ -55,20 +73,35 @@ def _field(record: Mapping, key: str, name: str, where: str) -> str:
     return value
 
 
-def _parse_record(record: object, lineno: int, where: str, keys: Mapping[str, str | None], markers, strip_calc: bool):
+def generated_id(question: str, rationale: str) -> str:
+    """The id of a record that has none: ``ex-`` and 12 hex digits of the SHA-1 of its question and
+    rationale as written in the file. It does not depend on the line, so it survives reordering,
+    inserted lines and re-runs; two rationales for one question get two ids."""
+    digest = hashlib.sha1(f"{question}\n\x00{rationale}".encode()).hexdigest()
+    return f"ex-{digest[:12]}"
+
+
+def _parse_record(record: object, where: str, keys: Mapping[str, str | None], markers, strip_calc: bool):
     if not isinstance(record, dict):
         raise KPODInputError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    ex_id = f"line-{lineno}" if keys["id"] is None else _field(record, keys["id"], "id", where)
     question = _field(record, keys["question"], "question", where)
-    raw = _field(record, keys["rationale"], "rationale", where)
-    if strip_calc:
-        raw = strip_calculator_annotations(raw)
+    written = _field(record, keys["rationale"], "rationale", where)
+    if keys["id"] is None or keys["id"] not in record:
+        ex_id = generated_id(question, written)
+    else:
+        ex_id = _field(record, keys["id"], "id", where)
+    raw = strip_calculator_annotations(written) if strip_calc else written
     rationale, answer_part, ambiguous = find_answer(raw, markers)
-    if keys["answer"] is None:
+    # the rationale's own final answer: after its final marker, else its last number
+    claimed = extract_answer(answer_part) if answer_part is not None else extract_answer(rationale, markers=())
+    if keys["answer"] in (None, keys["rationale"]) or keys["answer"] not in record:
+        # no answer field (GSM8K style): the number after the marker that ends the rationale ("#### 72")
         answer = extract_answer(answer_part) if answer_part is not None else None
         if answer is None:
+            field = "" if keys["answer"] is None else f"field '{keys['answer']}' (answer) missing and "
             raise KPODInputError(
-                f"{where}: field '{keys['rationale']}' (rationale): expected an answer marker {list(markers)} followed by a number, got none"
+                f"{where}: {field}field '{keys['rationale']}' (rationale): expected an answer marker {list(markers)} "
+                f"followed by a number at its end, got none"
             )
     else:
         answer = _field(record, keys["answer"], "answer", where)
@@ -76,13 +109,11 @@ def _parse_record(record: object, lineno: int, where: str, keys: Mapping[str, st
         if not value.strip():
             key = keys[name] if keys[name] is not None else name
             raise KPODInputError(f"{where}: field '{key}' ({name}): expected a non-empty string, got {value!r}")
-    # without a final marker the rationale's own answer is its last number (a marker inside it is reasoning)
-    claimed = extract_answer(answer_part) if answer_part is not None else extract_answer(rationale, markers=())
     metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
     return CoTExample(ex_id, question, rationale, answer.strip(), dict(metadata)), claimed, ambiguous
 
 
-def _decode(raw: bytes, lineno: int, where: str) -> str:
+def decode_line(raw: bytes, lineno: int, where: str) -> str:
     """One line as text: UTF-8 (a byte-order mark allowed at the start of the file)."""
     try:
         return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
@@ -103,13 +134,18 @@ def read_jsonl(
     """Read ``CoTExample``s from a JSONL file, one JSON object per line (blank lines allowed).
 
     ``fields`` maps our names (id, question, rationale, answer) to the file's keys, e.g.
-    ``{"rationale": "answer", "answer": None}`` for raw GSM8K, where ``None`` for the answer takes
-    it from the rationale's ``#### n`` marker and ``None`` for the id numbers lines (``line-7``).
-    An answer marker that ends the rationale is split off it; one elsewhere is reasoning (the
-    record is listed in ``result.ambiguous_markers``). Bad UTF-8 (a byte-order mark is fine), bad
-    JSON, a missing or non-string field, an empty rationale or a duplicate id raise ``KPODInputError`` naming the file and line, or with
-    ``on_error="skip"`` are skipped and listed in ``result.skipped``. ``filter_wrong_answers`` drops
-    examples whose rationale's own final answer disagrees with the gold answer (``result.filtered``).
+    ``{"rationale": "answer"}`` for raw GSM8K. ``id`` and ``answer`` are optional in every record:
+    without an id (or with ``fields={"id": None}``) it is :func:`generated_id` of the question and
+    rationale; without an answer (or with ``fields={"answer": None}``) it is the number after the
+    answer marker that ends the rationale (``#### 72``, "So the answer is 72."), as
+    :func:`extract_answer` reads answers everywhere. An answer marker that ends the rationale is
+    split off it; one elsewhere is reasoning (listed in ``result.ambiguous_markers``).
+
+    Bad UTF-8 (a byte-order mark is fine), bad JSON, a missing or non-string field, an empty
+    rationale or a duplicate id raise ``KPODInputError`` naming the file and line, or with
+    ``on_error="skip"`` are skipped and listed in ``result.skipped``. Records whose rationale's own
+    final answer differs from the answer field are listed in ``result.disagreements`` and kept, or
+    dropped with ``filter_wrong_answers`` (``result.filtered``).
     """
     if on_error not in ("raise", "skip"):
         raise bad_input("on_error", "'raise' or 'skip'", repr(on_error))
@@ -135,7 +171,7 @@ def read_jsonl(
         for lineno, raw in enumerate(handle, start=1):
             where = f"{file}:{lineno}"
             try:
-                line = _decode(raw, lineno, where)
+                line = decode_line(raw, lineno, where)
                 if not line.strip():
                     continue
                 try:
@@ -144,10 +180,12 @@ def read_jsonl(
                     raise KPODInputError(
                         f"{where}: expected a JSON object, got invalid JSON ({exc.msg} at column {exc.colno})"
                     ) from None
-                example, claimed, ambiguous = _parse_record(record, lineno, where, keys, markers, strip_calculator)
+                example, claimed, ambiguous = _parse_record(record, where, keys, markers, strip_calculator)
                 if example.id in seen:
+                    generated = keys["id"] is None or keys["id"] not in record
+                    why = " (generated from the question and rationale: the same record twice)" if generated else ""
                     raise KPODInputError(
-                        f"{where}: field 'id': expected a unique id, got {example.id!r} again (first on line {seen[example.id]})"
+                        f"{where}: field 'id': expected a unique id, got {example.id!r} again (first on line {seen[example.id]}){why}"
                     )
             except KPODInputError as exc:
                 if on_error == "raise":
@@ -157,9 +195,11 @@ def read_jsonl(
             seen[example.id] = lineno
             if ambiguous:
                 result.ambiguous_markers.append(example.id)
-            if filter_wrong_answers and not answers_match(claimed, example.answer):
-                result.filtered.append(example.id)
-                continue
+            if not answers_match(claimed, example.answer):
+                result.disagreements.append(Disagreement(example.id, claimed, example.answer))
+                if filter_wrong_answers:
+                    result.filtered.append(example.id)
+                    continue
             result.append(example)
     return result
 
