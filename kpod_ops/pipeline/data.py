@@ -7,6 +7,7 @@ first ``test_percent`` buckets. Validation comes out of the training part only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,9 @@ from typing import Any
 from ..data.arith import load_arith_cot
 from ..data.builtin import BUILTIN_NAMES, load_builtin
 from ..data.example import CoTExample
-from ..data.jsonl import read_jsonl, write_jsonl
+from ..data.jsonl import ReadResult, read_jsonl, write_jsonl
 from ..data.splits import bucket
+from ..data.vocabulary import oov_advice, vocabulary_report
 from ..errors import KPODInputError, bad_input
 
 DATA_SEED = 0  # the built-in splits are drawn with this seed whatever --seed is
@@ -26,9 +28,41 @@ class Splits:
     train: list[CoTExample]
     val: list[CoTExample]
     test: list[CoTExample]
+    read: dict[str, Any] | None = None  # what reading a --data file found (read_notes); None for built-in data
 
     def counts(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+def read_notes(result: ReadResult) -> dict[str, Any]:
+    """What ``read_jsonl`` found in a --data file, for the data stage's record and the report."""
+    return {"n_read": len(result) + len(result.filtered), "n_disagreements": len(result.disagreements),
+            "n_filtered": len(result.filtered), "n_ambiguous_markers": len(result.ambiguous_markers),
+            "disagreements": [list(d) for d in result.disagreements[:10]]}
+
+
+def describe_data(splits: Splits, tokenizer: Any, config: dict[str, Any], say: Callable[[str], None]) -> dict[str, Any]:
+    """Say what needs a look in the run's data, and return it for ``report.json``'s ``data``.
+
+    A --data file: how many rationales reach another answer than their ``answer`` field (kept
+    unless ``data.filter_wrong_answers``). The built-in tiny student's word-level tokenizer: how
+    much of the data it does not know, with a warning above ``OOV_THRESHOLD``.
+    """
+    info: dict[str, Any] = {"read": splits.read, "vocabulary": None}
+    read = splits.read
+    if read is not None and read["n_disagreements"]:
+        shown = ", ".join(f"{i!r} ({claimed} vs {gold})" for i, claimed, gold in read["disagreements"][:3])
+        action = ("left out (data.filter_wrong_answers)" if read["n_filtered"]
+                  else "kept and trained on; --filter-wrong-answers leaves them out")
+        say(f"[data] {read['n_disagreements']} of {read['n_read']} rationales end on another answer than their answer "
+            f"field (rationale vs answer: {shown}): {action}")
+    if config["student"]["kind"] == "tiny":
+        report = vocabulary_report(splits.train + splits.val + splits.test, tokenizer)
+        info["vocabulary"] = report.to_dict()
+        advice = oov_advice(report)
+        info["vocabulary"]["warning"] = advice
+        say(f"[data] warning: {advice}" if advice else f"[data] built-in tokenizer: {report}")
+    return info
 
 
 def make_splits(section: dict[str, Any]) -> Splits:
@@ -38,7 +72,14 @@ def make_splits(section: dict[str, Any]) -> Splits:
     variant = {k: section.get(k) for k in ("max_steps", "max_distractors") if section.get(k) is not None}
     if variant and source != "arith-cot":
         raise bad_input("data.max_steps/max_distractors", "settings of the arith-cot data only", f"source {source!r}")
+    # set by --filter-wrong-answers only (absent from the presets, so the runs' configurations and hashes stay as they were)
+    filter_wrong = section.get("filter_wrong_answers", False)
+    if not isinstance(filter_wrong, bool):
+        raise bad_input("data.filter_wrong_answers", "true or false", repr(filter_wrong))
     if source in BUILTIN_NAMES:
+        if filter_wrong:
+            raise bad_input("--filter-wrong-answers (data.filter_wrong_answers)",
+                            "a --data file (every rationale of the built-in data reaches its answer)", f"source {source!r}")
         if source == "arith-text":
             raise bad_input("data.source", "a dataset of questions with rationales", "'arith-text' (warm-up texts)")
         if variant:
@@ -51,7 +92,7 @@ def make_splits(section: dict[str, Any]) -> Splits:
     path = Path(source)
     if not path.is_file():
         raise KPODInputError(f"--data: expected an existing JSONL file or one of {BUILTIN_NAMES}, got {source}")
-    items = read_jsonl(path)
+    items = read_jsonl(path, filter_wrong_answers=filter_wrong)
     test_percent, val_percent = section["test_percent"], section["val_percent"]
     test = [ex for ex in items if bucket(ex.question, "kpod-test") < test_percent]
     rest = [ex for ex in items if bucket(ex.question, "kpod-test") >= test_percent]
@@ -62,7 +103,7 @@ def make_splits(section: dict[str, Any]) -> Splits:
             f"--data {path}: expected enough questions for a train and a test split, got {len(items)} "
             f"({len(train)} train, {len(test)} test with test_percent={test_percent})"
         )
-    return Splits(train[:n_train], val[:n_val], test[:n_test])  # val may be empty for a tiny file
+    return Splits(train[:n_train], val[:n_val], test[:n_test], read_notes(items))  # val may be empty for a tiny file
 
 
 def write_splits(splits: Splits, folder: Path) -> None:

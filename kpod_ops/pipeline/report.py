@@ -116,6 +116,16 @@ def markdown(report: dict[str, Any], plots: Sequence[str]) -> str:
             found = "rank them above words" if rank["auc"] >= KEYPOINT_AUC else "do **not** rank them above words"
             lines.append(f"- keypoints (numbers and operators vs words): ROC-AUC {rank['auc']:.2f}, mean weight "
                          f"{rank['mean_keypoint']:.2f} vs {rank['mean_word']:.2f}: the weights {found}")
+    data = r.get("data") or {}
+    if data.get("read") and data["read"]["n_disagreements"]:
+        read = data["read"]
+        lines.append(f"- data: {read['n_disagreements']} of {read['n_read']} rationales end on another answer than their "
+                     f"answer field ({read['n_filtered']} left out)")
+    if data.get("vocabulary"):
+        v = data["vocabulary"]
+        lines.append(f"- data, **warning**: {v['warning']}" if v["warning"] else
+                     f"- data: {100 * v['oov_word_share']:.1f} % of words and {100 * v['oov_token_share']:.1f} % of tokens "
+                     "out of the built-in tokenizer's vocabulary")
     lines += ["", "| stage | seconds | reused |", "|---|---:|---|"]
     for name, t in r["timings"].items():
         lines.append(f"| {name} | {t['seconds']:.1f} | {'yes' if t['reused'] else 'no'} |")
