@@ -20,8 +20,14 @@ outside the timed region). Peak extra memory is measured per configuration in a 
 peak RSS above the RSS once the logits exist (the logits' gradient counts, as it is new memory).
 Every configuration runs with the default allocator and with THP_MEM_ALLOC_ENABLE=1.
 
+The fused CPU kernels are built once per instruction set (default, avx2, avx512); every row records
+the variant that ran (``cpu_capability``: the one chosen automatically unless ``--cpu-capabilities``
+names some, each then run in its own worker with KPOD_CPU_CAPABILITY set, side by side with its own
+floor measurement).
+
   python benchmarks/bench_loss.py            # quick default: V=32000, fp32+bf16, both allocators
   python benchmarks/bench_loss.py --full     # adds V=128256 (the README table)
+  python benchmarks/bench_loss.py --cpu-capabilities default avx2 avx512 --modes fused inplace --no-memory
 """
 
 from __future__ import annotations
@@ -132,11 +138,17 @@ def _floor_step(mode, n, v, seed, existing):
     return dt
 
 
-def worker_time(n, v, dtype_name, reps):
+def _cpu_capability():
+    import kpod_ops._extension as extension
+
+    return extension.cpu_capability()
+
+
+def worker_time(n, v, dtype_name, reps, modes):
     dtype = DTYPES[dtype_name]
     inputs = _inputs(n, v)
-    out = {}
-    for mode in MODES:
+    out = {"cpu_capability": _cpu_capability()}
+    for mode in modes:
         _one_step(mode, n, v, dtype, 0, inputs)  # warm-up (compiles for "compile")
         times = [_one_step(mode, n, v, dtype, r + 1, inputs)[0] for r in range(reps)]
         out[mode] = statistics.median(times)
@@ -168,15 +180,41 @@ def worker_memory(n, v, dtype_name, mode):
     return {"extra_bytes": max(0, _rss_peak_bytes() - base), "logits_bytes": logits.numel() * logits.element_size()}
 
 
-def _spawn(args, thp):
+def _spawn(args, thp, capability=None):
     env = dict(os.environ)
     env.pop("THP_MEM_ALLOC_ENABLE", None)
     if thp:
         env["THP_MEM_ALLOC_ENABLE"] = "1"
+    if capability is not None:
+        env["KPOD_CPU_CAPABILITY"] = capability
     res = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"worker {args} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _line(row):
+    extra = "" if row["speedup_vs_eager"] is None else f"  x{row['speedup_vs_eager']:5.2f} vs eager"
+    extra += "" if row["vs_fused_time"] is None else f"  ({row['vs_fused_time']:.2f} of fused)"
+    if row["extra_bytes"] is not None:
+        extra += f"  extra {row['extra_bytes'] / 2**20:8.1f} MiB = {row['extra_x_logits']:.2f}x logits"
+    return (
+        f"V={row['V']:>6} {row['dtype']} {row['allocator']:>7} {row['cpu_capability'] or '?':>7} {row['mode']:>8}: "
+        f"{row['time_s']:7.3f} s  {row['x_floor']:5.2f}x floor ({row['floor']} {row['floor_s']:.3f} s){extra}"
+    )
+
+
+def _print_variants(rows):
+    """Each method's multiple of its floor, one column per CPU variant (a markdown table)."""
+    caps = list(dict.fromkeys(r["cpu_capability"] for r in rows))
+    print()
+    print("| V | dtype | allocator | method | " + " | ".join(f"{c} s (× floor)" for c in caps) + " |")
+    print("|---|---|---|---|" + "---|" * len(caps))
+    key = lambda r: (r["V"], r["dtype"], r["allocator"], r["mode"])  # noqa: E731
+    for k in dict.fromkeys(key(r) for r in rows):
+        by = {r["cpu_capability"]: r for r in rows if key(r) == k}
+        cells = [f"{by[c]['time_s']:.3f} ({by[c]['x_floor']:.2f})" if c in by else "-" for c in caps]
+        print(f"| {k[0]} | {k[1]} | {k[2]} | {k[3]} | " + " | ".join(cells) + " |")
 
 
 def machine():
@@ -193,14 +231,19 @@ def main():
     ap.add_argument("--vocab", type=int, nargs="*", default=None)
     ap.add_argument("--dtypes", nargs="*", default=["fp32", "bf16"])
     ap.add_argument("--allocators", nargs="*", default=["default", "thp"])
+    ap.add_argument("--modes", nargs="*", choices=MODES, default=MODES, help="methods to time (default: all)")
+    ap.add_argument("--cpu-capabilities", nargs="*", default=None,
+                    help="CPU kernel variants to run side by side (default: the one chosen automatically)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the per-method peak-memory workers")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     ap.add_argument("--worker", choices=["time", "memory"], help=argparse.SUPPRESS)
     ap.add_argument("--v", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--dtype", help=argparse.SUPPRESS)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    modes = [m for m in MODES if m in a.modes]
     if a.worker == "time":
-        print(json.dumps(worker_time(a.n, a.v, a.dtype, a.reps)))
+        print(json.dumps(worker_time(a.n, a.v, a.dtype, a.reps, modes)))
         return
     if a.worker == "memory":
         print(json.dumps(worker_memory(a.n, a.v, a.dtype, a.mode)))
@@ -209,36 +252,38 @@ def main():
     info = machine()
     print(f"machine: {info}", flush=True)
     rows = []
+    capabilities = a.cpu_capabilities or [None]
     for v in vocabs:
         for dt in a.dtypes:
             for alloc in a.allocators:
                 thp = alloc == "thp"
                 common = ["--n", str(a.n), "--v", str(v), "--dtype", dt, "--reps", str(a.reps)]
-                times = _spawn(["--worker", "time", *common], thp)
-                for mode in MODES:
-                    mem = _spawn(["--worker", "memory", *common, "--mode", mode], thp)
-                    floor = FLOOR_OF[mode]
-                    row = {
-                        "N": a.n, "V": v, "dtype": dt, "allocator": alloc, "mode": mode,
-                        "time_s": times[mode], "speedup_vs_eager": times["eager"] / times[mode],
-                        "vs_fused_time": times[mode] / times["fused"],
-                        "floor": floor, "floor_s": times[floor], "x_floor": times[mode] / times[floor],
-                        "extra_bytes": mem["extra_bytes"], "extra_x_logits": mem["extra_bytes"] / mem["logits_bytes"],
-                    }
-                    rows.append(row)
-                    print(
-                        f"V={v:>6} {dt} {alloc:>7} {mode:>8}: {row['time_s']:7.3f} s  "
-                        f"{row['x_floor']:5.2f}x floor ({floor} {times[floor]:.3f} s)  "
-                        f"x{row['speedup_vs_eager']:5.2f} vs eager  ({row['vs_fused_time']:.2f} of fused)  "
-                        f"extra {row['extra_bytes'] / 2**20:8.1f} MiB = {row['extra_x_logits']:.2f}x logits",
-                        flush=True,
-                    )
+                for capability in capabilities:
+                    times = _spawn(["--worker", "time", *common, "--modes", *modes], thp, capability)
+                    for mode in modes:
+                        mem = None if a.no_memory else _spawn(["--worker", "memory", *common, "--mode", mode], thp, capability)
+                        floor = FLOOR_OF[mode]
+                        row = {
+                            "N": a.n, "V": v, "dtype": dt, "allocator": alloc, "mode": mode,
+                            "cpu_capability": times["cpu_capability"], "time_s": times[mode],
+                            "speedup_vs_eager": times["eager"] / times[mode] if "eager" in times else None,
+                            "vs_fused_time": times[mode] / times["fused"] if "fused" in times else None,
+                            "floor": floor, "floor_s": times[floor], "x_floor": times[mode] / times[floor],
+                            "extra_bytes": None if mem is None else mem["extra_bytes"],
+                            "extra_x_logits": None if mem is None else mem["extra_bytes"] / mem["logits_bytes"],
+                        }
+                        rows.append(row)
+                        print(_line(row), flush=True)
     os.makedirs(a.out, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = os.path.join(a.out, f"bench_loss_cpu_{stamp}.json")
     with open(path, "w") as f:
         json.dump({"machine": info, "rows": rows}, f, indent=1)
     print(f"saved {path}")
+    if len({r["cpu_capability"] for r in rows}) > 1:
+        _print_variants(rows)
+    if modes != MODES or a.no_memory or len(capabilities) > 1:
+        return
     print()
     print(
         "| V | dtype | allocator | exp floor s / exp out= s | eager s (× floor) | compile s (× floor) | "

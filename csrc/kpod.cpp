@@ -27,4 +27,10 @@ TORCH_LIBRARY(kpod, m) {
       "kce_backward_inplace(Tensor(a!) logits, Tensor target, Tensor lse, Tensor grad_nll, Tensor grad_lse, "
       "float label_smoothing) -> ()");
   m.def("scale_(Tensor(a!) x, Tensor scale) -> ()");
+  // the instruction-set variant of the CPU kernels (csrc/cpu/kce_cpu.cpp): the one that runs, why it
+  // was chosen, those this CPU can run, and a private in-process override ("" = back to the default)
+  m.def("cpu_capability() -> str");
+  m.def("cpu_capability_source() -> str");
+  m.def("cpu_capabilities() -> str[]");
+  m.def("_set_cpu_capability(str name) -> str");
 }

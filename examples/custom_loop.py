@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> float:
     learner = MaskLearner(
         student.get_input_embeddings().weight.detach().clone(),
         copy.deepcopy(student),
-        learner_config({**preset_config("quick")["weights"]["learner"], "batch_size": args.mask_batch_size}, seed=0),
+        learner_config({**preset_config("quick").weights.learner, "batch_size": args.mask_batch_size}, seed=0),
     )
     learner.fit(train[: args.mask_examples], progress=False)
     weights = learner.token_weights(train)

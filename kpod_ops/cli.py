@@ -14,8 +14,12 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import KPODInputError
+
+if TYPE_CHECKING:
+    from .pipeline.config import DistillConfig
 
 _PRESET_HELP = (
     "quick: arith-cot with a tiny Llama-style student built in code, warmed up on arith-text (CPU, minutes); "
@@ -100,30 +104,32 @@ def default_preset() -> str:
     return "smollm2-gsm"
 
 
-def _config(args: argparse.Namespace) -> dict:
+def _config(args: argparse.Namespace) -> DistillConfig:
+    """The run's configuration: the preset, then the ``--config`` file, then the flags (each checked)."""
     from .pipeline.config import load_config_file, merge, method_settings, preset_config
 
     config = preset_config(default_preset() if args.preset == "auto" else args.preset)
     if args.config:
         config = merge(config, load_config_file(args.config), where=f"--config {args.config}")
+    flags: dict[str, Any] = {}
     if getattr(args, "method", None) is not None:
         method_settings(args.method)
-        config["method"] = args.method
+        flags["method"] = args.method
     if getattr(args, "seed", None) is not None:
-        config["seed"] = args.seed
+        flags["seed"] = args.seed
     if args.data:
         if not Path(args.data).is_file():
             raise KPODInputError(f"--data: expected an existing JSONL file, got {args.data}")
         # the arith-cot variant settings belong to the preset's built-in data, not to the user's file
-        config["data"].update({"source": str(Path(args.data).resolve()), "max_steps": None, "max_distractors": None})
+        flags["data"] = {"source": str(Path(args.data).resolve()), "max_steps": None, "max_distractors": None}
     if args.student:
-        config["student"].update({"kind": "dir", "path": str(Path(args.student).resolve())})
-        config["warmup"]["enabled"] = False
+        flags["student"] = {"kind": "dir", "path": str(Path(args.student).resolve())}
+        flags["warmup"] = {"enabled": False}
     if args.precision:
-        config["precision"] = args.precision
+        flags["precision"] = args.precision
     if args.allow_degenerate:
-        config["allow_degenerate"] = True
-    return config
+        flags["allow_degenerate"] = True
+    return merge(config, flags, where="the command line")
 
 
 def _check_dependencies() -> None:

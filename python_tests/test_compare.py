@@ -61,7 +61,7 @@ def test_seed_specs():
 def test_paper_method_fixes_the_papers_settings():
     config = merge(preset_config("quick"), {"method": "paper"})
     paper = resolve_method(config)
-    assert paper["weights"]["floor"] == 0.0 and paper["curriculum"]["c0_ratio"] == 0.3
+    assert paper.weights.floor == 0.0 and paper.curriculum.c0_ratio == 0.3
     assert resolve_method(preset_config("quick")) == preset_config("quick")  # kpod: the preset's own
 
 

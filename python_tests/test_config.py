@@ -10,13 +10,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from test_cli import TINY
 
 from kpod_ops.cli import _config, _parser
-from kpod_ops.pipeline.config import METHODS, PRESETS, method_settings, preset_config, resolve_method, stage_hash
+from kpod_ops.errors import KPODInputError
+from kpod_ops.pipeline.config import (
+    METHODS,
+    PRESETS,
+    DistillConfig,
+    config_reference,
+    load_config_file,
+    merge,
+    method_settings,
+    preset_config,
+    resolve_method,
+    stage_hash,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,16 +94,16 @@ EXPECTED = {
 }
 
 
-def _serialised(config: dict) -> str:
-    return json.dumps(config, indent=2) + "\n"
+def _serialised(config: DistillConfig | dict) -> str:
+    return json.dumps(config.to_dict() if isinstance(config, DistillConfig) else config, indent=2) + "\n"
 
 
-def _stage_hashes(config: dict) -> dict[str, str]:
+def _stage_hashes(config: DistillConfig) -> dict[str, str]:
     """The hash of every stage ``distill`` runs for ``config``, chained as it chains them ("": the stage is skipped)."""
-    m = method_settings(config["method"])
-    cur = config["curriculum"]
-    norm = m["normalisation"] or cur["normalisation"]
-    beta = cur["beta"] if m["beta"] is None else m["beta"]
+    m = method_settings(config.method)
+    cur = config.curriculum
+    norm = m["normalisation"] or cur.normalisation
+    beta = cur.beta if m["beta"] is None else m["beta"]
     needs_weights = m["loss_weights"] or (m["curriculum"] and norm != "uniform")
     h = {"data": stage_hash(config, "data"), "warmup": stage_hash(config, "warmup")}
     up = (h["data"], h["warmup"])
@@ -107,10 +120,8 @@ def _stage_hashes(config: dict) -> dict[str, str]:
     return h
 
 
-def _resolved(preset: str, method: str) -> dict:
-    config = preset_config(preset)
-    config["method"] = method
-    return resolve_method(config)
+def _resolved(preset: str, method: str) -> DistillConfig:
+    return resolve_method(replace(preset_config(preset), method=method))
 
 
 def test_every_preset_and_method_is_pinned():
@@ -141,7 +152,91 @@ def test_cli_data_file_and_the_test_suites_tiny_config_serialise_as_before(tmp_p
     args = _parser().parse_args(["distill", "--preset", "quick", "--data", str(data), "--config", str(tiny), "--method", "standard",
                                  "--allow-degenerate", "--out", "unused"])
     config = resolve_method(_config(args))
-    assert config["data"]["source"] == str(data.resolve())
-    config["data"]["source"] = "DATA"  # the one value that depends on where the file is
+    assert config.data.source == str(data.resolve())
+    config = replace(config, data=replace(config.data, source="DATA"))  # the one value that depends on where the file is
     assert hashlib.sha256(_serialised(config).encode()).hexdigest() == "ae63bfc0db9290f3da81b049d47a7dd39af9e62dd95aec5da943746b5c1c74d9"
     assert _stage_hashes(config) == {"data": "6a100467d0bd4cf7", "warmup": "2457a58f92dc23b2", "eval-before": "8218a51b31339b77", "weights": "", "train": "6294a3c77c36730e", "eval": "7855afe419aa14dd", "eval-val": "63b4e90ffd0b8a70"}
+
+
+# ----------------------------------------------------------------------------- the typed configuration
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"train": {"epochz": 3}}, "train: unknown key 'epochz' (did you mean 'epochs'?)"),
+        ({"trian": {}}, "config: unknown key 'trian' (did you mean 'train'?)"),
+        ({"weights": {"learner": {"alpah": 0.3}}}, "weights.learner: unknown key 'alpah' (did you mean 'alpha'?)"),
+        ({"train": {"lr": "1e-4"}}, "train.lr: expected a number > 0, got '1e-4'"),
+        ({"train": {"epochs": 2.5}}, "train.epochs: expected an int >= 1, got 2.5"),
+        ({"train": {"epochs": True}}, "train.epochs: expected an int >= 1, got True"),
+        ({"train": {"normaliser": "mean"}}, "train.normaliser: expected 'sequence' or 'token', got 'mean'"),
+        ({"train": {"fused_linear": "yes"}}, "train.fused_linear: expected 'auto', true or false, got 'yes'"),
+        ({"train": {"grad_clip": 0}}, "train.grad_clip: expected a number > 0 or null (no clipping), got 0"),
+        ({"train": {"batch_size": 6, "micro_batch_size": 4}}, "train.batch_size: expected a multiple of train.micro_batch_size=4"),
+        ({"train": 5}, "train: expected a mapping, got int"),
+        ({"weights": {"floor": 1.0}}, "weights.floor: expected a number in [0, 1), got 1.0"),
+        ({"weights": {"learner": {"alpha": -1}}}, "weights.learner.alpha: expected a finite number >= 0, got -1"),
+        ({"weights": {"learner": {"seed": 3}}}, "weights.learner.seed: expected no value here (the run's --seed"),
+        ({"curriculum": {"solver": "ftpg"}}, "curriculum.solver: expected 'ftgp', "),
+        ({"warmup": {"corpus": "wiki"}}, "warmup.corpus: expected 'arith-text', got 'wiki'"),
+        ({"student": {"kind": "dir"}}, "student.path: expected the model folder for student.kind 'dir'"),
+        ({"data": {"max_steps": 1}}, "data.max_steps: expected an int >= 2 or null (any), got 1"),
+        ({"seed": -1}, "seed: expected an int >= 0, got -1"),
+        ({"method": "kpood"}, "method: expected 'kpod', "),
+    ],
+)
+def test_a_wrong_key_or_value_names_the_key_what_it_expects_and_what_came(overrides, message):
+    with pytest.raises(KPODInputError) as info:
+        merge(preset_config("quick"), overrides, where="--config my.yaml")
+    assert str(info.value).startswith(f"--config my.yaml: {message}"), str(info.value)
+
+
+def test_overrides_change_only_their_keys_and_keep_the_serialised_order():
+    quick = preset_config("quick")
+    merged = merge(quick, {"train": {"lr": 1e-4}, "weights": {"learner": {"tau": 0.5}}})
+    assert merged.train.lr == 1e-4 and merged.train == replace(quick.train, lr=1e-4)
+    assert list(merged.to_dict()["weights"]["learner"]) == [*quick.weights.learner, "tau"]  # a new key goes last
+    assert list(merged.to_dict()) == list(quick.to_dict())
+    assert merge(quick, {}) == quick and preset_config("quick") == quick  # nothing changed in place
+
+
+def test_the_configuration_is_frozen_and_round_trips_through_its_serialised_form():
+    import copy
+    import dataclasses
+    import pickle
+
+    config = merge(preset_config("smollm2-gsm"), {"data": {"filter_wrong_answers": True}})
+    assert DistillConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert pickle.loads(pickle.dumps(config)) == config and copy.deepcopy(config) == config  # compare sends it to workers
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.train.lr = 1.0  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        config.weights.learner["alpha"] = 1.0  # type: ignore[index]
+    assert "filter_wrong_answers" not in preset_config("quick").to_dict()["data"]  # written only when set
+    assert config.to_dict()["data"]["filter_wrong_answers"] is True
+    with pytest.raises(KPODInputError, match="config: expected every key, \\['seed'\\] missing"):
+        DistillConfig.from_dict({k: v for k, v in config.to_dict().items() if k != "seed"})
+
+
+def test_a_config_file_cannot_set_what_the_command_line_sets(tmp_path):
+    for key, value in (("seed", 3), ("method", "paper"), ("preset", "quick")):
+        file = tmp_path / f"{key}.json"
+        file.write_text(json.dumps({key: value}))
+        with pytest.raises(KPODInputError, match=f"expected no '{key}' key \\(it is set on the command line: --{key}"):
+            load_config_file(file)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: 1e-4\n")  # YAML reads 1e-4 (no dot) as a string
+    with pytest.raises(KPODInputError, match="train.lr: expected a number > 0, got '1e-4'"):
+        merge(preset_config("quick"), load_config_file(bad), where=f"--config {bad}")
+
+
+def test_the_docs_list_every_key_with_what_it_accepts_and_each_presets_value():
+    text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    reference = config_reference()
+    assert reference in text, (
+        "docs/cli.md's configuration reference is out of date; paste the output of "
+        "python -c 'from kpod_ops.pipeline.config import config_reference; print(config_reference())'"
+    )
+    documented = {line.split("`")[1] for line in reference.splitlines()[2:]}
+    keys = {f"{s}.{k}" for s, section in preset_config("quick").to_dict().items() if isinstance(section, dict) for k in section}
+    assert keys <= documented and {"precision", "allow_degenerate"} <= documented
+    assert "data.filter_wrong_answers" in documented  # the optional key too

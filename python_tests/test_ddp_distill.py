@@ -216,8 +216,7 @@ def test_short_last_batches_split_unevenly_across_processes(tmp_path):
 def test_global_batch_must_split_across_processes(tmp_path, monkeypatch):
     """Checked before any stage runs: 4 sequences cannot be split into 3 processes × micro-batches of 2."""
     monkeypatch.setattr(distributed, "world_size", lambda: 3)
-    config = merge(preset_config("quick"), copy.deepcopy(CONFIG))
-    config["train"]["micro_batch_size"] = 2
+    config = merge(preset_config("quick"), {**CONFIG, "train": {**CONFIG["train"], "micro_batch_size": 2}})
     with pytest.raises(KPODInputError, match=r"train\.batch_size.*2 × 3"):
         distill(config, tmp_path / "out")
     assert not (tmp_path / "out").exists()

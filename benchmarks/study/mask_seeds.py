@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from kpod_ops.pipeline.config import load_config_file, merge, method_settings, preset_config, validate
+from kpod_ops.pipeline.config import load_config_file, merge, method_settings, preset_config
 from kpod_ops.pipeline.data import make_splits
 from kpod_ops.pipeline.run import _prepare
 
@@ -31,10 +31,9 @@ def main() -> None:
         config = preset_config("quick")
         if args.config:
             config = merge(config, load_config_file(args.config))
-        config.update({"seed": seed, "allow_degenerate": True})
-        validate(config)
+        config = merge(config, {"seed": seed, "allow_degenerate": True})
         folder = Path(args.out) / f"seed{seed}"
-        prep = _prepare(config, method_settings("kpod"), make_splits(config["data"]), folder, folder, False, lambda m: None)
+        prep = _prepare(config, method_settings("kpod"), make_splits(config.data.to_dict()), folder, folder, False, lambda m: None)
         info = prep.weights_info or {}
         rank = info.get("keypoint_ranking") or {}
         print(json.dumps({"seed": seed, "degenerate": info.get("degenerate"), "kept_ratio": info.get("kept_ratio"),

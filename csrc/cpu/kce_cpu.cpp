@@ -1,27 +1,25 @@
-// Torch glue of the CPU kernels: argument checks, output allocation, parallelism over rows.
-// Row math lives in kce_cpu_kernel.h. Semantics: kpod_ops/losses/registration.py.
+// Torch glue of the CPU kernels: argument checks, output allocation, and the choice of the row
+// loops' instruction-set variant (kce_cpu_dispatch.h). Row loops: per_capability/kce_cpu_rows.cpp;
+// row math: kce_cpu_kernel.h. Semantics: kpod_ops/losses/registration.py.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
+#include <ATen/Version.h>
 #include <torch/library.h>
 
 #include <sys/mman.h>
-#include <unistd.h>
 
-#include <algorithm>
+#include <atomic>
+#include <cctype>
 #include <cstdlib>
 #include <cstring>
-#include <limits>
-#include <type_traits>
+#include <mutex>
+#include <string>
 #include <vector>
 
-#include "cpu/kce_cpu_kernel.h"
+#include "cpu/kce_cpu_dispatch.h"
 
 namespace kpod {
+namespace cpu {
 namespace {
-
-// Rows per task: enough V-sized rows that a task is worth scheduling.
-int64_t grain_for(int64_t V) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(V, 1)); }
 
 void check_logits(const at::Tensor& logits, const char* op) {
   TORCH_CHECK(logits.device().is_cpu(), op, ": logits must be a CPU tensor, got ", logits.device());
@@ -80,73 +78,183 @@ GradBuffer empty_gradient(const at::Tensor& logits, const int64_t* tgt) {
   return {at::empty({B, T, V}, logits.options().memory_format(at::MemoryFormat::Contiguous)), false};
 }
 
-// Calls f(row, pointer to the row's logits) for every row in parallel; rows are (b, t) pairs.
-template <typename scalar_t, typename F>
-void for_each_row(const at::Tensor& logits, F&& f) {
-  const int64_t B = logits.size(0), T = logits.size(1), V = logits.size(2);
-  const int64_t sB = logits.stride(0), sT = logits.stride(1);
-  scalar_t* base = logits.data_ptr<scalar_t>();
-  at::parallel_for(0, B * T, grain_for(V), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / T, t = r - b * T;
-      f(r, base + b * sB + t * sT);
-    }
-  });
+
+// ---------------------------------------------------------------- the instruction-set variant
+// Chosen as ATen chooses its own kernels: the variant torch runs (torch.backends.cpu.get_cpu_capability(),
+// which follows ATEN_CPU_CAPABILITY), if this build has it and the CPU runs it. KPOD_CPU_CAPABILITY
+// (read once, at the first query) forces one; a value that names no variant of this build, or one
+// this CPU cannot run, is an error raised by every CPU kernel call (never a silent fallback).
+// _set_cpu_capability forces one in-process (tests), "" returns to the environment's choice.
+
+struct Variant {
+  const RowKernels* kernels;
+  const char* needs;  // what the CPU must support, for error messages
+  bool (*runs)();
+};
+
+bool runs_default() { return true; }
+#ifdef KPOD_CPU_X86_VARIANTS
+bool runs_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+bool runs_avx512() {
+  return runs_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+#endif
+
+// lowest first
+const std::vector<Variant>& variants() {
+  static const std::vector<Variant> all = {
+      {&DEFAULT::kRowKernels, "nothing beyond the baseline", &runs_default},
+#ifdef KPOD_CPU_X86_VARIANTS
+      {&AVX2::kRowKernels, "AVX2, FMA and F16C", &runs_avx2},
+      {&AVX512::kRowKernels, "AVX-512 F, BW, VL and DQ (and AVX2, FMA, F16C)", &runs_avx512},
+#endif
+  };
+  return all;
 }
 
-// A target outside [0, V) that is not -1 (possible only with validate=False) makes the row's loss
-// and gradient NaN, as on CUDA: loud, without reading out of bounds and without throwing from a kernel.
-template <typename scalar_t>
-void row_fill_nan(scalar_t* out, int64_t V) {
-  const scalar_t nan = static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN());
-  for (int64_t i = 0; i < V; ++i) out[i] = nan;
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
 }
+
+std::string built_names() {
+  std::string out;
+  for (const auto& v : variants()) out += (out.empty() ? "" : ", ") + std::string(v.kernels->name);
+  return out;
+}
+
+std::string runnable_names() {
+  std::string out;
+  for (const auto& v : variants())
+    if (v.runs()) out += (out.empty() ? "" : ", ") + std::string(v.kernels->name);
+  return out;
+}
+
+// The variant `name` forces, or an error message (`source` says where the name came from).
+const RowKernels* resolve(const std::string& name, const char* source, std::string* error) {
+  const std::string want = lower(name);
+  for (const auto& v : variants()) {
+    if (want != v.kernels->name) continue;
+    if (!v.runs()) {
+      *error = std::string(source) + "='" + name + "': this CPU cannot run the " + v.kernels->name +
+               " variant of kpod_ops' CPU kernels (it needs " + v.needs + "); variants this CPU runs: " +
+               runnable_names();
+      return nullptr;
+    }
+    return v.kernels;
+  }
+  *error = std::string(source) + ": expected one of " + built_names() + " (the CPU kernel variants of this build), got '" +
+           name + "'";
+  return nullptr;
+}
+
+// The variant torch's own kernels use, capped by what this build has and this CPU runs.
+const RowKernels* automatic() {
+  const std::string torch_cap = lower(at::get_cpu_capability());
+  const RowKernels* best = &DEFAULT::kRowKernels;
+  for (const auto& v : variants()) {
+    if (!v.runs()) break;
+    best = v.kernels;
+    if (torch_cap == v.kernels->name) break;  // not above torch's own choice
+  }
+  return best;
+}
+
+struct Selection {
+  const RowKernels* kernels = nullptr;  // null: `error` says why
+  std::string error;
+  std::string source;  // "automatic (torch runs X)", "KPOD_CPU_CAPABILITY", "_set_cpu_capability"
+};
+
+Selection from_environment() {
+  Selection sel;
+  const char* env = std::getenv("KPOD_CPU_CAPABILITY");
+  if (env != nullptr && *env != '\0') {
+    sel.kernels = resolve(env, "KPOD_CPU_CAPABILITY", &sel.error);
+    sel.source = "KPOD_CPU_CAPABILITY";
+  } else {
+    sel.kernels = automatic();
+    sel.source = "automatic (torch's own CPU capability: " + at::get_cpu_capability() + ")";
+  }
+  return sel;
+}
+
+std::mutex g_selection_mutex;
+Selection g_selection;  // guarded by g_selection_mutex
+bool g_selected = false;
+std::atomic<const RowKernels*> g_kernels{nullptr};  // the fast path once a valid variant is chosen
+
+const Selection& selection_locked() {
+  if (!g_selected) {
+    g_selection = from_environment();
+    g_selected = true;
+    g_kernels.store(g_selection.kernels);
+  }
+  return g_selection;
+}
+
+// The row loops every CPU kernel call uses.
+const RowKernels& row_kernels() {
+  const RowKernels* k = g_kernels.load(std::memory_order_acquire);
+  if (k != nullptr) return *k;
+  std::lock_guard<std::mutex> lock(g_selection_mutex);
+  const Selection& sel = selection_locked();
+  TORCH_CHECK(sel.kernels != nullptr, "kpod_ops CPU kernels: ", sel.error);
+  return *sel.kernels;
+}
+
+std::string cpu_capability_op() {
+  std::lock_guard<std::mutex> lock(g_selection_mutex);
+  const Selection& sel = selection_locked();
+  TORCH_CHECK(sel.kernels != nullptr, "kpod_ops CPU kernels: ", sel.error);
+  return sel.kernels->name;
+}
+
+std::string cpu_capability_source_op() {
+  std::lock_guard<std::mutex> lock(g_selection_mutex);
+  return selection_locked().source;
+}
+
+std::vector<std::string> cpu_capabilities_op() {
+  std::vector<std::string> out;
+  for (const auto& v : variants())
+    if (v.runs()) out.emplace_back(v.kernels->name);
+  return out;
+}
+
+std::string set_cpu_capability_op(c10::string_view name) {
+  std::lock_guard<std::mutex> lock(g_selection_mutex);
+  Selection sel;
+  if (name.empty()) {
+    sel = from_environment();
+  } else {
+    sel.kernels = resolve(std::string(name), "_set_cpu_capability", &sel.error);
+    sel.source = "_set_cpu_capability";
+    TORCH_CHECK(sel.kernels != nullptr, "kpod_ops CPU kernels: ", sel.error);  // the previous choice stays
+  }
+  g_selection = sel;
+  g_selected = true;
+  g_kernels.store(sel.kernels);
+  TORCH_CHECK(sel.kernels != nullptr, "kpod_ops CPU kernels: ", sel.error);
+  return sel.kernels->name;
+}
+
+// ---------------------------------------------------------------- the ops
 
 std::tuple<at::Tensor, at::Tensor> kce_forward_cpu(const at::Tensor& logits, const at::Tensor& target,
                                                    double label_smoothing) {
   const char* op = "kpod::kce_forward";
   check_logits(logits, op);
   check_rowwise(target, logits, op, "target", at::kLong);
-  const int64_t V = logits.size(2);
+  const RowKernels& k = row_kernels();
   auto nll = at::zeros(target.sizes(), logits.options().dtype(acc_type(logits)));
   auto lse = at::zeros_like(nll);
-  const int64_t* tgt = target.data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "kce_forward_cpu", [&] {
-    using acc_t = typename cpu::Acc<scalar_t>::type;
-    acc_t* nll_p = nll.data_ptr<acc_t>();
-    acc_t* lse_p = lse.data_ptr<acc_t>();
-    for_each_row<scalar_t>(logits, [&](int64_t r, const scalar_t* z) {
-      const int64_t y = tgt[r];
-      if (y == -1) return;  // skipped: never read
-      if (y < 0 || y >= V) {
-        nll_p[r] = lse_p[r] = std::numeric_limits<acc_t>::quiet_NaN();
-        return;
-      }
-      cpu::row_forward<scalar_t>(z, V, y, label_smoothing, nll_p + r, lse_p + r);
-    });
-  });
+  k.forward(logits, target.data_ptr<int64_t>(), nll, lse, label_smoothing);
   return {nll, lse};
-}
-
-// Shared body of kce_backward and its in-place variant (out_base == nullptr: write over the logits).
-template <typename scalar_t>
-void backward_rows(const at::Tensor& logits, scalar_t* out_base, bool out_zeroed, const int64_t* tgt,
-                   const at::Tensor& lse, const at::Tensor& grad_nll, const at::Tensor& grad_lse, double eps) {
-  using acc_t = typename cpu::Acc<scalar_t>::type;
-  const int64_t V = logits.size(2);
-  const acc_t* lse_p = lse.data_ptr<acc_t>();
-  const acc_t* gn = grad_nll.data_ptr<acc_t>();
-  const acc_t* gl = grad_lse.data_ptr<acc_t>();
-  for_each_row<scalar_t>(logits, [&](int64_t r, const scalar_t* z) {
-    scalar_t* o = out_base == nullptr ? const_cast<scalar_t*>(z) : out_base + r * V;
-    const int64_t y = tgt[r];
-    if (y == -1 || (gn[r] == acc_t(0) && gl[r] == acc_t(0))) {
-      if (!out_zeroed) cpu::row_zero(o, V);  // nothing flows into this row: zeros without reading it
-      return;
-    }
-    if (y < 0 || y >= V) { row_fill_nan(o, V); return; }
-    cpu::row_backward<scalar_t>(z, o, V, y, eps, lse_p[r], gn[r], gl[r], static_cast<double>(z[y]));
-  });
 }
 
 void check_backward_args(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
@@ -162,101 +270,17 @@ void check_backward_args(const at::Tensor& logits, const at::Tensor& target, con
 at::Tensor kce_backward_cpu(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
                             const at::Tensor& grad_nll, const at::Tensor& grad_lse, double label_smoothing) {
   check_backward_args(logits, target, lse, grad_nll, grad_lse, "kpod::kce_backward");
+  const RowKernels& k = row_kernels();
   const int64_t* tgt = target.data_ptr<int64_t>();
   GradBuffer buffer = empty_gradient(logits, tgt);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "kce_backward_cpu", [&] {
-    backward_rows<scalar_t>(logits, buffer.tensor.data_ptr<scalar_t>(), buffer.zeroed, tgt, lse, grad_nll, grad_lse,
-                            label_smoothing);
-  });
+  k.backward(logits, &buffer.tensor, buffer.zeroed, tgt, lse, grad_nll, grad_lse, label_smoothing);
   return buffer.tensor;
 }
 
 void kce_backward_inplace_cpu(at::Tensor logits, const at::Tensor& target, const at::Tensor& lse,
                               const at::Tensor& grad_nll, const at::Tensor& grad_lse, double label_smoothing) {
   check_backward_args(logits, target, lse, grad_nll, grad_lse, "kpod::kce_backward_inplace");
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "kce_backward_inplace_cpu", [&] {
-    backward_rows<scalar_t>(logits, nullptr, false, target.data_ptr<int64_t>(), lse, grad_nll, grad_lse,
-                            label_smoothing);
-  });
-}
-
-// A row is processed in one piece when its logits plus its fp32 exp buffer fit in this budget: one
-// core's L2 (sysconf, read once), 256 KiB where unknown; KPOD_CPU_ROW_BUDGET_KB overrides it (read
-// every call: tests and tuning). Longer rows go block by block (kBlockBytes of logits per block,
-// an L1/L2-sized piece). fp32/fp64 rows into a fresh gradient store each block's exp values there
-// (one exp per element; KPOD_CPU_BLOCKED_STORE=0 turns that off), the others read the logits twice.
-constexpr int64_t kBlockBytes = 32 * 1024;
-
-int64_t l2_budget_bytes() {
-  const char* v = std::getenv("KPOD_CPU_ROW_BUDGET_KB");
-  if (v != nullptr && *v != '\0') return static_cast<int64_t>(std::atoll(v)) * 1024;
-  static const int64_t detected = [] {
-    long l2 = -1;
-#ifdef _SC_LEVEL2_CACHE_SIZE
-    l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
-#endif
-    return l2 > 0 ? static_cast<int64_t>(l2) : int64_t(256) * 1024;
-  }();
-  return detected;
-}
-
-// Shared body of the two forward+backward variants (out == logits for the in-place one).
-template <typename scalar_t>
-void forward_backward_rows(const at::Tensor& logits, scalar_t* out_base, bool out_is_logits, bool out_zeroed,
-                           const int64_t* tgt,
-                           const typename cpu::Acc<scalar_t>::type* scale,
-                           typename cpu::Acc<scalar_t>::type* nll_p, double eps) {
-  using acc_t = typename cpu::Acc<scalar_t>::type;
-  const int64_t B = logits.size(0), T = logits.size(1), V = logits.size(2);
-  const int64_t sB = logits.stride(0), sT = logits.stride(1);
-  scalar_t* base = logits.data_ptr<scalar_t>();
-  const bool blocked = V * static_cast<int64_t>(sizeof(scalar_t) + sizeof(acc_t)) > l2_budget_bytes();
-  const char* store_env = std::getenv("KPOD_CPU_BLOCKED_STORE");  // tuning: 0 = always two reads
-  const bool store_exp = store_env == nullptr || std::strcmp(store_env, "0") != 0;
-  const int64_t block = std::max<int64_t>(1024, kBlockBytes / static_cast<int64_t>(sizeof(scalar_t)));
-  at::parallel_for(0, B * T, grain_for(V), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> buf(blocked ? 0 : static_cast<size_t>(V));  // the row's exp values, cache-resident
-    std::vector<double> block_max(blocked ? static_cast<size_t>((V + block - 1) / block) : 0);
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / T, t = r - b * T;
-      scalar_t* z = base + b * sB + t * sT;
-      scalar_t* o = out_is_logits ? z : out_base + r * V;
-      const int64_t y = tgt[r];
-      if (y == -1) {
-        if (!out_zeroed) cpu::row_zero(o, V);
-        continue;
-      }
-      const acc_t s = scale[r];
-      const bool y_ok = y >= 0 && y < V;
-      if (s == acc_t(0)) {  // loss only (the weights' gradient needs it); a zero gradient row, as on CUDA
-        acc_t lse_unused;
-        if (y_ok) {
-          cpu::row_forward<scalar_t>(z, V, y, eps, nll_p + r, &lse_unused);
-        } else {
-          nll_p[r] = std::numeric_limits<acc_t>::quiet_NaN();
-        }
-        if (!out_zeroed) cpu::row_zero(o, V);
-        continue;
-      }
-      if (!y_ok) {
-        nll_p[r] = std::numeric_limits<acc_t>::quiet_NaN();
-        row_fill_nan(o, V);
-        continue;
-      }
-      if (blocked) {
-        if constexpr (std::is_same_v<scalar_t, acc_t>) {
-          if (!out_is_logits && store_exp) {  // fp32/fp64 into a fresh buffer: one exp per element
-            cpu::row_forward_backward_blocked_store<scalar_t>(z, o, V, y, eps, static_cast<double>(s), block,
-                                                              nll_p + r, block_max.data());
-            continue;
-          }
-        }
-        cpu::row_forward_backward_blocked<scalar_t>(z, o, V, y, eps, static_cast<double>(s), block, nll_p + r);
-      } else {
-        cpu::row_forward_backward<scalar_t>(z, o, V, y, eps, static_cast<double>(s), buf.data(), nll_p + r);
-      }
-    }
-  });
+  row_kernels().backward(logits, nullptr, false, target.data_ptr<int64_t>(), lse, grad_nll, grad_lse, label_smoothing);
 }
 
 std::tuple<at::Tensor, at::Tensor> kce_forward_backward_cpu(const at::Tensor& logits, const at::Tensor& target,
@@ -265,16 +289,11 @@ std::tuple<at::Tensor, at::Tensor> kce_forward_backward_cpu(const at::Tensor& lo
   check_logits(logits, op);
   check_rowwise(target, logits, op, "target", at::kLong);
   check_rowwise(row_scale, logits, op, "row_scale", acc_type(logits));
-  const int64_t B = logits.size(0), T = logits.size(1), V = logits.size(2);
+  const RowKernels& k = row_kernels();
   auto nll = at::zeros(target.sizes(), logits.options().dtype(acc_type(logits)));
   GradBuffer buffer = empty_gradient(logits, target.data_ptr<int64_t>());
-  auto grad = buffer.tensor;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "kce_forward_backward_cpu", [&] {
-    using acc_t = typename cpu::Acc<scalar_t>::type;
-    forward_backward_rows<scalar_t>(logits, grad.data_ptr<scalar_t>(), false, buffer.zeroed, target.data_ptr<int64_t>(),
-                                    row_scale.data_ptr<acc_t>(), nll.data_ptr<acc_t>(), label_smoothing);
-  });
-  return {nll, grad};
+  k.forward_backward(logits, &buffer.tensor, buffer.zeroed, target.data_ptr<int64_t>(), row_scale, nll, label_smoothing);
+  return {nll, buffer.tensor};
 }
 
 at::Tensor kce_forward_backward_inplace_cpu(at::Tensor logits, const at::Tensor& target, const at::Tensor& row_scale,
@@ -283,12 +302,9 @@ at::Tensor kce_forward_backward_inplace_cpu(at::Tensor logits, const at::Tensor&
   check_logits(logits, op);
   check_rowwise(target, logits, op, "target", at::kLong);
   check_rowwise(row_scale, logits, op, "row_scale", acc_type(logits));
+  const RowKernels& k = row_kernels();
   auto nll = at::zeros(target.sizes(), logits.options().dtype(acc_type(logits)));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "kce_fb_inplace_cpu", [&] {
-    using acc_t = typename cpu::Acc<scalar_t>::type;
-    forward_backward_rows<scalar_t>(logits, nullptr, true, false, target.data_ptr<int64_t>(), row_scale.data_ptr<acc_t>(),
-                                    nll.data_ptr<acc_t>(), label_smoothing);
-  });
+  k.forward_backward(logits, nullptr, false, target.data_ptr<int64_t>(), row_scale, nll, label_smoothing);
   return nll;
 }
 
@@ -307,33 +323,31 @@ void scale_cpu(at::Tensor x, const at::Tensor& scale) {
     x.copy_(x.to(at::kFloat).mul_(s));
     return;
   }
-  AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "kpod_scale_cpu", [&] {
-    using L = cpu::Lanes<scalar_t>;
-    using AVec = typename L::AVec;
-    scalar_t* p = x.data_ptr<scalar_t>();
-    const float sf = static_cast<float>(s);
-    at::parallel_for(0, x.numel(), 32768, [&](int64_t begin, int64_t end) {
-      const AVec vs(sf);
-      int64_t i = begin;
-      for (; i + L::kStep <= end; i += L::kStep) {
-        AVec a, b;
-        L::load(p + i, a, b);
-        L::store(p + i, a * vs, b * vs);
-      }
-      for (; i < end; ++i) p[i] = static_cast<scalar_t>(static_cast<float>(p[i]) * sf);
-    });
-  });
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
+              "kpod::scale_: x must be float32, float64, bfloat16 or float16, got ", x.scalar_type());
+  row_kernels().scale_reduced(x, static_cast<float>(s));
 }
 
 }  // namespace
+}  // namespace cpu
 
 TORCH_LIBRARY_IMPL(kpod, CPU, m) {
+  using namespace cpu;
   m.impl("kce_forward", &kce_forward_cpu);
   m.impl("kce_backward", &kce_backward_cpu);
   m.impl("kce_forward_backward", &kce_forward_backward_cpu);
   m.impl("kce_forward_backward_inplace", &kce_forward_backward_inplace_cpu);
   m.impl("kce_backward_inplace", &kce_backward_inplace_cpu);
   m.impl("scale_", &scale_cpu);
+}
+
+// Ops without tensor arguments: one kernel for every dispatch key (the schemas are in csrc/kpod.cpp).
+TORCH_LIBRARY_IMPL(kpod, CompositeImplicitAutograd, m) {
+  using namespace cpu;
+  m.impl("cpu_capability", &cpu_capability_op);
+  m.impl("cpu_capability_source", &cpu_capability_source_op);
+  m.impl("cpu_capabilities", &cpu_capabilities_op);
+  m.impl("_set_cpu_capability", &set_cpu_capability_op);
 }
 
 }  // namespace kpod

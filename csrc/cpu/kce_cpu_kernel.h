@@ -16,7 +16,15 @@
 //   row_backward         one pass: exp(z-lse) scaled, written          -> 1 exp per element
 // Short rows touch memory in their first pass only; long rows are read from memory at most twice.
 // Every function may write `out` over `z` (in place): the target logit is read before any write.
+//
+// Included only by sources compiled once per instruction set (csrc/cpu/per_capability/, with
+// -DCPU_CAPABILITY=DEFAULT|AVX2|AVX512 as ATen's own kernels): everything here lives in the namespace
+// kpod::cpu::CPU_CAPABILITY, so the copies built for different instruction sets never share a symbol.
 #pragma once
+
+#ifndef CPU_CAPABILITY
+#error "kce_cpu_kernel.h is compiled once per instruction set: define CPU_CAPABILITY (setup.py does)"
+#endif
 
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
@@ -32,6 +40,7 @@
 
 namespace kpod {
 namespace cpu {
+namespace CPU_CAPABILITY {
 
 using at::vec::Vectorized;
 
@@ -352,5 +361,6 @@ inline void row_forward_backward_blocked_store(const scalar_t* z, scalar_t* out,
   out[y] = static_cast<scalar_t>(s * (std::exp(zy - l) - (1.0 - eps)) - c);
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace cpu
 }  // namespace kpod

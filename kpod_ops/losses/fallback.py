@@ -4,7 +4,8 @@
 reference, with a ``RuntimeWarning`` (once per process and reason) that names why: the reference
 builds the full ``[N, V]`` logits / probabilities, several times the memory of the fused path.
 ``impl="fused"`` guarantees the fused kernel or raises with the same reason; ``impl="reference"``
-always runs the reference, silently.
+always runs the reference, silently. A ``KPOD_CPU_CAPABILITY`` that names no CPU variant, or one this
+CPU cannot run, is an error for CPU tensors under ``"auto"`` too: the user asked for a variant.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import warnings
 
 import torch
 
-from .._extension import fused_status
+from .._extension import cpu_capability_error, fused_status
 from ..errors import bad_input
 
 IMPLS = ("auto", "fused", "reference")
@@ -27,6 +28,8 @@ def use_fused(loss: str, device: torch.device, impl: str, registered: bool) -> b
         raise bad_input("impl", f"one of {IMPLS}", repr(impl))
     if impl == "reference":
         return False
+    if device.type == "cpu" and cpu_capability_error() is not None:
+        raise RuntimeError(f"{loss}: {cpu_capability_error()}")
     ok, why = fused_status(device)
     if ok and not registered:
         ok, why = False, "the fused ops are not registered with torch (kpod_ops._C loaded without them)"

@@ -8,7 +8,7 @@ all with per-stage configuration hashes and writes ``report.json`` / ``report.md
 """
 
 from .compare import compare
-from .config import METHODS, PRESETS, load_config_file, merge, method_settings, preset_config
+from .config import METHODS, PRESETS, DistillConfig, load_config_file, merge, method_settings, preset_config
 from .curriculum import build_schedule, cluster, score_difficulties
 from .evaluate import EvalResult, evaluate, generate, prompt_ids
 from .run import distill
@@ -19,6 +19,7 @@ from .weights import DegenerateWeightsError, LearnedWeights, learn_weights, lear
 __all__ = [
     "METHODS",
     "PRESETS",
+    "DistillConfig",
     "DegenerateWeightsError",
     "EvalResult",
     "LearnedWeights",

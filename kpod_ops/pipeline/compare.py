@@ -15,12 +15,12 @@ configuration, seed and thread count, so ``jobs`` changes nothing but the wall t
 
 from __future__ import annotations
 
-import copy
 import multiprocessing
 import os
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import bad_input
 from . import distributed
-from .config import METHODS, resolve_method
+from .config import METHODS, DistillConfig, resolve_method
 from .report import machine, plot_accuracy
 from .run import _silent, check_writable, distill
 from .stats import paired_summary
@@ -96,22 +96,20 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _run_config(config: dict[str, Any], method: str, seed: int) -> dict[str, Any]:
-    cfg = copy.deepcopy(config)
-    cfg.update({"method": method, "seed": seed})
-    return cfg
+def _run_config(config: DistillConfig, method: str, seed: int) -> DistillConfig:
+    return replace(config, method=method, seed=seed)
 
 
-def _finished(run: Path, cfg: dict[str, Any]) -> float | None:
+def _finished(run: Path, cfg: DistillConfig) -> float | None:
     """The test accuracy of a finished run of exactly ``cfg`` in ``run``, else None."""
     try:
         report = read_json(run / "report.json")
     except (OSError, ValueError):
         return None
-    return report["test_accuracy"] if report.get("config") == resolve_method(cfg) else None
+    return report["test_accuracy"] if report.get("config") == resolve_method(cfg).to_dict() else None
 
 
-def _run_seed(config: dict[str, Any], methods: Sequence[str], seed: int, out: Path, threads: int | None,
+def _run_seed(config: DistillConfig, methods: Sequence[str], seed: int, out: Path, threads: int | None,
               progress: bool, log: bool) -> dict[str, float]:
     """Every method on one seed, one after another (they share the seed's stages); test accuracy per method."""
     if threads is not None:
@@ -132,7 +130,7 @@ def _run_seed(config: dict[str, Any], methods: Sequence[str], seed: int, out: Pa
     return accs
 
 
-def compare(config: dict[str, Any], methods: Sequence[str], seeds: int | str | Sequence[int], out: str | os.PathLike, *,
+def compare(config: DistillConfig, methods: Sequence[str], seeds: int | str | Sequence[int], out: str | os.PathLike, *,
             jobs: int = 1, threads: int | None = None, progress: bool = True,
             say: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Run ``methods`` on ``seeds`` into ``out``; writes ``compare.json``/``compare.md``; returns the rows.
@@ -189,11 +187,11 @@ def compare(config: dict[str, Any], methods: Sequence[str], seeds: int | str | S
     if not distributed.is_main():
         return rows
     text = format_table(rows)
-    write_json(out / "compare.json", {"preset": config["preset"], "seeds": seed_list, "methods": list(methods), "rows": rows,
+    write_json(out / "compare.json", {"preset": config.preset, "seeds": seed_list, "methods": list(methods), "rows": rows,
                                       "machine": machine(), "threads_per_run": threads})
     plot_accuracy([(r["method"], r["mean"]) for r in rows], out / "accuracy.png",
                   title=f"held-out accuracy, {len(seed_list)} seed(s)")
-    (out / "compare.md").write_text(f"# kpod compare — preset `{config['preset']}`, seeds {_seed_text(seed_list)}\n\n{text}\n\n"
+    (out / "compare.md").write_text(f"# kpod compare — preset `{config.preset}`, seeds {_seed_text(seed_list)}\n\n{text}\n\n"
                                     "![accuracy](accuracy.png)\n", encoding="utf-8")
     say(text)
     return rows

@@ -34,7 +34,7 @@ from ..data.tokenize import tokenize_examples
 from ..errors import KPODInputError
 from ..weighting import keypoint_ranking, load_token_weights, save_token_weights, weight_stats
 from . import distributed
-from .config import method_settings, resolve_method, stage_hash, validate
+from .config import DistillConfig, method_settings, resolve_method, stage_hash
 from .curriculum import build_schedule, cluster, schedule_from_json, schedule_to_json, score_difficulties
 from .data import make_splits, read_splits, write_splits
 from .evaluate import EvalResult, evaluate
@@ -71,21 +71,21 @@ def _write_generations(path: Path, result: EvalResult) -> None:
     os.replace(tmp, path)
 
 
-def _eval_stage(stage: Stage, model, tok, examples, config: dict, progress: bool, say: Say) -> dict:
+def _eval_stage(stage: Stage, model, tok, examples, config: DistillConfig, progress: bool, say: Say) -> dict:
     rec = stage.finished()
     if rec is not None:
         return rec
     folder = stage.start()
-    e = config["eval"]
-    result = evaluate(model, tok, examples, max_new_tokens=e["max_new_tokens"], batch_size=e["batch_size"],
-                      progress=progress, step_rule=config["data"]["step_rule"])
+    e = config.eval
+    result = evaluate(model, tok, examples, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
+                      progress=progress, step_rule=config.data.step_rule)
     _write_generations(folder / "generations.jsonl", result)
     write_json(folder / "metrics.json", result.metrics())
     say(f"[{stage.name}] accuracy {result.accuracy:.1%} ({result.n_correct}/{result.n})")
     return stage.finish(**result.metrics())
 
 
-def _student_and_warmup(config: dict, shared: Path, progress: bool, say: Say):
+def _student_and_warmup(config: DistillConfig, shared: Path, progress: bool, say: Say):
     """The pre-trained student (warmed up here for the tiny one) and its tokenizer, and the stage record."""
     stage = Stage(shared, "warmup", stage_hash(config, "warmup"), say)
     rec = stage.finished()
@@ -94,23 +94,23 @@ def _student_and_warmup(config: dict, shared: Path, progress: bool, say: Say):
         model, tok = load_student_dir(model_dir, argument="warm-up student")
         return model, tok, rec
     folder = stage.start()
-    model, tok = new_student(config["student"], config["seed"])
+    model, tok = new_student(config.student.to_dict(), config.seed)
     model.to(_device())
     losses: list[float] = []
-    w = config["warmup"]
-    if w["enabled"]:
+    w = config.warmup
+    if w.enabled:
         from ..data.builtin import load_builtin
 
-        if w["corpus"] != "arith-text":
-            raise KPODInputError(f"warmup.corpus: expected 'arith-text', got {w['corpus']!r}")
-        texts = load_builtin("arith-text", n=w["n_texts"], seed=config["seed"])
+        if w.corpus != "arith-text":
+            raise KPODInputError(f"warmup.corpus: expected 'arith-text', got {w.corpus!r}")
+        texts = load_builtin("arith-text", n=w.n_texts, seed=config.seed)
         say(f"[warmup] language-model pre-training on {len(texts)} arith-text texts")
-        losses = warm_up(model, tok, texts, epochs=w["epochs"], batch_size=w["batch_size"], lr=w["lr"],
-                         max_length=w["max_length"], seed=config["seed"], precision=config["precision"], progress=progress)
+        losses = warm_up(model, tok, texts, epochs=w.epochs, batch_size=w.batch_size, lr=w.lr,
+                         max_length=w.max_length, seed=config.seed, precision=config.precision, progress=progress)
     save_student(model, tok, model_dir)
     write_json(folder / "losses.json", losses)
     model, tok = load_student_dir(model_dir, argument="warm-up student")  # what later stages and runs reload
-    return model, tok, stage.finish(final_loss=losses[-1] if losses else None, enabled=w["enabled"])
+    return model, tok, stage.finish(final_loss=losses[-1] if losses else None, enabled=w.enabled)
 
 
 @dataclass
@@ -134,17 +134,17 @@ def _silent(message: str) -> None:
     """``say`` of the ranks other than 0 (rank 0 speaks for the run)."""
 
 
-def _check_processes(config: dict[str, Any]) -> None:
+def _check_processes(config: DistillConfig) -> None:
     """Under torchrun the global batch must split evenly across processes and micro-batches (checked before any stage runs)."""
-    world, t = distributed.world_size(), config["train"]
-    if world > 1 and t["batch_size"] % (world * t["micro_batch_size"]):
+    world, t = distributed.world_size(), config.train
+    if world > 1 and t.batch_size % (world * t.micro_batch_size):
         raise KPODInputError(
-            f"train.batch_size: expected a multiple of train.micro_batch_size × processes = {t['micro_batch_size']} × {world} "
-            f"(the global batch is split evenly across processes and micro-batches), got {t['batch_size']}"
+            f"train.batch_size: expected a multiple of train.micro_batch_size × processes = {t.micro_batch_size} × {world} "
+            f"(the global batch is split evenly across processes and micro-batches), got {t.batch_size}"
         )
 
 
-def distill(config: dict[str, Any], out: str | os.PathLike, *, shared: str | os.PathLike | None = None,
+def distill(config: DistillConfig, out: str | os.PathLike, *, shared: str | os.PathLike | None = None,
             progress: bool = True, say: Say = print) -> dict[str, Any]:
     """Run every stage of KPOD (or of the chosen ablation) into ``out``; returns ``report.json``'s content.
 
@@ -154,12 +154,12 @@ def distill(config: dict[str, Any], out: str | os.PathLike, *, shared: str | os.
     rank 0 writes files or prints.
     """
     t_start = time.perf_counter()
-    config = validate(resolve_method(config))
+    config = resolve_method(config)
     _check_processes(config)
-    method = method_settings(config["method"])
-    splits = make_splits(config["data"])  # reads --data first: bad data fails before anything is written
-    if config["student"]["kind"] == "dir":
-        load_student_dir(config["student"]["path"], argument="--student")
+    method = method_settings(config.method)
+    splits = make_splits(config.data.to_dict())  # reads --data first: bad data fails before anything is written
+    if config.student.kind == "dir":
+        load_student_dir(config.student.path, argument="--student")
     out = Path(out)
     shared = Path(shared) if shared is not None else out
     if not distributed.is_main():
@@ -167,7 +167,7 @@ def distill(config: dict[str, Any], out: str | os.PathLike, *, shared: str | os.
     else:
         check_writable(out)
         check_writable(shared)
-    torch.manual_seed(config["seed"])
+    torch.manual_seed(config.seed)
     with distributed.main_first():  # rank 0 computes and writes every stage; the others then reuse them
         prep = _prepare(config, method, splits, out, shared, progress, say)
     history, train_hash = _train_stage(config, method, prep, out, progress, say)
@@ -177,12 +177,12 @@ def distill(config: dict[str, Any], out: str | os.PathLike, *, shared: str | os.
         return _evaluate_and_report(config, method, prep, history, train_hash, out, t_start, progress, say)
 
 
-def _prepare(config: dict[str, Any], method: dict[str, Any], splits, out: Path, shared: Path, progress: bool,
+def _prepare(config: DistillConfig, method: dict[str, Any], splits, out: Path, shared: Path, progress: bool,
              say: Say) -> _Prepared:
     """Data, student (+ warm-up), accuracy before distillation, token weights and schedule."""
-    cur = config["curriculum"]
-    normalisation = method["normalisation"] or cur["normalisation"]
-    beta = cur["beta"] if method["beta"] is None else method["beta"]
+    cur = config.curriculum
+    normalisation = method["normalisation"] or cur.normalisation
+    beta = cur.beta if method["beta"] is None else method["beta"]
     needs_weights = method["loss_weights"] or (method["curriculum"] and normalisation != "uniform")
     timings: dict[str, dict] = {}
 
@@ -200,24 +200,24 @@ def _prepare(config: dict[str, Any], method: dict[str, Any], splits, out: Path, 
         splits = read_splits(data_stage.dir)
         rec = {**rec, "reused": True}
     note(rec)
-    say(f"[data] {config['data']['source']}: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test")
+    say(f"[data] {config.data.source}: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test")
 
     # student + warm-up ----------------------------------------------------------------------
-    if config["preset"] == "smollm2-gsm" and _device().type == "cpu":
+    if config.preset == "smollm2-gsm" and _device().type == "cpu":
         say("[smollm2-gsm] no GPU: this preset runs on CPU too, but expect several hours on a few cores "
             "(mask learner, LoRA training and 1,000 greedy generations of SmolLM2-135M); the quick preset takes minutes")
     student, tok, rec = _student_and_warmup(config, shared, progress, say)
     student.to(_device())
     note(rec)
     h_data, h_warm = data_stage.hash, rec["hash"]
-    d = config["data"]
-    tokenized = tokenize_examples(splits.train, tok, step_rule=d["step_rule"], max_length=d["max_length"], on_too_long="skip")
+    d = config.data
+    tokenized = tokenize_examples(splits.train, tok, step_rule=d.step_rule, max_length=d.max_length, on_too_long="skip")
     skipped = len(splits.train) - len(tokenized)
     if skipped:
-        say(f"[data] {skipped} training examples longer than data.max_length={d['max_length']} tokens left out")
+        say(f"[data] {skipped} training examples longer than data.max_length={d.max_length} tokens left out")
     if not tokenized:
-        raise KPODInputError(f"data.max_length: expected room for at least one training example, got {d['max_length']} (all too long)")
-    val_tok = tokenize_examples(splits.val, tok, step_rule=d["step_rule"], max_length=d["max_length"], on_too_long="skip") if splits.val else []
+        raise KPODInputError(f"data.max_length: expected room for at least one training example, got {d.max_length} (all too long)")
+    val_tok = tokenize_examples(splits.val, tok, step_rule=d.step_rule, max_length=d.max_length, on_too_long="skip") if splits.val else []
 
     # accuracy before distillation -----------------------------------------------------------
     before = _eval_stage(Stage(shared, "eval-before", stage_hash(config, "eval", (h_data, h_warm)), say),
@@ -233,11 +233,11 @@ def _prepare(config: dict[str, Any], method: dict[str, Any], splits, out: Path, 
         rec = stage.finished()
         if rec is None:
             folder = stage.start()
-            w = config["weights"]
-            say(f"[weights] training the mask learner on {min(w['n_examples'], len(tokenized))} examples")
-            learned = learn_weights(student, tokenized[: w["n_examples"]], val_tok[:200] or None, tokenized,
-                                    learner_config(w["learner"], config["seed"]),
-                                    allow_degenerate=config["allow_degenerate"], progress=progress)
+            w = config.weights
+            say(f"[weights] training the mask learner on {min(w.n_examples, len(tokenized))} examples")
+            learned = learn_weights(student, tokenized[: w.n_examples], val_tok[:200] or None, tokenized,
+                                    learner_config(dict(w.learner), config.seed),
+                                    allow_degenerate=config.allow_degenerate, progress=progress)
             if learned.degenerate:
                 say(f"[weights] WARNING: degenerate token weights ({learned.degenerate}); continuing because they were allowed")
             save_token_weights(folder / "token_weights.npz", learned.weights, tokenized, tokenizer=tok)
@@ -250,13 +250,13 @@ def _prepare(config: dict[str, Any], method: dict[str, Any], splits, out: Path, 
                     f"{ranking['mean_keypoint']:.2f} vs {ranking['mean_word']:.2f})")
             rec = stage.finish(degenerate=learned.degenerate, mean=stats.mean, std=stats.std, kept_ratio=stats.kept_ratio,
                                top_tokens=stats.top_tokens[:10], bottom_tokens=stats.bottom_tokens[:10], keypoint_ranking=ranking)
-        elif rec.get("degenerate") and not config["allow_degenerate"]:
+        elif rec.get("degenerate") and not config.allow_degenerate:
             raise KPODInputError(f"token weights in {stage.dir} are degenerate ({rec['degenerate']}); pass --allow-degenerate to use them")
         note(rec)
         h_weights = rec["hash"]
         weights = load_token_weights(stage.dir / "token_weights.npz", tokenized, tokenizer=tok)
-        renorm = config["weights"]["renormalize"]
-        floor = config["weights"]["floor"]
+        renorm = config.weights.renormalize
+        floor = config.weights.floor
         in_loss = "no (uniform)"
         if method["loss_weights"]:
             in_loss = f"floor {floor}: {floor} + {1 - floor:g} * w" if floor else "w"
@@ -282,7 +282,7 @@ def _prepare(config: dict[str, Any], method: dict[str, Any], splits, out: Path, 
         rec = stage.finished()
         if rec is None:
             stage.start()
-            write_json(stage.dir / "clusters.json", cluster(student, tokenized, n_clusters=cur["n_clusters"], seed=config["seed"]))
+            write_json(stage.dir / "clusters.json", cluster(student, tokenized, n_clusters=cur.n_clusters, seed=config.seed))
             rec = stage.finish()
         note(rec)
         clusters, h_clusters = read_json(stage.dir / "clusters.json"), rec["hash"]
@@ -290,8 +290,8 @@ def _prepare(config: dict[str, Any], method: dict[str, Any], splits, out: Path, 
         rec = stage.finished()
         if rec is None:
             stage.start()
-            schedule = build_schedule(difficulties, clusters, n_epochs=config["train"]["epochs"], beta=beta, p=cur["p"],
-                                      c0_ratio=cur["c0_ratio"], solver=cur["solver"], progressive=method["progressive"])
+            schedule = build_schedule(difficulties, clusters, n_epochs=config.train.epochs, beta=beta, p=cur.p,
+                                      c0_ratio=cur.c0_ratio, solver=cur.solver, progressive=method["progressive"])
             write_json(stage.dir / "schedule.json", schedule_to_json(schedule))
             (stage.dir / "summary.txt").write_text(schedule.summary() + "\n", encoding="utf-8")
             schedule.save_plots(stage.dir)
@@ -305,20 +305,20 @@ def _prepare(config: dict[str, Any], method: dict[str, Any], splits, out: Path, 
     if method["loss_weights"] and weights is not None:
         # the floor acts on the learned weights in [0, 1], before any renormalisation, so the contrast between a
         # keypoint (w = 1) and a token the learner masks (w = 0) is 1 / floor on every seed
-        loss_weights = weights_for_loss(weights, config["weights"]["floor"], renormalize=config["weights"]["renormalize"],
-                                       allow_degenerate=config["allow_degenerate"])
+        loss_weights = weights_for_loss(weights, config.weights.floor, renormalize=config.weights.renormalize,
+                                       allow_degenerate=config.allow_degenerate)
     return _Prepared(splits, student, tok, tokenized, skipped, before, weights_info, loss_weights, schedule,
                      (h_data, h_warm, h_weights, h_schedule), timings)
 
 
-def _train_stage(config: dict[str, Any], method: dict[str, Any], prep: _Prepared, out: Path, progress: bool,
+def _train_stage(config: DistillConfig, method: dict[str, Any], prep: _Prepared, out: Path, progress: bool,
                  say: Say) -> tuple[list[dict], str]:
     """Training (data-parallel under a process group) and the saved student; returns (history, the stage's hash)."""
-    tr = config["train"]
-    settings = TrainSettings(**{k: tr[k] for k in ("epochs", "batch_size", "micro_batch_size", "lr", "warmup_ratio", "weight_decay",
+    tr = config.train
+    settings = TrainSettings(**{k: getattr(tr, k) for k in ("epochs", "batch_size", "micro_batch_size", "lr", "warmup_ratio", "weight_decay",
                                                    "grad_clip", "normaliser", "checkpoint_every",
                                                    "fused_linear", "min_lr_ratio", "average_last")},
-                             seed=config["seed"], precision=config["precision"])
+                             seed=config.seed, precision=config.precision)
     h_data, h_warm, h_weights, h_schedule = prep.hashes
     train_hash = stage_hash(config, "train", (h_data, h_warm, h_weights if method["loss_weights"] else "", h_schedule,
                                               json.dumps(method, sort_keys=True)))
@@ -329,8 +329,8 @@ def _train_stage(config: dict[str, Any], method: dict[str, Any], prep: _Prepared
             stage.start()
     if rec is None:
         model = prep.student
-        if config["student"]["lora_r"]:
-            model = add_lora(model, config["student"]["lora_r"], config["student"]["lora_alpha"])
+        if config.student.lora_r:
+            model = add_lora(model, config.student.lora_r, config.student.lora_alpha)
         result = train(model, prep.tok, prep.tokenized, settings, token_weights=prep.loss_weights, schedule=prep.schedule,
                        checkpoint_dir=stage.dir, run_hash=train_hash, progress=progress, say=say)
         if distributed.is_main():
@@ -344,10 +344,10 @@ def _train_stage(config: dict[str, Any], method: dict[str, Any], prep: _Prepared
     return (read_json(stage.dir / "history.json") if distributed.is_main() else []), train_hash
 
 
-def _evaluate_and_report(config: dict[str, Any], method: dict[str, Any], prep: _Prepared, history: list[dict],
+def _evaluate_and_report(config: DistillConfig, method: dict[str, Any], prep: _Prepared, history: list[dict],
                          train_hash: str, out: Path, t_start: float, progress: bool, say: Say) -> dict[str, Any]:
     """Test (and validation) accuracy of the saved student, plots, ``report.json`` and ``report.md``."""
-    cur, tr, splits, timings = config["curriculum"], config["train"], prep.splits, prep.timings
+    cur, tr, splits, timings = config.curriculum, config.train, prep.splits, prep.timings
     final, final_tok = load_student_dir(out / "student", argument="distilled student")
     final.to(_device())
     after = _eval_stage(Stage(out, "eval", stage_hash(config, "eval", (train_hash,)), say), final, final_tok, splits.test, config,
@@ -365,23 +365,23 @@ def _evaluate_and_report(config: dict[str, Any], method: dict[str, Any], prep: _
     plots_dir = out / "plots"
     plots_dir.mkdir(exist_ok=True)
     plots = [str(plot_loss(history, plots_dir / "loss.png").relative_to(out)),
-             str(plot_accuracy([("before distillation", before["accuracy"]), (config["method"], after["accuracy"])],
+             str(plot_accuracy([("before distillation", before["accuracy"]), (config.method, after["accuracy"])],
                                plots_dir / "accuracy.png").relative_to(out))]
     if prep.schedule is not None:
         plots.append(str((out / "schedule" / "budget.png").relative_to(out)))
     if prep.weights_info is not None:
         pics = sorted(Path(prep.weights_info["pictures"]).glob("*.png"))[:1]
         plots += [os.path.relpath(p, out) for p in pics]
-    normalisation = method["normalisation"] or cur["normalisation"]
-    beta = cur["beta"] if method["beta"] is None else method["beta"]
+    normalisation = method["normalisation"] or cur.normalisation
+    beta = cur.beta if method["beta"] is None else method["beta"]
     report = {
-        "preset": config["preset"], "method": config["method"], "seed": config["seed"],
+        "preset": config.preset, "method": config.method, "seed": config.seed,
         "test_accuracy": after["accuracy"], "n_test": after["n"], "n_correct": after["n_correct"],
         "accuracy_before": before["accuracy"], "val_accuracy": val_accuracy, "n_val": len(splits.val), "n_train": len(prep.tokenized), "n_train_skipped_too_long": prep.skipped,
-        "optimizer_steps": len(history), "normaliser": tr["normaliser"], "processes": distributed.world_size(),
+        "optimizer_steps": len(history), "normaliser": tr.normaliser, "processes": distributed.world_size(),
         "method_settings": {**method, "normalisation": normalisation, "beta": beta},
         "weights": prep.weights_info, "timings": timings, "total_seconds": round(time.perf_counter() - t_start, 2),
-        "config": config, "versions": versions(), "machine": machine(),
+        "config": config.to_dict(), "versions": versions(), "machine": machine(),
     }
     write_report(out, report, plots)
     say(f"[report] {out / 'report.md'}: test accuracy {after['accuracy']:.1%} (before distillation {before['accuracy']:.1%})")
