@@ -18,8 +18,9 @@ Contract (what :func:`kpod_ops.integrations.hf.apply_kpod_loss` relies on):
   class must be one of :data:`SUPPORTED_MODEL_TYPES` with a ``model`` backbone and a plain
   ``nn.Linear`` ``lm_head`` (a LoRA-adapted or ``modules_to_save`` head is refused: its output is
   not ``hidden @ weightᵀ``), no logit soft-capping or scaling, and a **full, unsharded** LM-head
-  weight. FSDP (v1 or ``fully_shard``), DeepSpeed ZeRO-3 and tensor parallelism shard that weight
-  and are refused; DDP and ZeRO-1/2 keep it whole and work.
+  weight. FSDP1, DeepSpeed ZeRO-3 and tensor parallelism shard that weight
+  and are refused; DDP and ZeRO-1/2 keep it whole, and FSDP2 (``fully_shard``, before or after
+  patching) has it gathered for the loss (:mod:`kpod_ops.integrations.fsdp`).
 * ``patch_linear_loss(model, loss_fn=None)`` patches the unwrapped base model in place and returns
   ``model``; it raises :class:`~kpod_ops.errors.KPODInputError` with ``supports``' reason when
   the model is not supported. Patching twice is a no-op (with the same ``loss_fn``).
@@ -52,6 +53,7 @@ import torch
 from .._optional import require
 from ..errors import KPODInputError, bad_input
 from ..losses.linear import keypoint_linear_cross_entropy
+from .fsdp import is_fully_sharded, sharding_refusal, through_head, unwrapped_class
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 _ATTR = "_kpod_linear_patch"
@@ -73,16 +75,8 @@ def _unwrap(model: Any) -> Any:
 
 
 def _sharded(model: Any, weight: Any) -> str | None:
-    """Why the LM-head weight is not a full local tensor, or None when it is."""
-    for module in model.modules():
-        name = type(module).__name__
-        if name in ("FullyShardedDataParallel", "FSDPModule") or name.startswith("FSDP"):
-            return "the model is wrapped in FSDP, which shards the LM-head weight"
-    if type(weight).__name__ == "DTensor" or hasattr(weight, "_local_tensor") or hasattr(weight, "placements"):
-        return "the LM-head weight is a DTensor (FSDP2 fully_shard or tensor parallelism shards it)"
-    if hasattr(weight, "ds_id") or hasattr(weight, "ds_status"):
-        return "the LM-head weight is partitioned by DeepSpeed ZeRO-3"
-    return None
+    """Why the LM-head weight cannot be read whole inside the forward, or None (FSDP2 is fine)."""
+    return sharding_refusal(model, weight)
 
 
 def supports(model: Any) -> tuple[bool, str]:
@@ -104,7 +98,7 @@ def supports(model: Any) -> tuple[bool, str]:
             "(a subclass, remote code or another kernel patch): the patch would bypass it"
         )
     head = getattr(base, "lm_head", None)
-    if type(head) is not torch.nn.Linear:
+    if unwrapped_class(head) is not torch.nn.Linear:
         return False, (
             f"lm_head is a {type(head).__name__}, not a plain nn.Linear (a LoRA-adapted or modules_to_save head "
             "does not compute hidden @ weight.T); keep the LM head out of the adapter's target modules"
@@ -114,7 +108,7 @@ def supports(model: Any) -> tuple[bool, str]:
             return False, f"config.{attr}={getattr(config, attr)!r} transforms the logits"
     why = _sharded(model, head.weight)
     if why is not None:
-        return False, f"{why}; the fused linear loss needs the full weight on every rank (use DDP, ZeRO-1/2)"
+        return False, f"{why}; the fused linear loss needs the full weight on every rank (DDP, FSDP2, ZeRO-1/2)"
     return True, f"{cls} ({model_type}): the training loss is computed from the hidden states without logits"
 
 
@@ -177,6 +171,10 @@ def hidden_and_head(
     ok, why = supports(model)
     if not ok:
         raise bad_input("model", "a model supported by the fused linear loss", why)
+    if any(is_fully_sharded(m) for m in _unwrap(model).modules()):
+        raise bad_input("model", "a model without FSDP2 units (hidden_and_head calls the backbone and reads the "
+                        "LM head outside FSDP2's forward hooks)", "a model with fully_shard units: patch it with "
+                        "apply_kpod_loss(model) instead")
     base = _unwrap(model)
     hidden = base.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     return _head_inputs(hidden, base.lm_head)
@@ -205,9 +203,12 @@ def _make_forward(patch: _LinearPatch, original: Any) -> Any:
                              past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
                              **kwargs)
         hidden = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
-        h, weight, bias = _head_inputs(hidden, self.lm_head)
-        loss = patch.loss_fn(h, weight, labels, bias=bias, token_weights=token_weights, loss_start=loss_start,
-                             num_items_in_batch=num_items_in_batch, ignore_index=-100)
+        def head_loss(hidden_in):  # with the LM head's weight whole (an FSDP2 unit: inside its call)
+            h, weight, bias = _head_inputs(hidden_in, self.lm_head)
+            return patch.loss_fn(h, weight, labels, bias=bias, token_weights=token_weights, loss_start=loss_start,
+                                 num_items_in_batch=num_items_in_batch, ignore_index=-100)
+
+        loss = through_head(self.lm_head, hidden, head_loss)
         logits = None if self.training else self.lm_head(hidden)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
                                       hidden_states=outputs.hidden_states, attentions=outputs.attentions)

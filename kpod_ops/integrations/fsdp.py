@@ -1,0 +1,159 @@
+"""The fused linear loss and the KPOD trainers on sharded models: FSDP2 (``fully_shard``).
+
+FSDP2 keeps each parameter as a ``DTensor`` shard between forwards and all-gathers it in the
+forward pre-hook of the module it was sharded with (its *unit*). The linear patch reads the LM
+head's weight instead of calling the head, so the weight it reads must be whole:
+
+* the head sits in a unit above it (``fully_shard(model)`` with the head not sharded on its own):
+  the unit's forward has gathered the weight before the patched forward runs, and the gradient
+  flows back to the gathered parameter, which FSDP2 reduce-scatters into the shards;
+* the head is a unit of its own (``fully_shard(model.lm_head)``, or accelerate's
+  ``[final_norm, lm_head]`` unit): :func:`through_head` runs the loss *inside a call of the head*
+  (its ``forward`` briefly replaced), so FSDP2's own hooks gather the weight before the loss,
+  reshard it after, gather it again for backward and reduce-scatter its gradient, exactly as for
+  ``lm_head(hidden)``.
+
+Either way the loss sees a plain ``[V, H]`` tensor, and the patch may be applied before or after
+``fully_shard``. A weight that is still a ``DTensor`` inside the forward (tensor parallelism, or
+FSDP2 over a tensor-parallel mesh) is refused with an error. FSDP1 (``FullyShardedDataParallel``)
+and DeepSpeed ZeRO-3 are refused: use FSDP2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..errors import KPODInputError, bad_input
+
+__all__ = ["is_fully_sharded", "sharding_refusal", "through_head", "trainer_sharding_refusal", "unwrapped_class"]
+
+_USE_FSDP2 = "use FSDP2 (torch.distributed.fsdp.fully_shard; Trainer / accelerate: fsdp_config={'fsdp_version': 2})"
+
+
+def _fsdp2_class() -> type | None:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch build without torch.distributed
+        return None
+    return FSDPModule
+
+
+def _fsdp1_class() -> type | None:
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+    except ImportError:
+        return None
+    return FullyShardedDataParallel
+
+
+def _is_dtensor(tensor: Any) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:
+        return False
+    return isinstance(tensor, DTensor)
+
+
+def is_fully_sharded(module: Any) -> bool:
+    """Whether ``fully_shard`` (FSDP2) made ``module`` a unit of its own."""
+    cls = _fsdp2_class()
+    return cls is not None and isinstance(module, cls)
+
+
+def unwrapped_class(module: Any) -> type:
+    """``module``'s class before ``fully_shard`` (which swaps it for a subclass ``FSDP<Name>``)."""
+    cls = type(module)
+    fsdp = _fsdp2_class()
+    if fsdp is not None and issubclass(cls, fsdp):
+        bases = [b for b in cls.__bases__ if not issubclass(b, fsdp)]
+        if len(bases) == 1:
+            return bases[0]
+    return cls
+
+
+def sharding_refusal(model: Any, weight: Any) -> str | None:
+    """Why the linear patch cannot train ``model`` whose LM-head weight is ``weight``, or None.
+
+    FSDP2 (``fully_shard``) is accepted, before or after patching; FSDP1, DeepSpeed ZeRO-3 and a
+    ``DTensor`` weight without FSDP2 (tensor parallelism) are not.
+    """
+    fsdp1 = _fsdp1_class()
+    fsdp2 = _fsdp2_class()
+    has_fsdp2 = False
+    for module in model.modules():
+        if fsdp1 is not None and isinstance(module, fsdp1):
+            return f"the model is wrapped in FSDP1 (FullyShardedDataParallel), which the linear patch does not support: {_USE_FSDP2}"
+        has_fsdp2 = has_fsdp2 or (fsdp2 is not None and isinstance(module, fsdp2))
+    if hasattr(weight, "ds_id") or hasattr(weight, "ds_status"):
+        return f"the LM-head weight is partitioned by DeepSpeed ZeRO-3, which the linear patch does not support: {_USE_FSDP2}"
+    if _is_dtensor(weight) and not has_fsdp2:
+        return "the LM-head weight is a DTensor outside FSDP2 (tensor parallelism shards it across ranks)"
+    return None
+
+
+def _whole(weight: Any, head: Any) -> None:
+    if _is_dtensor(weight):
+        raise bad_input(
+            "model", "an LM-head weight gathered whole inside the forward (FSDP2 units gather theirs; DDP, one process)",
+            f"a DTensor with placements {tuple(weight.placements)} inside the forward of {type(head).__name__} (tensor "
+            "parallelism, or FSDP2 over a tensor-parallel mesh, shards it): the fused linear loss needs every vocabulary "
+            "row; use apply_kpod_loss(model, fused_linear=False)",
+        )
+
+
+def through_head(head: torch.nn.Module, hidden: torch.Tensor, loss: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``loss(hidden)`` with ``head``'s parameters whole while it runs.
+
+    When ``head`` is an FSDP2 unit, the call goes through ``head(hidden)`` with the head's
+    ``forward`` replaced by ``loss`` for that one call, so that FSDP2's hooks gather the weight
+    (and again for backward) and reduce-scatter its gradient; ``loss`` receives the hidden states
+    as FSDP2 hands them to the head (cast by its mixed-precision policy). Otherwise ``loss`` runs
+    directly. A weight that is a ``DTensor`` inside the call is refused (:class:`KPODInputError`).
+    """
+    if not is_fully_sharded(head):
+        _whole(head.weight, head)
+        return loss(hidden)
+    had_own = "forward" in head.__dict__
+    saved = head.__dict__.get("forward")
+
+    def restore() -> None:
+        if had_own:
+            head.forward = saved
+        else:
+            head.__dict__.pop("forward", None)
+
+    def forward(h: torch.Tensor) -> torch.Tensor:
+        restore()  # a call of the head inside ``loss`` (or after it) is the head's own forward again
+        _whole(head.weight, head)
+        return loss(h)
+
+    head.forward = forward
+    try:
+        return head(hidden)
+    finally:
+        restore()
+
+
+def trainer_sharding_refusal(trainer: Any) -> str | None:
+    """Why a KPOD trainer cannot train with ``trainer``'s sharding (what Trainer / accelerate set up), or None.
+
+    FSDP2 is supported; FSDP1 and DeepSpeed (every ZeRO stage) are not.
+    """
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        return f"DeepSpeed is enabled (args.deepspeed), which the KPOD trainers do not support: {_USE_FSDP2}, or DDP"
+    if getattr(trainer, "is_fsdp_enabled", False):
+        plugin = getattr(getattr(getattr(trainer, "accelerator", None), "state", None), "fsdp_plugin", None)
+        version = getattr(plugin, "fsdp_version", 1)
+        if version != 2:
+            return f"FSDP version {version} is enabled, which the KPOD trainers do not support: {_USE_FSDP2}"
+    return None
+
+
+def check_trainer_sharding(trainer: Any) -> None:
+    """Raise :class:`KPODInputError` with :func:`trainer_sharding_refusal`'s reason, if any."""
+    why = trainer_sharding_refusal(trainer)
+    if why is not None:
+        raise KPODInputError(f"args: expected DDP, FSDP2 or a single process, got {why}")
