@@ -308,13 +308,13 @@ def _make_linear_loss(patch: _Patch) -> Any:
     from .linear_patch import linear_causal_lm_loss
 
     def kpod_linear_loss(hidden, lm_head_weight, labels, *, bias=None, token_weights=None, loss_start=None,
-                         num_items_in_batch=None, ignore_index=-100):
+                         num_items_in_batch=None, ignore_index=-100, logit_softcap=None):
         """The fused linear keypoint loss from the hidden states (same normalisation as the logits path)."""
         extra = {k: v for k, v in (("token_weights", token_weights), ("loss_start", loss_start)) if v is not None}
         labels, weights, starts = _batch_fields(patch, labels, hidden.device, extra)
         loss = linear_causal_lm_loss(hidden, lm_head_weight, labels, bias=bias, token_weights=weights, loss_start=starts,
                                      num_items_in_batch=num_items_in_batch, ignore_index=ignore_index,
-                                     impl="fused" if patch.fused_linear is True else "auto")
+                                     impl="fused" if patch.fused_linear is True else "auto", logit_softcap=logit_softcap)
         loss = loss.clone()  # see kpod_loss
         patch.ran_loss = loss
         return loss

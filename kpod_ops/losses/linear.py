@@ -114,19 +114,19 @@ class _ScalarLinearLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, weights_in, target, use, active, weights_eff, den, den_is_weight_sum,
-                label_smoothing, chunk_size, check):
+                label_smoothing, chunk_size, check, softcap):
         acc = weights_eff.dtype
         inv = safe_divide(torch.ones((), dtype=acc, device=hidden.device), den)
         row_scale = (weights_eff * inv).contiguous()
         needs = [bool(x) for x in ctx.needs_input_grad[:3]]
         nll, gh, gw, gb = linear_ops.forward_backward(
-            hidden, weight, bias, target, use, row_scale, label_smoothing, chunk_size, check, needs
+            hidden, weight, bias, target, use, row_scale, label_smoothing, chunk_size, check, needs, softcap
         )
         total = torch.where(weights_eff != 0, weights_eff * nll, 0.0).sum()
         loss = safe_divide(total, den)
         ctx.compiled = torch.compiler.is_compiling()
         ctx.meta = (label_smoothing, chunk_size, den_is_weight_sum, hidden.dtype, weight.dtype,
-                    None if bias is None else bias.dtype, None if weights_in is None else weights_in.dtype)
+                    None if bias is None else bias.dtype, None if weights_in is None else weights_in.dtype, softcap)
         if ctx.compiled:
             ctx.save_for_backward(hidden, weight, bias, target, row_scale, nll, use, active, inv, loss, gh, gw, gb)
         else:
@@ -144,7 +144,7 @@ class _ScalarLinearLoss(torch.autograd.Function):
         saved = ctx.saved_tensors
         hidden, weight, bias, target, row_scale, nll, use, active, inv, loss = saved[:10]
         active = use if active is None else active
-        label_smoothing, chunk_size, den_is_weight_sum, h_dtype, w_dtype, b_dtype, ww_dtype = ctx.meta
+        label_smoothing, chunk_size, den_is_weight_sum, h_dtype, w_dtype, b_dtype, ww_dtype, softcap = ctx.meta
         acc = row_scale.dtype
         g = grad_loss.detach().to(acc).reshape(())
         needs = [bool(x) for x in ctx.needs_input_grad[:3]]
@@ -157,7 +157,8 @@ class _ScalarLinearLoss(torch.autograd.Function):
                 x.mul_(g)
         else:
             gh, gw, gb = linear_ops.backward(
-                hidden, weight, bias, target, use, (row_scale * g).contiguous(), label_smoothing, chunk_size, needs
+                hidden, weight, bias, target, use, (row_scale * g).contiguous(), label_smoothing, chunk_size, needs,
+                softcap,
             )
         grad_h = gh.to(h_dtype) if needs[0] else None
         grad_w = gw.to(w_dtype) if needs[1] else None
@@ -168,7 +169,7 @@ class _ScalarLinearLoss(torch.autograd.Function):
             if den_is_weight_sum:
                 term = term - torch.where(active, loss, 0.0)
             grad_weights = (term * inv * g).to(ww_dtype)
-        return grad_h, grad_w, grad_b, grad_weights, None, None, None, None, None, None, None, None, None
+        return grad_h, grad_w, grad_b, grad_weights, None, None, None, None, None, None, None, None, None, None
 
 
 def keypoint_linear_cross_entropy(
@@ -187,6 +188,7 @@ def keypoint_linear_cross_entropy(
     validate: bool = True,
     chunk_size: int | str = "auto",
     impl: str = "auto",
+    logit_softcap: float | None = None,
 ) -> torch.Tensor:
     """Keypoint cross-entropy of ``hidden @ lm_head_weightᵀ (+ bias)`` without building the logits.
 
@@ -212,6 +214,9 @@ def keypoint_linear_cross_entropy(
             reference, which builds the full logits, with a ``RuntimeWarning`` once per process
             that states why), ``"fused"`` (the fused kernel or a ``RuntimeError`` stating why not)
             or ``"reference"``.
+        logit_softcap: ``None``, or ``cap > 0``: the logits are soft-capped first,
+            ``cap·tanh(logits/cap)`` (Gemma 2/3's ``final_logit_softcapping``), inside each chunk
+            with the matching gradient; gradient chunks then hold one more ``[chunk, V]`` buffer.
 
     The row compaction synchronises once per call (``nonzero``); it happens inside the registered
     ops ``torch.ops.kpod_linear.*``, so ``torch.compile(fullgraph=True)`` works (CUDA-graph
@@ -220,6 +225,12 @@ def keypoint_linear_cross_entropy(
     :func:`kpod_ops.fused_status` says why.
     """
     _check_linear(hidden, lm_head_weight, bias, chunk_size)
+    if logit_softcap is not None and (
+        isinstance(logit_softcap, bool) or not isinstance(logit_softcap, (int, float))
+        or not 0 < float(logit_softcap) < float("inf")
+    ):
+        raise bad_input("logit_softcap", "None or a finite number > 0", repr(logit_softcap))
+    softcap = 0.0 if logit_softcap is None else float(logit_softcap)
     V = lm_head_weight.shape[0]
     lead = tuple(hidden.shape[:-1])
     # a stand-in for the logits ([*lead, V], V elements of storage) for the shared argument checks
@@ -229,7 +240,7 @@ def keypoint_linear_cross_entropy(
         return keypoint_linear_cross_entropy_reference(
             hidden, lm_head_weight, labels, token_weights, loss_start, bias, ignore_index=ignore_index,
             reduction=reduction, num_items_in_batch=num_items_in_batch, label_smoothing=label_smoothing,
-            shift=shift, validate=validate,
+            shift=shift, validate=validate, logit_softcap=logit_softcap,
         )
     plan = plan_rows(proxy, labels, token_weights, loss_start, ignore_index, shift)
     H = hidden.shape[-1]
@@ -269,9 +280,9 @@ def keypoint_linear_cross_entropy(
             hidden2, lm_head_weight, bias, weights if weights_need_grad else None, target, use,
             None if use is active else active, weights_eff.contiguous(),
             den.detach() if isinstance(den, torch.Tensor) else den, den_is_weight_sum, float(label_smoothing), chunk,
-            check,
+            check, softcap,
         )
-    nll = linear_ops.nll(hidden2, lm_head_weight, bias, target, use, float(label_smoothing), chunk, check)
+    nll = linear_ops.nll(hidden2, lm_head_weight, bias, target, use, float(label_smoothing), chunk, check, softcap)
     if weights is None:
         contribution = torch.where(use, nll, 0.0)
     else:
@@ -297,9 +308,11 @@ class KeypointLinearCrossEntropy(nn.Module):
         validate: bool = True,
         chunk_size: int | str = "auto",
         impl: str = "auto",
+        logit_softcap: float | None = None,
     ) -> None:
         super().__init__()
         self.impl = impl
+        self.logit_softcap = logit_softcap
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = label_smoothing
@@ -321,10 +334,12 @@ class KeypointLinearCrossEntropy(nn.Module):
             hidden, lm_head_weight, labels, token_weights, loss_start, bias, ignore_index=self.ignore_index,
             reduction=self.reduction, num_items_in_batch=num_items_in_batch, label_smoothing=self.label_smoothing,
             shift=self.shift, validate=self.validate, chunk_size=self.chunk_size, impl=self.impl,
+            logit_softcap=self.logit_softcap,
         )
 
     def extra_repr(self) -> str:
         return (
             f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, "
             f"shift={self.shift}, chunk_size={self.chunk_size!r}, impl={self.impl!r}"
+            + ("" if self.logit_softcap is None else f", logit_softcap={self.logit_softcap}")
         )

@@ -27,6 +27,10 @@ needs) -> (nll, grad_hidden, grad_weight, grad_bias)``
 an active label outside ``[0, V)`` raises :class:`~kpod_ops.errors.KPODInputError` naming the value
 and its label position, in eager mode and under ``torch.compile`` alike. With validation off, such
 a row's loss is NaN (never silently skipped).
+
+``softcap`` (last argument of each op, ``0`` = none) soft-caps each chunk's logits before the
+loss, ``z ← cap·tanh(z/cap)`` (Gemma 2/3's final logit soft-capping), and multiplies the chunk's
+logit gradient by ``1 − tanh²(z/cap)``; gradient chunks then hold one more ``[chunk, V]`` buffer.
 """
 
 from __future__ import annotations
@@ -107,6 +111,15 @@ def _grad_weight_into(acc: torch.Tensor, dz: torch.Tensor, h: torch.Tensor) -> N
         acc.addmm_(dz.t().to(acc.dtype), h.to(acc.dtype))
 
 
+def _softcap_(z: torch.Tensor, cap: float, derivative: bool) -> torch.Tensor | None:
+    """``z ← cap·tanh(z/cap)`` in place (the ops of Gemma's forward, in ``z``'s dtype); returns
+    ``d(new z)/d(old z) = 1 − tanh²(z/cap)`` when ``derivative``."""
+    z.div_(cap).tanh_()
+    deriv = (1 - z * z) if derivative else None
+    z.mul_(cap)
+    return deriv
+
+
 def _run(*args: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`_loop` with autocast off: the ops compute in the dtype they are given (cast first)."""
     hidden = args[0]
@@ -127,6 +140,7 @@ def _loop(
     check: Sequence[int],
     needs: Sequence[bool],
     want_nll: bool,
+    softcap: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Shared loop: nll of the selected rows and, when ``row_scale`` is given, the gradients."""
     N, H = hidden.shape
@@ -148,12 +162,16 @@ def _loop(
         rows = None if idx is None else idx[s:e]
         h = hidden[s:e] if rows is None else hidden.index_select(0, rows)
         z = _logits(h, weight, bias)
+        grad_chunk = scale is not None and s < n_grad
+        deriv = _softcap_(z, softcap, grad_chunk) if softcap else None
         t = _kernel_target(labels[s:e], V)
-        if scale is None or s >= n_grad:
+        if not grad_chunk:
             out, _lse = torch.ops.kpod.kce_forward(z, t, float(label_smoothing))
         else:  # the gradient overwrites the chunk's logits (our own buffer)
             out = torch.ops.kpod.kce_forward_backward_inplace(z, t, scale[s:e].reshape(1, -1).contiguous(), float(label_smoothing))
             dz = z[0]
+            if deriv is not None:  # through the soft-cap: dL/dz = dL/dy · (1 − tanh²)
+                dz.mul_(deriv[0])
             if need_h:
                 gh = (dz @ weight).to(acc)
                 if rows is None:
@@ -170,7 +188,7 @@ def _loop(
             else:
                 nll.index_copy_(0, rows, out[0])
         # free this chunk (dz is a view of it) before the next one is allocated: one chunk alive at a time
-        z = dz = h = out = None
+        z = dz = h = out = deriv = None
     return nll, grad_h, grad_w, grad_b
 
 
@@ -184,12 +202,13 @@ def nll(
     label_smoothing: float,
     chunk_size: int,
     check: Sequence[int],
+    softcap: float = 0.0,
 ) -> torch.Tensor:
-    return _run(hidden, weight, bias, target, use, None, label_smoothing, chunk_size, check, (), True)[0]
+    return _run(hidden, weight, bias, target, use, None, label_smoothing, chunk_size, check, (), True, softcap)[0]
 
 
 @nll.register_fake
-def _nll_fake(hidden, weight, bias, target, use, label_smoothing, chunk_size, check):
+def _nll_fake(hidden, weight, bias, target, use, label_smoothing, chunk_size, check, softcap=0.0):
     return hidden.new_empty(hidden.shape[0], dtype=accumulation_dtype(hidden))
 
 
@@ -205,8 +224,9 @@ def forward_backward(
     chunk_size: int,
     check: Sequence[int],
     needs: Sequence[bool],
+    softcap: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _run(hidden, weight, bias, target, use, row_scale, label_smoothing, chunk_size, check, needs, True)
+    return _run(hidden, weight, bias, target, use, row_scale, label_smoothing, chunk_size, check, needs, True, softcap)
 
 
 def _grad_fakes(hidden, weight, bias, needs):
@@ -221,7 +241,8 @@ def _grad_fakes(hidden, weight, bias, needs):
 
 
 @forward_backward.register_fake
-def _forward_backward_fake(hidden, weight, bias, target, use, row_scale, label_smoothing, chunk_size, check, needs):
+def _forward_backward_fake(hidden, weight, bias, target, use, row_scale, label_smoothing, chunk_size, check, needs,
+                           softcap=0.0):
     return (hidden.new_empty(hidden.shape[0], dtype=accumulation_dtype(hidden)), *_grad_fakes(hidden, weight, bias, needs))
 
 
@@ -236,21 +257,23 @@ def backward(
     label_smoothing: float,
     chunk_size: int,
     needs: Sequence[bool],
+    softcap: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     use = use & (row_scale != 0)
-    return _run(hidden, weight, bias, target, use, row_scale, label_smoothing, chunk_size, (), needs, False)[1:]
+    return _run(hidden, weight, bias, target, use, row_scale, label_smoothing, chunk_size, (), needs, False, softcap)[1:]
 
 
 @backward.register_fake
-def _backward_fake(hidden, weight, bias, target, use, row_scale, label_smoothing, chunk_size, needs):
+def _backward_fake(hidden, weight, bias, target, use, row_scale, label_smoothing, chunk_size, needs, softcap=0.0):
     return _grad_fakes(hidden, weight, bias, needs)
 
 
 def _nll_setup(ctx, inputs, output):
-    hidden, weight, bias, target, use, label_smoothing, chunk_size, _check = inputs
+    hidden, weight, bias, target, use, label_smoothing, chunk_size, _check, *rest = inputs
     ctx.save_for_backward(hidden, weight, bias, target, use)
     ctx.label_smoothing = label_smoothing
     ctx.chunk_size = chunk_size
+    ctx.softcap = float(rest[0]) if rest else 0.0
 
 
 def _nll_backward(ctx, grad_nll):
@@ -262,16 +285,16 @@ def _nll_backward(ctx, grad_nll):
         )
     needs = list(ctx.needs_input_grad[:3])
     if not any(needs):
-        return None, None, None, None, None, None, None, None
+        return None, None, None, None, None, None, None, None, None
     gh, gw, gb = backward(
         hidden, weight, bias, target, use, grad_nll.to(accumulation_dtype(hidden)).contiguous(),
-        ctx.label_smoothing, ctx.chunk_size, needs,
+        ctx.label_smoothing, ctx.chunk_size, needs, ctx.softcap,
     )
     return (
         gh.to(hidden.dtype) if needs[0] else None,
         gw.to(weight.dtype) if needs[1] else None,
         gb.to(bias.dtype) if needs[2] and bias is not None else None,
-        None, None, None, None, None,
+        None, None, None, None, None, None,
     )
 
 

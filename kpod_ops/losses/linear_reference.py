@@ -27,9 +27,13 @@ def keypoint_linear_cross_entropy_reference(
     label_smoothing: float = 0.0,
     shift: bool = False,
     validate: bool = True,
+    logit_softcap: float | None = None,
 ) -> torch.Tensor:
-    """``keypoint_cross_entropy_reference(F.linear(hidden, lm_head_weight, bias), labels, ...)``."""
+    """``keypoint_cross_entropy_reference(F.linear(hidden, lm_head_weight, bias), labels, ...)``, the
+    logits soft-capped first (``cap·tanh(logits/cap)``) when ``logit_softcap`` is given."""
     logits = F.linear(hidden, lm_head_weight, bias)
+    if logit_softcap is not None:
+        logits = torch.tanh(logits / logit_softcap) * logit_softcap
     return keypoint_cross_entropy_reference(
         logits, labels, token_weights, loss_start, ignore_index=ignore_index, reduction=reduction,
         num_items_in_batch=num_items_in_batch, label_smoothing=label_smoothing, shift=shift, validate=validate,

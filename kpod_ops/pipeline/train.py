@@ -194,9 +194,9 @@ def resolve_fused_linear(model: torch.nn.Module, mode: bool | str) -> tuple[bool
     """
     if mode is False:
         return False, "train.fused_linear=false"
-    from ..integrations.linear_patch import supports
+    from ..integrations.linear_patch import supports_plain_head
 
-    ok, why = supports(model)
+    ok, why = supports_plain_head(model)  # the loss comes from hidden_and_head: the LM head's output, untransformed
     if not ok and mode is True:
         raise bad_input("train.fused_linear", "a student the fused linear loss supports (or 'auto' / false)", why)
     return ok, why

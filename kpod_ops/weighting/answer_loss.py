@@ -34,9 +34,9 @@ def fused_linear_support(model: nn.Module, answer_head: nn.Module | None) -> tup
             "decoder output of a tied head); the fused answer loss supports it only with the learner's answer "
             "head (a student vocabulary that differs from the predictor's)"
         )
-    from ..integrations.linear_patch import supports
+    from ..integrations.linear_patch import supports_plain_head
 
-    return supports(model)
+    return supports_plain_head(model)  # the fused loss uses lm_head alone: no family logit scaling / soft-capping
 
 
 def resolve_fused_linear(mode: bool | str, model: nn.Module, answer_head: nn.Module | None) -> tuple[bool, str]:
