@@ -168,6 +168,106 @@ def test_k3_inactive_rows_exactly_zero(impl, device):
     assert x.grad[0, :2].eq(0).all() and x.grad[1, 3].eq(0).all()
 
 
+def _poison(z: torch.Tensor, label: int, kind: str) -> None:
+    """Non-finite logits in one row: all NaN, one +inf (ℓ = NaN), or the target at −inf (ℓ = +inf)."""
+    if kind == "nan":
+        z.fill_(float("nan"))
+    elif kind == "inf":
+        z[(label + 1) % z.numel()] = float("inf")
+    else:
+        z[label] = float("-inf")
+
+
+def _loss_and_grads(loss_fn, tensors, reduction):
+    leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
+    out = loss_fn(*leaves)
+    if out.dim():  # per-position losses: a distinct upstream gradient for each
+        out.backward(torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype, device=out.device).reshape(out.shape))
+    else:
+        out.backward()
+    return out.detach(), [x.grad for x in leaves]
+
+
+ZERO_WEIGHT_CASES = pytest.mark.parametrize("kind", ["nan", "inf", "target_neg_inf"])
+
+
+@devices
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean", "weighted_mean"])
+@ZERO_WEIGHT_CASES
+def test_zero_weight_rows_contribute_zero_to_every_gradient_whatever_their_logits(device, impl, reduction, kind):
+    """An active ω = 0 row with inf/NaN logits: 0 to the loss and to every gradient, ω's included.
+
+    Every output equals the run where that row holds finite logits, except the row's own weight
+    gradient: ℓ there (the exact derivative, so weights at 0 still learn), 0 for the non-finite row.
+    """
+    logits, labels, weights, start = _problem(V=21, device=device)
+    weights[1, 3] = 0.0
+    weights[0, 4] = 0.0  # a finite ω = 0 row: its weight keeps the exact gradient ℓ
+    poisoned = logits.clone()
+    _poison(poisoned[1, 3], int(labels[1, 3]), kind)
+
+    def loss(x, w):
+        return keypoint_cross_entropy(x, labels, w, start, reduction=reduction, impl=impl)
+
+    clean_out, (clean_gx, clean_gw) = _loss_and_grads(loss, (logits, weights), reduction)
+    out, (gx, gw) = _loss_and_grads(loss, (poisoned, weights), reduction)
+    assert torch.isfinite(out).all() and torch.isfinite(gx).all() and torch.isfinite(gw).all()
+    torch.testing.assert_close(out, clean_out, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(gx, clean_gx, rtol=1e-6, atol=1e-7)
+    assert torch.count_nonzero(gx[1, 3]) == 0
+    # the row's weight: ℓ·(1/den) for a finite ℓ (as linearity requires), nothing from a non-finite one;
+    # weighted_mean adds −L/Σω to every active weight (the divisor's term, which no logit enters)
+    T = labels.shape[1]
+    active = (labels != -100) & (torch.arange(T, device=device) >= start[:, None])
+    divisor_term = -out / weights[active].sum() if reduction == "weighted_mean" else torch.zeros(())
+    torch.testing.assert_close(gw[1, 3], divisor_term.to(gw), rtol=1e-6, atol=1e-7)
+    assert clean_gw[1, 3] != gw[1, 3]
+    keep = torch.ones_like(gw, dtype=torch.bool)
+    keep[1, 3] = False
+    torch.testing.assert_close(gw[keep], clean_gw[keep], rtol=1e-6, atol=1e-7)
+    assert gw[0, 4] != 0
+
+
+@devices
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("reduction", ["none", "sum", "weighted_mean"])
+@ZERO_WEIGHT_CASES
+def test_zero_weight_rows_of_the_linear_loss_contribute_zero_to_every_gradient(device, impl, reduction, kind):
+    """The same contract for keypoint_linear_cross_entropy: hidden, LM head, bias and weight gradients."""
+    g = torch.Generator().manual_seed(3)
+    B, T, H, V = 2, 6, 8, 21
+    hidden = torch.randn(B, T, H, generator=g).to(device)
+    head = (0.5 * torch.randn(V, H, generator=g)).to(device)
+    bias = (0.1 * torch.randn(V, generator=g)).to(device)
+    labels = torch.randint(0, V, (B, T), generator=g).to(device)
+    weights = (torch.rand(B, T, generator=g) + 0.1).to(device)
+    weights[1, 3] = 0.0
+    weights[0, 4] = 0.0
+    poisoned = hidden.clone()
+    if kind == "nan":
+        poisoned[1, 3] = float("nan")
+    else:  # an inf hidden state: ±inf and NaN logits in that row
+        poisoned[1, 3, 0] = float("inf") if kind == "inf" else float("-inf")
+
+    def loss(h, w_head, b, w):
+        return kpod_ops.keypoint_linear_cross_entropy(h, w_head, labels, w, bias=b, reduction=reduction, impl=impl)
+
+    clean_out, clean = _loss_and_grads(loss, (hidden, head, bias, weights), reduction)
+    out, grads = _loss_and_grads(loss, (poisoned, head, bias, weights), reduction)
+    assert torch.isfinite(out).all() and all(torch.isfinite(x).all() for x in grads)
+    torch.testing.assert_close(out, clean_out, rtol=1e-5, atol=1e-6)
+    for name, got, want in zip(("hidden", "lm_head_weight", "bias"), grads[:3], clean[:3]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+    gw, clean_gw = grads[3], clean[3]
+    divisor_term = -out / weights.sum() if reduction == "weighted_mean" else torch.zeros(())  # every row is active
+    torch.testing.assert_close(gw[1, 3], divisor_term.to(gw), rtol=1e-5, atol=1e-6)
+    assert clean_gw[1, 3] != gw[1, 3] and gw[0, 4] != 0
+    keep = torch.ones_like(gw, dtype=torch.bool)
+    keep[1, 3] = False
+    torch.testing.assert_close(gw[keep], clean_gw[keep], rtol=1e-5, atol=1e-6)
+
+
 @settings(max_examples=20, deadline=None)
 @given(st.floats(-3, 3), st.floats(-3, 3), st.integers(0, 1000))
 def test_k4_linear_in_weights(a, b, seed):

@@ -70,7 +70,10 @@ class ScalarLoss(torch.autograd.Function):
         # the loss value is saved as a copy: callers scale the returned loss in place (Trainer's
         # ``loss *= num_processes``), which must not invalidate the graph
         value = loss.detach().clone() if state.den_is_weight_sum else None
-        ctx.save_for_backward(nll, buffer if state.mode == BUFFER else None, lse, target, row_scale, read, active, value)
+        # ℓ reaches d/dω on rows that count, and on ω = 0 rows where it is finite (a non-finite ℓ at
+        # ω = 0 has no derivative: 0, as the row's every other contribution)
+        grad_rows = read & (nonzero | torch.isfinite(nll)) if weights_in is not None else read
+        ctx.save_for_backward(nll, buffer if state.mode == BUFFER else None, lse, target, row_scale, grad_rows, active, value)
         ctx.logits_shape = logits.shape
         ctx.weights_dtype = None if weights_in is None else weights_in.dtype
         return loss
@@ -108,7 +111,8 @@ class ScalarLoss(torch.autograd.Function):
                     grad, ctx.buffer = buffer, None
             grad_logits = grad.view(ctx.logits_shape)
         if ctx.needs_input_grad[1]:
-            # d/dω of Σ ω·ℓ·inv is ℓ·inv on every read row (ω = 0 included); weighted_mean adds −L/Σω
+            # d/dω of Σ ω·ℓ·inv is ℓ·inv on every read row (ω = 0 included where ℓ is finite);
+            # weighted_mean adds −L/Σω
             term = torch.where(read, nll, 0.0)
             if state.den_is_weight_sum:
                 term = term - torch.where(active, value, 0.0)

@@ -66,7 +66,9 @@ def _fused(
     # the registered op: loss (and lse) now, the gradient in backward with the upstream gradient known
     # (the path under torch.compile, for reduction="none" and for fp16 logits)
     nll, _lse = torch.ops.kpod.kce_forward(logits3, target, eps)
-    contribution = torch.where(nonzero, nll if weights is None else weights * nll, 0.0)
+    # ℓ masked before the product too: where()'s zero gradient times a NaN ℓ would be NaN in d/dω
+    nll_counted = torch.where(nonzero, nll, 0.0)
+    contribution = torch.where(nonzero, nll_counted if weights is None else weights * nll_counted, 0.0)
     if weights_need_grad:
         contribution = contribution + zero_weight_rows(weights, nll, read & ~nonzero)
     if reduction == "none":

@@ -81,7 +81,8 @@ def _check_linear(hidden: object, weight: object, bias: object, chunk_size: obje
 
 
 class _WeightedContribution(torch.autograd.Function):
-    """``c = ω·ℓ`` on rows where it counts, exactly 0 elsewhere, with ``∂c/∂ω = ℓ`` on every used row.
+    """``c = ω·ℓ`` on rows where it counts, exactly 0 elsewhere, with ``∂c/∂ω = ℓ`` on every used row
+    (0 on an ω = 0 row whose ``ℓ`` is not finite: ``ω·ℓ`` has no derivative there).
 
     ``torch.where(ω != 0, ω·ℓ, 0)`` would give ``∂c/∂ω = 0`` at ``ω = 0``; the exact derivative
     of the sum is ``ℓ`` there, and the value must stay 0 even for a non-finite ``ℓ``.
@@ -96,7 +97,9 @@ class _WeightedContribution(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         weights, nll, use, nonzero = ctx.saved_tensors
-        grad_w = torch.where(use, grad * nll, 0.0) if ctx.needs_input_grad[0] else None
+        # ℓ on every used row, but 0 on an ω = 0 row whose ℓ is not finite (no derivative there)
+        grad_rows = use & (nonzero | torch.isfinite(nll))
+        grad_w = torch.where(grad_rows, grad * nll, 0.0) if ctx.needs_input_grad[0] else None
         grad_nll = torch.where(nonzero, grad * weights, 0.0) if ctx.needs_input_grad[1] else None
         return grad_w, grad_nll, None
 
@@ -165,7 +168,8 @@ class _ScalarLinearLoss(torch.autograd.Function):
         grad_b = gb.to(b_dtype) if needs[2] and bias is not None else None
         grad_weights = None
         if ctx.needs_input_grad[3]:
-            term = torch.where(use, nll, 0.0)
+            # ℓ on used rows; 0 on an ω = 0 row (row_scale 0) whose ℓ is not finite
+            term = torch.where(use & ((row_scale != 0) | torch.isfinite(nll)), nll, 0.0)
             if den_is_weight_sum:
                 term = term - torch.where(active, loss, 0.0)
             grad_weights = (term * inv * g).to(ww_dtype)

@@ -65,7 +65,7 @@ def keypoint_cross_entropy_reference(
     live = live_rows(active, den)  # no row counts when the divisor is 0
     use = live & (w != 0)  # rows whose loss counts; all others are masked out before the softmax
     weights_need_grad = token_weights is not None and token_weights.requires_grad and torch.is_grad_enabled()
-    read = live if weights_need_grad else use  # ω = 0 rows still give the weights a gradient (ℓ)
+    read = live if weights_need_grad else use  # ω = 0 rows still give the weights a gradient (ℓ, where finite)
     bad = read & ((y < 0) | (y >= V))  # only without validation: a NaN row, whatever the label
 
     def row_losses(rows: torch.Tensor) -> torch.Tensor:
