@@ -6,6 +6,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from .gumbel import anneal_tau
 
 _EVAL_SEED_OFFSET = 7919
 _PROBE_SIZE = 32
+_WEIGHTS_GROUP, _PREDICTOR_GROUP = 0, 1  # the optimiser's parameter groups (see _param_groups)
 
 
 @torch.no_grad()
@@ -55,8 +57,10 @@ def _param_groups(learner) -> list[dict]:
     c = learner.config
     mask = [p for n, p in learner.named_parameters() if p.requires_grad and not n.startswith("predictor.")]
     pred = [p for n, p in learner.named_parameters() if p.requires_grad and n.startswith("predictor.")]
-    pred_lr = c.predictor_learning_rate  # 0.0 means "do not train the predictor"
-    return [{"params": mask, "lr": c.lr}, {"params": pred, "lr": pred_lr}]
+    groups = [{}, {}]
+    groups[_WEIGHTS_GROUP] = {"params": mask, "lr": c.lr}
+    groups[_PREDICTOR_GROUP] = {"params": pred, "lr": c.predictor_learning_rate}  # 0.0: the predictor is not trained
+    return groups
 
 
 @torch.no_grad()
@@ -146,6 +150,133 @@ def _save(path: Path, learner, epoch: int, history: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+@dataclass
+class _WarmUp:
+    """The predictor's warm-up: only the predictor learns until it reads the rationale (``reading_gain`` on two probes
+    in a row, checked four times an epoch) or ``steps`` are spent; ``end`` is the step it ended at (None: still on)."""
+
+    steps: int
+    probe: MaskBatch | None
+    probe_every: int
+    threshold: float | None
+    end: int | None = None
+    reads: int = 0  # consecutive probes on which the predictor read the rationale
+
+    def __post_init__(self) -> None:
+        if self.steps <= 0:
+            self.end = 0
+
+    def warming(self, learner, step: int) -> bool:
+        """Whether step ``step`` still belongs to the warm-up (probing the predictor when due)."""
+        if self.end is None and self.probe is not None and step and step % self.probe_every == 0:
+            self.reads = self.reads + 1 if reading_gain(learner, self.probe) >= self.threshold else 0
+        if self.end is None and (step >= self.steps or self.reads >= 2):
+            self.end = step
+        return self.end is None
+
+
+@dataclass
+class _Selection:
+    """The best epoch after the warm-up on the validation ``key`` (its parameters kept), and early stopping."""
+
+    key: str
+    patience: int | None
+    best: float = math.inf
+    state: dict | None = None
+    stale: int = 0  # epochs since the last improvement
+
+    def improved(self, learner, scored: dict[str, float]) -> bool:
+        """Record this epoch's score; True when it is the best so far."""
+        if scored[self.key] < self.best - 1e-9:
+            self.best, self.state, self.stale = scored[self.key], learner.trainable_state(), 0
+            return True
+        self.stale += 1
+        return False
+
+    def stop(self) -> bool:
+        return self.patience is not None and self.stale >= self.patience
+
+
+@dataclass
+class _Loop:
+    """What every step of a fit shares: the random streams, the optimiser, the step count and the warm-up."""
+
+    rng: np.random.Generator
+    gen: torch.Generator
+    opt: torch.optim.Optimizer
+    steps_per_epoch: int
+    total_steps: int
+    warmup: _WarmUp
+    step: int = 0
+    tau: float = 0.0
+
+
+def _set_learning_rates(opt: torch.optim.Optimizer, config, warming: bool) -> None:
+    """The warm-up trains the predictor alone; then the weights learn, against a fixed predictor unless trained jointly."""
+    opt.param_groups[_WEIGHTS_GROUP]["lr"] = 0.0 if warming else config.lr
+    if not warming and not config.joint_predictor:
+        opt.param_groups[_PREDICTOR_GROUP]["lr"] = 0.0
+
+
+def _step(learner, loop: _Loop, batch: MaskBatch) -> dict[str, torch.Tensor]:
+    """One optimiser step on ``batch``; returns the objective's terms."""
+    c = learner.config
+    loop.tau = anneal_tau(c.tau, c.tau_final, loop.step / max(loop.total_steps - 1, 1))
+    warming = loop.warmup.warming(learner, loop.step)
+    _set_learning_rates(loop.opt, c, warming)
+    cap = False if warming else None  # the warm-up trains the predictor on every prefix as it is
+    out = learner.objective(batch, tau=loop.tau, rng=loop.rng, generator=loop.gen, cap_at_blank=cap,
+                            full_only=warming and c.warmup_rows == "full")
+    loop.opt.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    if c.grad_clip:
+        torch.nn.utils.clip_grad_norm_([p for g in loop.opt.param_groups for p in g["params"]], c.grad_clip)
+    loop.opt.step()
+    loop.step += 1
+    return out
+
+
+def _epoch(learner, loop: _Loop, train: Sequence[TokenizedExample], epoch: int, tqdm, progress: bool) -> dict[str, float]:
+    """One pass over ``train`` in a fresh order; the mean of each objective term over its steps."""
+    c = learner.config
+    order = loop.rng.permutation(len(train))
+    bar = tqdm(range(loop.steps_per_epoch), desc=f"mask learner epoch {epoch}/{c.epochs}", disable=None if progress else True,
+               leave=False)  # disable=None: only on a terminal
+    run = {"loss": 0.0, "answer_loss": 0.0, "mask_loss": 0.0, "kept": 0.0}
+    for s in bar:
+        out = _step(learner, loop, make_batch([train[i] for i in order[s * c.batch_size : (s + 1) * c.batch_size]], learner.device))
+        for k in run:
+            run[k] += float(out[k].detach()) / loop.steps_per_epoch
+        bar.set_postfix(loss=f"{float(out['loss'].detach()):.3f}", kept=f"{float(out['kept'].detach()):.2f}", tau=f"{loop.tau:.2f}")
+    bar.close()
+    return run
+
+
+def _start(learner, train: Sequence[TokenizedExample], scored_on: Sequence[TokenizedExample]) -> _Loop:
+    """Seeded random streams, the optimiser and the warm-up of a fit (deterministic given ``config.seed``)."""
+    c = learner.config
+    torch.manual_seed(c.seed)
+    rng = np.random.default_rng(c.seed)
+    gen = torch.Generator().manual_seed(c.seed)
+    opt = torch.optim.AdamW(_param_groups(learner), weight_decay=c.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / c.batch_size)
+    total_steps = steps_per_epoch * c.epochs
+    probe = _probe(scored_on, learner.device) if c.reading_gain is not None else None
+    warmup = _WarmUp(math.ceil(c.predictor_warmup * total_steps), probe, max(1, steps_per_epoch // 4), c.reading_gain)
+    return _Loop(rng, gen, opt, steps_per_epoch, total_steps, warmup)
+
+
+def _usable(train: Sequence[TokenizedExample], val: Sequence[TokenizedExample] | None) -> list[TokenizedExample]:
+    """The training examples with a rationale (both sets checked first)."""
+    check_examples(train, "train", need_answer=True)
+    if val is not None:
+        check_examples(val, "val", need_answer=True)
+    usable = [ex for ex in train if ex.rationale_len > 0]
+    if not usable:
+        raise bad_input("train", "at least one example with a non-empty rationale", "none")
+    return usable
+
+
 def fit(
     learner,
     train: Sequence[TokenizedExample],
@@ -165,89 +296,37 @@ def fit(
     best epoch (``best.pt``). Deterministic given ``config.seed`` (CPU).
     """
     tqdm = require("tqdm.auto", extra="weighting", feature="MaskLearner.fit").tqdm
-
     c = learner.config
-    check_examples(train, "train", need_answer=True)
-    if val is not None:
-        check_examples(val, "val", need_answer=True)
-    train = [ex for ex in train if ex.rationale_len > 0]
-    if not train:
-        raise bad_input("train", "at least one example with a non-empty rationale", "none")
+    train = _usable(train, val)
+    scored_on = val if val is not None else train
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt is not None:
         ckpt.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(c.seed)
-    rng = np.random.default_rng(c.seed)
-    gen = torch.Generator().manual_seed(c.seed)
-    opt = torch.optim.AdamW(_param_groups(learner), weight_decay=c.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / c.batch_size)
-    total_steps = steps_per_epoch * c.epochs
-    warmup_steps = math.ceil(c.predictor_warmup * total_steps)
-    probe = _probe(val if val is not None else train, learner.device) if c.reading_gain is not None else None
-    probe_every = max(1, steps_per_epoch // 4)
-    warm_end: int | None = None if warmup_steps > 0 else 0
-    reads = 0  # consecutive probes on which the predictor read the rationale
+    loop = _start(learner, train, scored_on)
+    selection = _Selection("objective" if c.monitor == "objective" else "answer_loss", c.patience)
     history: list[dict] = []
-    best, best_state, stale, step = math.inf, None, 0, 0
-    monitor_key = "objective" if c.monitor == "objective" else "answer_loss"
     learner.train()
     for epoch in range(1, c.epochs + 1):
-        order = rng.permutation(len(train))
-        bar = tqdm(range(steps_per_epoch), desc=f"mask learner epoch {epoch}/{c.epochs}", disable=None if progress else True, leave=False)  # None: only on a terminal
-        run = {"loss": 0.0, "answer_loss": 0.0, "mask_loss": 0.0, "kept": 0.0}
-        for s in bar:
-            batch = make_batch([train[i] for i in order[s * c.batch_size : (s + 1) * c.batch_size]], learner.device)
-            tau = anneal_tau(c.tau, c.tau_final, step / max(total_steps - 1, 1))
-            if warm_end is None and probe is not None and step and step % probe_every == 0:
-                reads = reads + 1 if reading_gain(learner, probe) >= c.reading_gain else 0
-            if warm_end is None and (step >= warmup_steps or reads >= 2):
-                warm_end = step  # the predictor reads the rationale (two probes in a row), or the budget is spent
-            warming = warm_end is None
-            opt.param_groups[0]["lr"] = 0.0 if warming else c.lr  # warm-up: the predictor learns alone
-            if not warming and not c.joint_predictor:
-                opt.param_groups[1]["lr"] = 0.0  # then the weights learn against a fixed reader
-            cap = False if warming else None  # the warm-up trains the predictor on every prefix as it is
-            out = learner.objective(batch, tau=tau, rng=rng, generator=gen, cap_at_blank=cap,
-                                    full_only=warming and c.warmup_rows == "full")
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            if c.grad_clip:
-                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], c.grad_clip)
-            opt.step()
-            step += 1
-            for k in run:
-                run[k] += float(out[k].detach()) / steps_per_epoch
-            bar.set_postfix(
-                loss=f"{float(out['loss'].detach()):.3f}", kept=f"{float(out['kept'].detach()):.2f}", tau=f"{tau:.2f}"
-            )
-        bar.close()
-        scored = evaluate(learner, val if val is not None else train)
-        record = {
-            "epoch": epoch,
-            "tau": tau,
-            "warmup_end_step": warm_end,
-            **{f"train_{k}": v for k, v in run.items()},
-            **{f"val_{k}": v for k, v in scored.items()},
-        }
+        run = _epoch(learner, loop, train, epoch, tqdm, progress)
+        scored = evaluate(learner, scored_on)
+        record = {"epoch": epoch, "tau": loop.tau, "warmup_end_step": loop.warmup.end, **{f"train_{k}": v for k, v in run.items()},
+                  **{f"val_{k}": v for k, v in scored.items()}}
         history.append(record)
         if callback is not None:
             callback(record)
         if ckpt is not None:
             _save(ckpt / f"epoch{epoch}.pt", learner, epoch, history)
-        if warm_end is None:
+        if loop.warmup.end is None:
             continue  # the weights have not started learning: nothing to select or stop on yet
-        if scored[monitor_key] < best - 1e-9:
-            best, best_state, stale = scored[monitor_key], learner.trainable_state(), 0
+        if selection.improved(learner, scored):
             if ckpt is not None:
                 _save(ckpt / "best.pt", learner, epoch, history)
-        else:
-            stale += 1
-            if c.patience is not None and stale >= c.patience:
-                break
-    if best_state is not None:
-        learner.load_trainable_state(best_state)
+        elif selection.stop():
+            break
+    if selection.state is not None:
+        learner.load_trainable_state(selection.state)
     learner.eval()
-    _warn_if_degenerate(learner, val if val is not None else train, history)
+    _warn_if_degenerate(learner, scored_on, history)
     return history
 
 
