@@ -59,7 +59,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--precision", choices=("fp32", "bf16"), help="training/evaluation precision (default: the preset's, fp32)")
         p.add_argument("--allow-degenerate", action="store_true", help="train with degenerate token weights instead of stopping (recorded in the report)")
         p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is much faster on a busy machine)")
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--quiet", action="store_true", help="no progress bars (there are none when stderr is not a terminal)")
+        p.add_argument("--filter-wrong-answers", action="store_true",
+                       help="with --data: leave out the examples whose rationale reaches another answer than their answer field "
+                            "(counted and reported either way)")
 
     d = sub.add_parser("distill", help="run every stage: data, warm-up, weights, curriculum, training, evaluation, report",
                        formatter_class=fmt, description="Distil a student with KPOD (or an ablation) and evaluate it on the held-out test split. "
@@ -129,6 +132,8 @@ def _config(args: argparse.Namespace) -> DistillConfig:
         flags["precision"] = args.precision
     if args.allow_degenerate:
         flags["allow_degenerate"] = True
+    if args.filter_wrong_answers:
+        flags.setdefault("data", {})["filter_wrong_answers"] = True
     return merge(config, flags, where="the command line")
 
 
@@ -180,10 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        if getattr(args, "quiet", False):
-            from transformers.utils import logging as hf_logging
+        from .progress import bars_wanted, silence_library_bars
 
-            hf_logging.disable_progress_bar()
+        if not bars_wanted(getattr(args, "quiet", False)):  # to a log file: no bar frames, transformers' included
+            silence_library_bars()
         if args.command == "eval":
             return _eval(args)
         from .commands import NAMES, command

@@ -121,6 +121,9 @@ def _run_seed(config: DistillConfig, methods: Sequence[str], seed: int, out: Pat
         run = out / f"seed{seed}" / method
         cfg = _run_config(config, method, seed)
         if log:  # a worker process: the run's messages go to its log file
+            from ..progress import silence_library_bars
+
+            silence_library_bars()  # no transformers bars from side-by-side workers either
             run.parent.mkdir(parents=True, exist_ok=True)
             with (run.parent / f"{method}.log").open("a", encoding="utf-8") as f:
                 accs[method] = distill(cfg, run, shared=out / f"seed{seed}" / "shared", progress=False,

@@ -36,7 +36,7 @@ from ..weighting import keypoint_ranking, load_token_weights, save_token_weights
 from . import distributed
 from .config import DistillConfig, method_settings, resolve_method, stage_hash
 from .curriculum import build_schedule, cluster, schedule_from_json, schedule_to_json, score_difficulties
-from .data import make_splits, read_splits, write_splits
+from .data import describe_data, make_splits, read_splits, write_splits
 from .evaluate import EvalResult, evaluate
 from .report import machine, plot_accuracy, plot_loss, versions, write_report
 from .store import Stage, read_json, write_json
@@ -128,6 +128,7 @@ class _Prepared:
     schedule: Any
     hashes: tuple[str, str, str, str]  # data, warm-up, weights, schedule
     timings: dict[str, dict] = field(default_factory=dict)
+    data_info: dict[str, Any] | None = None  # describe_data: disagreeing answers, out-of-vocabulary words
 
 
 def _silent(message: str) -> None:
@@ -195,9 +196,10 @@ def _prepare(config: DistillConfig, method: dict[str, Any], splits, out: Path, s
     if rec is None:
         data_stage.start()
         write_splits(splits, data_stage.dir)
-        rec = data_stage.finish(**splits.counts())
+        rec = data_stage.finish(**splits.counts(), read=splits.read)
     else:
         splits = read_splits(data_stage.dir)
+        splits.read = rec.get("read")
         rec = {**rec, "reused": True}
     note(rec)
     say(f"[data] {config.data.source}: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test")
@@ -210,6 +212,7 @@ def _prepare(config: DistillConfig, method: dict[str, Any], splits, out: Path, s
     student.to(_device())
     note(rec)
     h_data, h_warm = data_stage.hash, rec["hash"]
+    data_info = describe_data(splits, tok, config.to_dict(), say)
     d = config.data
     tokenized = tokenize_examples(splits.train, tok, step_rule=d.step_rule, max_length=d.max_length, on_too_long="skip")
     skipped = len(splits.train) - len(tokenized)
@@ -308,7 +311,7 @@ def _prepare(config: DistillConfig, method: dict[str, Any], splits, out: Path, s
         loss_weights = weights_for_loss(weights, config.weights.floor, renormalize=config.weights.renormalize,
                                        allow_degenerate=config.allow_degenerate)
     return _Prepared(splits, student, tok, tokenized, skipped, before, weights_info, loss_weights, schedule,
-                     (h_data, h_warm, h_weights, h_schedule), timings)
+                     (h_data, h_warm, h_weights, h_schedule), timings, data_info)
 
 
 def _train_stage(config: DistillConfig, method: dict[str, Any], prep: _Prepared, out: Path, progress: bool,
@@ -380,7 +383,7 @@ def _evaluate_and_report(config: DistillConfig, method: dict[str, Any], prep: _P
         "accuracy_before": before["accuracy"], "val_accuracy": val_accuracy, "n_val": len(splits.val), "n_train": len(prep.tokenized), "n_train_skipped_too_long": prep.skipped,
         "optimizer_steps": len(history), "normaliser": tr.normaliser, "processes": distributed.world_size(),
         "method_settings": {**method, "normalisation": normalisation, "beta": beta},
-        "weights": prep.weights_info, "timings": timings, "total_seconds": round(time.perf_counter() - t_start, 2),
+        "data": prep.data_info, "weights": prep.weights_info, "timings": timings, "total_seconds": round(time.perf_counter() - t_start, 2),
         "config": config.to_dict(), "versions": versions(), "machine": machine(),
     }
     write_report(out, report, plots)
