@@ -45,6 +45,24 @@ from .inputs import accumulation_dtype
 OPS_REGISTERED = hasattr(torch.ops, "kpod") and hasattr(torch.ops.kpod, "kce_forward_backward_inplace")
 
 
+def _torch_at_least(major: int, minor: int) -> bool:
+    return tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (major, minor)
+
+
+# How a bf16/fp16 chunk's weight gradient reaches the fp32 accumulator on CUDA (same values, one
+# rounding of each product to fp32 in every case; they differ in memory):
+#   torch >= 2.10  addmm(acc, dzᵀ, h, out_dtype=fp32, out=acc): the GEMM adds into the accumulator
+#                  itself (2.8 and 2.9 refuse an fp32 `self` with bf16/fp16 factors)
+#   torch 2.8-2.9  mm(dzᵀ, h, out_dtype=fp32) into one [V, H] fp32 scratch buffer, then added
+#   older          no mixed-precision GEMM: the chunk's factors are cast to fp32 first (as on the CPU)
+if _torch_at_least(2, 10):
+    _CUDA_WEIGHT_GRAD = "addmm_out"
+elif _torch_at_least(2, 8):
+    _CUDA_WEIGHT_GRAD = "mm_scratch"
+else:
+    _CUDA_WEIGHT_GRAD = "fp32_cast"
+
+
 def _selected_rows(use: torch.Tensor, row_scale: torch.Tensor | None) -> tuple[torch.Tensor | None, int, int]:
     """``(idx, n_grad, n)``: the ``n`` selected rows, those with a non-zero ``row_scale`` first.
 
@@ -101,13 +119,21 @@ def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     return z.unsqueeze(0)  # [1, C, V], contiguous: the kernels' layout
 
 
-def _grad_weight_into(acc: torch.Tensor, dz: torch.Tensor, h: torch.Tensor) -> None:
-    """``acc += dzᵀ @ h`` accumulated in ``acc``'s dtype (fp32 for fp32/bf16/fp16 inputs)."""
+def _grad_weight_into(acc: torch.Tensor, dz: torch.Tensor, h: torch.Tensor, scratch: list[torch.Tensor]) -> None:
+    """``acc += dzᵀ @ h`` accumulated in ``acc``'s dtype (fp32 for fp32/bf16/fp16 inputs).
+
+    No ``[V, H]`` tensor is allocated per chunk: the product goes into ``acc`` itself, or (torch
+    2.8-2.9 on CUDA) into one scratch buffer kept in ``scratch`` for the whole call.
+    """
     if dz.dtype == acc.dtype:
         acc.addmm_(dz.t(), h)
-    elif dz.is_cuda:
-        acc.add_(torch.mm(dz.t(), h, out_dtype=acc.dtype))
-    else:  # CPU has no mixed-precision mm: multiply in the accumulation dtype
+    elif dz.is_cuda and _CUDA_WEIGHT_GRAD == "addmm_out":
+        torch.addmm(acc, dz.t(), h, out_dtype=acc.dtype, out=acc)
+    elif dz.is_cuda and _CUDA_WEIGHT_GRAD == "mm_scratch":
+        if not scratch:
+            scratch.append(torch.empty_like(acc))
+        acc.add_(torch.mm(dz.t(), h, out_dtype=acc.dtype, out=scratch[0]))
+    else:  # CPU (and CUDA before torch 2.8) has no mixed-precision mm: multiply in the accumulation dtype
         acc.addmm_(dz.t().to(acc.dtype), h.to(acc.dtype))
 
 
@@ -152,6 +178,7 @@ def _loop(
     grad_h = torch.zeros((N, H) if need_h else (0,), dtype=acc, device=hidden.device)
     grad_w = torch.zeros((V, H) if need_w else (0,), dtype=acc, device=hidden.device)
     grad_b = torch.zeros(V if need_b else 0, dtype=acc, device=hidden.device)
+    scratch: list[torch.Tensor] = []  # the weight gradient's scratch buffer, where one is needed (_grad_weight_into)
     idx, n_grad, n = _selected_rows(use, row_scale)
     labels = target if idx is None else target.index_select(0, idx)
     _check_labels(labels, idx, V, check)
@@ -179,7 +206,7 @@ def _loop(
                 else:
                     grad_h.index_copy_(0, rows, gh)
             if need_w:
-                _grad_weight_into(grad_w, dz, h)
+                _grad_weight_into(grad_w, dz, h, scratch)
             if need_b:
                 grad_b.add_(dz.sum(0, dtype=acc))
         if want_nll:
