@@ -397,3 +397,19 @@ def test_invariant_labels_are_defined_in_docs_method():
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             for used in label.findall(line):
                 assert used in defined, f"{path.relative_to(ROOT)}:{number}: invariant {used} is not defined in docs/method.md"
+
+
+def test_the_sdist_ships_every_source_the_extension_may_build():
+    """setup.py lists only the sources this machine compiles; MANIFEST.in must name the rest (the headers,
+    the CUDA sources on a CPU machine) or an sdist cannot build elsewhere."""
+    import fnmatch
+
+    patterns = []
+    for line in (ROOT / "MANIFEST.in").read_text().splitlines():
+        words = line.split("#")[0].split()
+        if words[:2] == ["recursive-include", "csrc"]:
+            patterns += words[2:]
+    sources = [p for p in (ROOT / "csrc").rglob("*") if p.is_file()]
+    assert sources and any(p.suffix == ".h" for p in sources)
+    missing = [str(p.relative_to(ROOT)) for p in sources if not any(fnmatch.fnmatch(p.name, pat) for pat in patterns)]
+    assert not missing, f"MANIFEST.in leaves out {missing}"
