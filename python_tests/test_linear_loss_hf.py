@@ -80,10 +80,12 @@ def test_training_curve_matches_unpatched_model():
     curves = []
     for m in (model, ref):
         m.train()
-        opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+        # SGD, not Adam: Adam turns last-bit gradient differences into visible update differences, which would
+        # make the comparison depend on the CPU
+        opt = torch.optim.SGD(m.parameters(), lr=0.2)
         losses = []
         for step in range(12):
-            ids, labels, weights, starts = _batch(step)
+            ids, labels, weights, starts = _batch(step % 2)  # two batches in turn: the loss on each falls
             if m is model:
                 loss = m(input_ids=ids, labels=labels, token_weights=weights, loss_start=starts).loss
             else:
@@ -93,8 +95,10 @@ def test_training_curve_matches_unpatched_model():
             opt.zero_grad()
             losses.append(loss.item())
         curves.append(losses)
-    assert curves[0][-1] < curves[0][0]  # it learns
-    torch.testing.assert_close(torch.tensor(curves[0]), torch.tensor(curves[1]), rtol=1e-3, atol=1e-4)
+    assert curves[0][-2] < 0.9 * curves[0][0] and curves[0][-1] < 0.9 * curves[0][1]  # it learns
+    # float32 losses of models whose parameters went through the same 12 steps: differences of a few EPS per step
+    eps = torch.finfo(torch.float32).eps
+    torch.testing.assert_close(torch.tensor(curves[0]), torch.tensor(curves[1]), rtol=1024 * eps, atol=0.0)
 
 
 def test_peft_wrapped_model_is_patched_through_the_wrapper():
