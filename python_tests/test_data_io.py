@@ -6,6 +6,8 @@ import json
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kpod_ops.data import (
     CoTExample,
@@ -307,3 +309,25 @@ def test_records_refuse_other_objects():
         to_record({"id": "a"})
     with pytest.raises(KPODInputError, match="example: expected a TokenizedExample, got list"):
         validate_tokenized([1, 2])
+
+
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="#\r\n\x85\u2028\u2029"), min_size=1, max_size=30)
+
+
+@settings(deadline=None)
+@given(records=st.lists(st.tuples(_TEXT.filter(str.strip), _TEXT.filter(str.strip), st.integers(-10**6, 10**6)),
+                        min_size=1, max_size=6, unique_by=lambda r: (r[0], r[1])),
+       crlf=st.booleans())
+def test_records_without_id_or_answer_read_the_same_in_any_order(tmp_path_factory, records, crlf):
+    """A GSM8K-style record (question, rationale ending in '#### n', nothing else): the answer is n, the
+    rationale loses its ending, and the id depends on the content only, whatever the order and line ends."""
+    lines = [json.dumps({"question": q, "rationale": f"{r}\n#### {n:,}"}) for q, r, n in records]
+    end = "\r\n" if crlf else "\n"
+    folder = tmp_path_factory.mktemp("gsm")
+    forward, backward = folder / "f.jsonl", folder / "b.jsonl"
+    forward.write_bytes((end.join(lines) + end).encode())
+    backward.write_bytes((end.join(reversed(lines)) + end).encode())
+    got = read_jsonl(forward)
+    assert [(e.answer, e.id) for e in got] == [(str(n), generated_id(q, f"{r}\n#### {n:,}")) for q, r, n in records]
+    assert [e.rationale for e in got] == [r.rstrip() for _, r, _ in records] and not got.disagreements
+    assert sorted(read_jsonl(backward), key=lambda e: e.id) == sorted(got, key=lambda e: e.id)
