@@ -303,3 +303,15 @@ def test_teach_reads_questions_as_users_have_them(tmp_path):
     path.write_text(json.dumps({"question": "Q?", "answer": "#### none"}) + "\n")
     with pytest.raises(KPODInputError, match=r"q.jsonl:1: field 'answer': expected a number after its answer marker"):
         read_questions(path)
+
+
+def test_teach_says_how_its_output_fares_with_the_builtin_tokenizer():
+    from kpod_ops.commands.teach import builtin_vocabulary
+    from kpod_ops.data import CoTExample
+
+    assert builtin_vocabulary([]) == (None, None)
+    known, advice = builtin_vocabulary(load_builtin("arith-cot", n=5, seed=1))
+    assert known["n_oov_words"] == 0 and advice is None
+    names = [CoTExample(f"q{i}", f"{n} has 4 apples.", f"{n} eats 1, so 4 - 1 = 3.", "3") for i, n in enumerate(NAMES)]
+    figures, advice = builtin_vocabulary(names)
+    assert {w for w, _ in figures["top"]} == {*NAMES, "eats"} and "--student DIR" in advice

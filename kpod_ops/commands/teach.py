@@ -176,6 +176,18 @@ def judge(questions: Sequence[Question], generations: Sequence[str], finished: S
     return result
 
 
+def builtin_vocabulary(kept: Sequence[CoTExample]) -> tuple[dict[str, Any] | None, str | None]:
+    """How the kept examples fare with the built-in student's tokenizer (what ``kpod distill --data OUT``
+    with the quick preset meets): ``vocabulary_report``'s figures and the warning above the threshold."""
+    if not kept:
+        return None, None
+    from ..data.vocabulary import oov_advice, vocabulary_report
+    from ..models import tiny_tokenizer
+
+    report = vocabulary_report(list(kept), tiny_tokenizer())
+    return report.to_dict(), oov_advice(report)
+
+
 def add_parser(sub: argparse._SubParsersAction, formatter_class: type) -> argparse.ArgumentParser:
     p = sub.add_parser("teach", help="a local causal LM writes zero-shot CoT rationales; wrong answers filtered; JSONL out",
                        formatter_class=formatter_class, description=__doc__.split("\n\n")[1].replace("\n", " ").replace("``", ""))
@@ -252,9 +264,13 @@ def run(args: argparse.Namespace) -> int:
     summary = {**result.summary(), "model": args.model, "data": str(args.data),
                "decoding": {"sample": args.sample, "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed}
                if args.sample else {"sample": False}, "max_new_tokens": args.max_new_tokens}
+    vocabulary, advice = builtin_vocabulary(result.kept)
+    summary["builtin_tokenizer_vocabulary"] = vocabulary
     write_json(out.with_suffix(".summary.json"), summary)
     s = result.summary()
     print(f"asked {s['n_asked']}, kept {s['n_kept']}, filtered {s['n_filtered']} {s['filtered_by_reason']}; "
           f"teacher accuracy {100 * s['teacher_accuracy']:.1f} % ({s['n_correct']}/{s['n_asked']})")
     print(f"wrote {out} (and {out.with_suffix('.summary.json').name}, {rejected.name})", file=sys.stderr)
+    if advice:
+        print(f"kpod teach: warning: for kpod distill --data {out} with the built-in student: {advice}", file=sys.stderr)
     return 0
