@@ -312,7 +312,7 @@ def test_packed_batches_are_refused():
     trl = pytest.importorskip("trl")
     from kpod_ops.integrations.sft import KPODSFTTrainer
 
-    with pytest.raises(KPODInputError, match="packing=False"):
+    with pytest.raises(KPODInputError, match=r"args\.packing: expected False"):
         KPODSFTTrainer(model, trl.SFTConfig("unused", packing=True, use_cpu=True, report_to=[]),
                        KPODCollator(tok), train_dataset=[to_record(te) for te in tokenized])
 

@@ -320,3 +320,31 @@ def test_answer_accuracy_takes_the_gold_answer_from_the_example_string():
         "answer_accuracy": 1.0, "answered": 1.0}
     with pytest.raises(KPODInputError, match="gold answer"):
         answer_accuracy(AlwaysTwo(), WordTokenizer(), tokenized)
+
+
+def test_plain_trainer_evaluation_with_scheduled_given_steps(tmp_path):
+    """A plain Trainer evaluates with its training collator: held-out ids are a clear error, or get the full
+    rationale (c = 0) with held_out="full"; scheduled ids get the current stage's steps."""
+    tok, tokenized, weights = tiny_data(8)
+    held_out = [te.__class__(**{**te.__dict__, "id": f"held-{te.id}"}) for te in tiny_data(4, seed=7)[1]]
+    schedule = tiny_schedule(tokenized, n_epochs=2)
+    ones = {te.id: np.ones(te.rationale_len, dtype=np.float32) for te in held_out}
+
+    def trainer(source):
+        args = train_args(tmp_path, per_device_train_batch_size=4, per_device_eval_batch_size=4, num_train_epochs=2,
+                          eval_strategy="epoch")
+        return Trainer(model=apply_kpod_loss(tiny_llama(tok)), args=args, train_dataset=tokenized,
+                       eval_dataset=held_out, data_collator=KPODCollator(tok, {**weights, **ones}, source),
+                       callbacks=[KPODCallback(schedule, source)])
+
+    with pytest.raises(KPODInputError, match="held_out='full'"):
+        trainer(ScheduledGivenSteps(schedule)).train()
+    source = ScheduledGivenSteps(schedule, held_out="full")
+    run = trainer(source)
+    run.train()
+    assert len([h for h in run.state.log_history if "eval_loss" in h]) == 2
+    batch = next(iter(run.get_eval_dataloader()))
+    torch.testing.assert_close(batch["loss_start"], KPODCollator(tok)(held_out)["loss_start"])  # c = 0
+    assert [source(te.id) for te in tokenized] == [schedule.given_steps(2)[te.id] for te in tokenized]
+    with pytest.raises(KPODInputError, match="held_out"):
+        ScheduledGivenSteps(schedule, held_out="zero")

@@ -35,7 +35,6 @@ patched model without any KPOD field warns once.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import inspect
 import math
@@ -55,7 +54,7 @@ from ..data.collator import KPODCollator, _KPODCollatorBase
 from ..data.guard import guard, is_guarded, unguard
 from ..data.records import RECORD_KEYS
 from ..errors import KPODInputError, bad_input
-from ..losses import keypoint_cross_entropy
+from ..losses import keypoint_cross_entropy, keypoint_linear_cross_entropy
 from .linear_patch import _unwrap
 from .stage import ScheduledGivenSteps
 
@@ -73,9 +72,13 @@ __all__ = ["KPODCallback", "KPODTrainer", "apply_kpod_loss", "is_patched", "reve
 class _Patch:
     """What :func:`apply_kpod_loss` changed on one model, and the batch fields of the running forward."""
 
-    def __init__(self, base: Any, impl: str, fused_linear: bool | str) -> None:
+    def __init__(self, base: Any, impl: str, fused_linear: bool | str, label_smoothing: float = 0.0) -> None:
         self.impl = impl
         self.fused_linear = fused_linear
+        self.label_smoothing = label_smoothing
+        # a list while a trainer wants the token statistics of the running loss (KPODSFTTrainer's entropy and
+        # mean_token_accuracy): the loss appends (entropy sum, correct, active) computed without gradient
+        self.metrics: list | None = None
         self.saved = {name: base.__dict__[name] for name in ("forward", "_loss_function", "accepts_loss_kwargs")
                       if name in base.__dict__}
         self.backbone = getattr(base, getattr(base, "base_model_prefix", ""), None)
@@ -304,17 +307,49 @@ def _batch_fields(patch: _Patch, labels: Any, device: torch.device, kwargs: Mapp
     return labels, weights, starts
 
 
-def _make_linear_loss(patch: _Patch) -> Any:
-    from .linear_patch import linear_causal_lm_loss
+@torch._dynamo.disable
+@torch.no_grad()
+def _token_statistics(states: torch.Tensor, labels: torch.Tensor, starts: Any, ignore_index: int,
+                      weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                      softcap: float | None = None, chunk: int = 1024) -> tuple[float, float, float]:
+    """``[Σ entropy, correct top-1, active]`` over the active positions (the ones the KPOD loss counts), from the
+    logits (``weight`` None) or from the hidden states and the LM head's weight (soft-capped as the loss is), in
+    chunks of rows (no ``[N, V]`` tensor beyond one chunk)."""
+    positions = torch.arange(labels.shape[-1], device=labels.device)
+    active = (labels != ignore_index) & (positions >= 1)
+    if starts is not None:
+        active &= positions >= starts.reshape(-1, 1)
+    rows = states[:, :-1][active[:, 1:]]
+    targets = labels[:, 1:][active[:, 1:]]
+    entropy = correct = 0.0
+    for at in range(0, rows.shape[0], chunk):
+        z = rows[at:at + chunk]
+        if weight is not None:
+            z = torch.nn.functional.linear(z, weight, bias)
+            if softcap is not None:
+                z = softcap * torch.tanh(z / softcap)
+        logp = torch.log_softmax(z.float(), dim=-1)
+        entropy += float(-(logp.exp() * logp).sum())
+        correct += float((logp.argmax(dim=-1) == targets[at:at + chunk]).sum())
+    return entropy, correct, float(rows.shape[0])
 
+
+def _make_linear_loss(patch: _Patch) -> Any:
     def kpod_linear_loss(hidden, lm_head_weight, labels, *, bias=None, token_weights=None, loss_start=None,
                          num_items_in_batch=None, ignore_index=-100, logit_softcap=None):
         """The fused linear keypoint loss from the hidden states (same normalisation as the logits path)."""
         extra = {k: v for k, v in (("token_weights", token_weights), ("loss_start", loss_start)) if v is not None}
         labels, weights, starts = _batch_fields(patch, labels, hidden.device, extra)
-        loss = linear_causal_lm_loss(hidden, lm_head_weight, labels, bias=bias, token_weights=weights, loss_start=starts,
-                                     num_items_in_batch=num_items_in_batch, ignore_index=ignore_index,
-                                     impl="fused" if patch.fused_linear is True else "auto", logit_softcap=logit_softcap)
+        if isinstance(num_items_in_batch, torch.Tensor):
+            num_items_in_batch = num_items_in_batch.to(hidden.device)
+        loss = keypoint_linear_cross_entropy(
+            hidden, lm_head_weight, labels, weights, starts, bias, ignore_index=ignore_index, reduction="mean",
+            num_items_in_batch=num_items_in_batch, label_smoothing=patch.label_smoothing, shift=True,
+            impl="fused" if patch.fused_linear is True else "auto", logit_softcap=logit_softcap,
+        )
+        if patch.metrics is not None:
+            patch.metrics.append(_token_statistics(hidden, labels, starts, ignore_index, lm_head_weight, bias,
+                                                    logit_softcap))
         loss = loss.clone()  # see kpod_loss
         patch.ran_loss = loss
         return loss
@@ -334,8 +369,10 @@ def _make_loss(patch: _Patch) -> Any:
         labels, weights, starts = _batch_fields(patch, labels, logits.device, kwargs)
         loss = keypoint_cross_entropy(
             logits, labels, weights, starts, ignore_index=ignore_index, reduction="mean",
-            num_items_in_batch=num_items_in_batch, shift=True, impl=patch.impl,
+            num_items_in_batch=num_items_in_batch, label_smoothing=patch.label_smoothing, shift=True, impl=patch.impl,
         )
+        if patch.metrics is not None:
+            patch.metrics.append(_token_statistics(logits, labels, starts, ignore_index))
         # Trainer rescales the returned loss in place (``loss *= num_processes``): hand it a fresh tensor so
         # that the loss op's own saved output stays intact for backward
         loss = loss.clone()
@@ -350,7 +387,8 @@ def is_patched(model: Any) -> bool:
     return isinstance(getattr(_unwrap(model), "_kpod_patch", None), _Patch)
 
 
-def apply_kpod_loss(model: Any, *, fused_linear: bool | str = "auto", impl: str = "auto") -> Any:
+def apply_kpod_loss(model: Any, *, fused_linear: bool | str = "auto", impl: str = "auto",
+                    label_smoothing: float = 0.0) -> Any:
     """Replace ``model``'s training loss by the fused keypoint loss; returns ``model``.
 
     The patched forward accepts ``token_weights``, ``loss_start`` (and ignores ``step_ids``) from a
@@ -385,9 +423,19 @@ def apply_kpod_loss(model: Any, *, fused_linear: bool | str = "auto", impl: str 
     compiled extension) is an error, where ``"auto"`` falls back to the reference with a warning.
     A model whose class overrides the family's ``forward`` is not patched for the linear loss
     (``"auto"`` warns and keeps its forward). Undo with :func:`revert_kpod_loss`. Applying twice is a no-op.
+
+    ``label_smoothing`` ε: each active token's loss is ``lse(z) − (1−ε)·z_y − (ε/V)·Σ_v z_v``, computed
+    by the fused kernels (logits and linear paths), the same as Trainer's ``label_smoothing_factor``
+    (``LabelSmoother``); the KPOD trainers pass their ``args.label_smoothing_factor`` here. A plain
+    ``Trainer`` with ``label_smoothing_factor > 0`` applies its own smoother instead, which a KPOD
+    batch refuses: set it to 0 and pass ``label_smoothing`` here.
     """
     if fused_linear not in FUSED_LINEAR:
         raise bad_input("fused_linear", f"one of {FUSED_LINEAR}", repr(fused_linear))
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
+            or not 0.0 <= float(label_smoothing) < 1.0:
+        raise bad_input("label_smoothing", "a float in [0, 1)", repr(label_smoothing))
+    label_smoothing = float(label_smoothing)
     base = _unwrap(model)
     if not isinstance(base, torch.nn.Module) or not hasattr(type(base), "loss_function"):
         raise bad_input("model", "a Hugging Face PreTrainedModel (optionally PEFT / DDP wrapped)", type(base).__name__)
@@ -397,13 +445,13 @@ def apply_kpod_loss(model: Any, *, fused_linear: bool | str = "auto", impl: str 
                         type(base).__name__)
     existing = getattr(base, "_kpod_patch", None)
     if isinstance(existing, _Patch):
-        if existing.fused_linear != fused_linear or existing.impl != impl:
+        if existing.fused_linear != fused_linear or existing.impl != impl or existing.label_smoothing != label_smoothing:
             raise KPODInputError(
-                f"model: already patched with fused_linear={existing.fused_linear!r}, impl={existing.impl!r}; "
-                "call revert_kpod_loss(model) first to change them"
+                f"model: already patched with fused_linear={existing.fused_linear!r}, impl={existing.impl!r}, "
+                f"label_smoothing={existing.label_smoothing}; call revert_kpod_loss(model) first to change them"
             )
         return model
-    patch = _Patch(base, impl, fused_linear)
+    patch = _Patch(base, impl, fused_linear, label_smoothing)
     if fused_linear is not False:
         _apply_fused_linear(model, patch, fused_linear)
     named = inspect.signature(base.forward).parameters.values()
@@ -514,9 +562,15 @@ class KPODCallback(TrainerCallback):
                 f"{type(collate_fn).__name__}: the schedule would never reach the batches"
             )
         if collator.given_steps is None:
-            # the training DataLoader's workers start after on_train_begin and copy this value; workers
-            # of other loaders (evaluation) may already hold the collator, which the public setter refuses
-            collator._given_steps = self.given_steps
+            # the training DataLoader's workers start after on_train_begin and copy this value
+            try:
+                collator.given_steps = self.given_steps
+            except KPODInputError:
+                raise KPODInputError(
+                    "KPODCallback: expected to give the training collator its ScheduledGivenSteps before any data-loader "
+                    "worker copied it, got a collator already used by workers (an evaluation before training with "
+                    "dataloader_num_workers > 0): build the collator with given_steps=callback.given_steps"
+                ) from None
         elif collator.given_steps is not self.given_steps:
             raise KPODInputError(
                 f"KPODCallback: expected the collator's given_steps to be None (the callback drives it), got "
@@ -547,10 +601,12 @@ class _EvaluationCollator:
     for examples it has none for (held-out ids)."""
 
     def __init__(self, collator: _KPODCollatorBase) -> None:
-        inner = copy.copy(collator)
-        inner._in_workers = torch.zeros(1, dtype=torch.int64).share_memory_()  # its own copy: no workers yet
-        inner.given_steps = None
-        self.data_collator = inner
+        options = {k: getattr(collator, k) for k in ("pad_token_id", "pad_to_multiple_of", "label_pad_token_id",
+                                                       "padding_side")}
+        if hasattr(collator, "encoder_eos"):
+            options["encoder_eos"] = collator.encoder_eos
+        # a collator of its own (built like the training one, without steps): no state shared with the training one
+        self.data_collator = type(collator)(collator.tokenizer, None, None, **options)
         self.token_weights = collator.token_weights
 
     def __call__(self, features: Any) -> dict[str, torch.Tensor]:
@@ -563,18 +619,33 @@ class _EvaluationCollator:
                 ex = as_tokenized(feature)
                 table[ex.id] = source[ex.id] if ex.id in source else np.ones(ex.rationale_len, dtype=np.float32)
             self.data_collator.token_weights = table
+        else:
+            self.data_collator.token_weights = source
         return self.data_collator(features)
 
 
 # ---------------------------------------------------------------------------------------------- trainer
 def _load_schedule(schedule: Any) -> ProgressiveSchedule | None:
+    """A schedule, or one read from a file: the JSON ``kpod distill`` writes (``schedule/schedule.json``) or a
+    ``torch.save``-d ``state_dict()`` (read with ``weights_only=True``: tensors and plain Python only, no pickle)."""
     if schedule is None or isinstance(schedule, ProgressiveSchedule):
         return schedule
     if isinstance(schedule, (str, os.PathLike)):
         path = Path(schedule)
         if not path.is_file():
             raise bad_input("schedule", "a ProgressiveSchedule or the path of its saved state_dict", f"missing file {path}")
-        return ProgressiveSchedule.from_state_dict(torch.load(path, weights_only=False))
+        if path.suffix == ".json":
+            import json
+
+            from ..pipeline.curriculum import schedule_from_json
+
+            return schedule_from_json(json.loads(path.read_text(encoding="utf-8")))
+        try:
+            state = torch.load(path, weights_only=True, map_location="cpu")
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+            raise bad_input("schedule", "a schedule.json or a torch.save-d ProgressiveSchedule.state_dict() (tensors "
+                            "and plain Python, loaded with weights_only=True)", f"{path}: {exc}") from None
+        return ProgressiveSchedule.from_state_dict(state)
     raise bad_input("schedule", "a ProgressiveSchedule, the path of its saved state_dict, or None", type(schedule).__name__)
 
 
@@ -589,25 +660,64 @@ def _load_weights(token_weights: Any, train_dataset: Any, tokenizer: Any) -> Any
     return token_weights
 
 
+def _named_arguments(init: Any, trainer: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The arguments of a Trainer constructor call by name (``inspect.Signature.bind``: no position is assumed)."""
+    try:
+        bound = inspect.signature(init).bind(trainer, *args, **kwargs)
+    except TypeError as exc:
+        raise bad_input("arguments", f"those of {init.__qualname__}", str(exc)) from None
+    named = dict(bound.arguments)
+    named.pop("self", None)
+    for name, param in inspect.signature(init).parameters.items():
+        if param.kind == inspect.Parameter.VAR_KEYWORD and name in named:
+            named.update(named.pop(name))
+    return named
+
+
+def _completion_tokens(inputs: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(active tokens, rationale-and-answer tokens) of a KPOD batch, or None without the fields to count them."""
+    labels, starts, steps = inputs.get("labels"), inputs.get("loss_start"), inputs.get("step_ids")
+    mask = inputs.get("attention_mask")
+    if not all(isinstance(t, torch.Tensor) for t in (labels, starts, steps, mask)) or steps.dim() != 2:
+        return None
+    plain = unguard(labels)
+    positions = torch.arange(plain.shape[-1], device=plain.device)
+    active = ((plain != -100) & (positions >= 1) & (positions >= starts.to(plain.device).reshape(-1, 1))).sum()
+    first = (steps >= 0).to(torch.int8).argmax(dim=1)  # each row's first rationale token (every example has steps)
+    completion = (mask.to(plain.device).bool() & (positions >= first.to(plain.device).reshape(-1, 1))).sum()
+    return active, completion
+
+
 class _KPODTrainerMixin:
-    """What KPODTrainer adds to a Trainer class (shared with the TRL counterpart)."""
+    """What KPODTrainer adds to a Trainer class (shared with the TRL counterpart).
+
+    Trainer internals it overrides, because no public hook does the job (``test_trl.py`` fails when
+    their signatures change): ``_get_num_items_in_batch`` (the per-sequence count over every
+    accumulation micro-batch and process) and ``_set_signature_columns_if_needed`` (keeps the KPOD
+    record columns under ``remove_unused_columns=True``). Everything else goes through public
+    methods (``compute_loss``, ``get_eval_dataloader``, ``get_test_dataloader``, ``log``).
+    """
 
     kpod_normaliser: str = "sequence"
 
-    def _kpod_setup(self, model: Any, data_collator: Any, processing_class: Any, normaliser: str, token_weights: Any,
-                    schedule: Any, fused_linear: bool | str, callbacks: list | None,
-                    train_dataset: Any = None) -> tuple[Any, list]:
+    def _kpod_setup(self, *, model: Any, args: Any, data_collator: Any, processing_class: Any, normaliser: str,
+                    token_weights: Any, schedule: Any, fused_linear: bool | str, callbacks: list | None,
+                    train_dataset: Any = None, pad_to_multiple_of: int | None = None) -> tuple[Any, list]:
         if normaliser not in NORMALISERS:
             raise bad_input("normaliser", f"one of {NORMALISERS}", repr(normaliser))
         if model is None:
             raise bad_input("model", "a Hugging Face causal LM (optionally PEFT-wrapped)", None)
         self.kpod_normaliser = normaliser
+        self._kpod_tokens = {"train": [0, 0], "eval": [0, 0]}
+        smoothing = float(getattr(args, "label_smoothing_factor", 0.0) or 0.0)
         if is_patched(model):
-            if _unwrap(model)._kpod_patch.fused_linear != fused_linear:
-                raise bad_input("fused_linear", f"{_unwrap(model)._kpod_patch.fused_linear!r} (the model's patch)",
-                                repr(fused_linear))
+            patch = _unwrap(model)._kpod_patch
+            if patch.fused_linear != fused_linear:
+                raise bad_input("fused_linear", f"{patch.fused_linear!r} (the model's patch)", repr(fused_linear))
+            if patch.label_smoothing != smoothing:
+                raise bad_input("args.label_smoothing_factor", f"{patch.label_smoothing} (the model's patch)", smoothing)
         else:
-            apply_kpod_loss(model, fused_linear=fused_linear)
+            apply_kpod_loss(model, fused_linear=fused_linear, label_smoothing=smoothing)
         schedule = _load_schedule(schedule)
         token_weights = _load_weights(token_weights, train_dataset, processing_class)
         callbacks = list(callbacks or [])
@@ -619,7 +729,7 @@ class _KPODTrainerMixin:
             if processing_class is None:
                 raise bad_input("processing_class", "the tokenizer (or pass data_collator=KPODCollator(...))", None)
             given = kpod_callbacks[0].given_steps if kpod_callbacks else None
-            data_collator = KPODCollator(processing_class, token_weights, given)
+            data_collator = KPODCollator(processing_class, token_weights, given, pad_to_multiple_of=pad_to_multiple_of)
         elif token_weights is not None:
             raise bad_input("token_weights", "None when data_collator is given (give the weights to the collator)",
                             type(token_weights).__name__)
@@ -637,15 +747,16 @@ class _KPODTrainerMixin:
         if self.args.world_size > 1 and not self.args.average_tokens_across_devices:
             raise bad_input("args.average_tokens_across_devices",
                             "True (KPOD normalises by the global batch across processes)", False)
+        # the KPOD loss applies args.label_smoothing_factor itself (fused); Trainer's smoother would take the labels
+        self.label_smoother = None
 
-    def _prepare_inputs(self, inputs: Any) -> Any:
-        """Trainer's input preparation; under ``torch_compile`` the labels are also unguarded here, eagerly, so
-        that no wrapper the compiled graph starts at (PEFT, accelerate) traces them — the model is patched,
-        so its loss is the KPOD loss."""
-        inputs = super()._prepare_inputs(inputs)
+    def _kpod_inputs(self, inputs: Any) -> Any:
+        """The batch the model sees: labels before ``loss_start`` masked (the loss, the token count and
+        ``compute_metrics`` agree on what counts) and, under ``torch_compile``, unguarded here, eagerly, so that no
+        wrapper the compiled graph starts at (PEFT, accelerate) traces them — the model is patched, so its loss is
+        the KPOD loss."""
         if isinstance(inputs, Mapping) and isinstance(inputs.get("labels"), torch.Tensor) \
                 and isinstance(inputs.get("loss_start"), torch.Tensor) and inputs["labels"].dim() == 2:
-            # positions before loss_start never count: the loss, the token count and compute_metrics agree on it
             inputs = {**inputs, "labels": _mask_before_start(inputs["labels"], inputs["loss_start"])}
         if self.args.torch_compile and isinstance(inputs, Mapping) and is_guarded(inputs.get("labels")):
             missing = [k for k in ("token_weights", "loss_start") if inputs.get(k) is None]
@@ -656,6 +767,42 @@ class _KPODTrainerMixin:
                 )
             inputs = {**inputs, "labels": unguard(inputs["labels"])}
         return inputs
+
+    def _kpod_record(self, inputs: Mapping[str, Any]) -> None:
+        """Count the active and the rationale-and-answer tokens of this batch for ``kpod_active_share``."""
+        counts = _completion_tokens(inputs)
+        if counts is None:
+            return
+        tally = self._kpod_tokens["train" if self.model.training else "eval"]
+        tally[0] += int(counts[0])
+        tally[1] += int(counts[1])
+
+    def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        """Trainer's loss (the patched model's KPOD loss) on the batch of :meth:`_kpod_inputs`; counts the tokens
+        behind ``kpod_active_share``."""
+        inputs = self._kpod_inputs(inputs)
+        self._kpod_record(inputs)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Trainer's log plus KPOD's: ``kpod_stage`` (the curriculum stage the batches were built at, with a
+        schedule) and ``kpod_active_share`` (active tokens ÷ rationale-and-answer tokens of the batches since the
+        last log: the part of each completion the truncation leaves in the loss); ``eval_`` prefixed in evaluation."""
+        mode = "train" if self.model.training else "eval"
+        prefix = "" if mode == "train" else "eval_"
+        active, completion = self._kpod_tokens[mode]
+        if self.args.world_size > 1:  # every process logs at the same steps
+            both = torch.tensor([[active, completion]], dtype=torch.int64, device=self.args.device)
+            active, completion = (int(v) for v in self.accelerator.gather(both).sum(dim=0))
+        if completion:
+            logs[f"{prefix}kpod_active_share"] = active / completion
+        self._kpod_tokens[mode] = [0, 0]
+        if mode == "train":
+            callback = next((c for c in self.callback_handler.callbacks if isinstance(c, KPODCallback)), None)
+            if callback is not None:
+                logs["kpod_stage"] = callback.given_steps.stage
+        super().log(logs, start_time)
 
     def _kpod_evaluation_collator(self) -> Any:
         collator = self.data_collator
@@ -715,9 +862,12 @@ class KPODTrainer(_KPODTrainerMixin, Trainer):
         normaliser: ``"sequence"`` (default): ``Σ ω·ℓ ÷`` sequences in the global batch (all
             accumulation micro-batches, all processes) — the paper's per-sequence sum, whose per-token
             scale does not change as the curriculum exposes more steps; ``"token"``: ``÷`` active tokens.
+            At the same learning rate a per-sequence update is (active tokens per sequence) times a
+            token-mean one: learning rates from Hugging Face recipes carry over with ``"token"`` only.
         token_weights: the mask learner's weights (a file from ``save_token_weights`` or a mapping
             id → weights); used when ``data_collator`` is None to build a ``KPODCollator``.
-        schedule: a ``ProgressiveSchedule`` (or its saved state_dict path); adds a :class:`KPODCallback`.
+        schedule: a ``ProgressiveSchedule`` (or the path of ``kpod distill``'s ``schedule.json`` or of a
+            ``torch.save``-d ``state_dict()``); adds a :class:`KPODCallback`.
         fused_linear: passed to :func:`apply_kpod_loss`.
         answer_accuracy: ``evaluate()`` also generates an answer for every evaluation example from
             its prompt tokens and reports ``eval_answer_accuracy`` (see
@@ -727,6 +877,8 @@ class KPODTrainer(_KPODTrainerMixin, Trainer):
         eval_answers: the gold answer string of each evaluation example, by id (for
             ``TokenizedExample`` items, which carry no answer string).
 
+    ``args.label_smoothing_factor`` is applied by the fused KPOD loss (not by Trainer's smoother).
+    Logs ``kpod_active_share`` and, with a schedule, ``kpod_stage`` next to Trainer's metrics.
     Evaluation (and ``predict``) batches give no steps: every example's full rationale
     (``c = 0``), so held-out examples need no schedule and the evaluation loss is comparable across
     curriculum stages; examples the collator has no token weights for get weight 1.
@@ -739,12 +891,13 @@ class KPODTrainer(_KPODTrainerMixin, Trainer):
                  normaliser: str = "sequence", token_weights: Any = None, schedule: Any = None,
                  fused_linear: bool | str = "auto", answer_accuracy: bool = False, max_new_tokens: int = 128,
                  eval_answers: Mapping[str, str] | None = None, **kwargs: Any) -> None:
-        processing_class = kwargs.get("processing_class", rest[2] if len(rest) > 2 else None)
-        if answer_accuracy and processing_class is None:
+        named = _named_arguments(Trainer.__init__, self, (model, args, data_collator, *rest), kwargs)
+        if answer_accuracy and named.get("processing_class") is None:
             raise bad_input("processing_class", "the tokenizer when answer_accuracy=True (it decodes the answers)", None)
-        data_collator, kwargs["callbacks"] = self._kpod_setup(
-            model, data_collator, processing_class, normaliser, token_weights, schedule, fused_linear,
-            kwargs.get("callbacks"), kwargs.get("train_dataset", rest[0] if rest else None),
+        named["data_collator"], named["callbacks"] = self._kpod_setup(
+            model=model, args=args, data_collator=data_collator, processing_class=named.get("processing_class"),
+            normaliser=normaliser, token_weights=token_weights, schedule=schedule, fused_linear=fused_linear,
+            callbacks=named.get("callbacks"), train_dataset=named.get("train_dataset"),
         )
         if eval_answers is not None and not isinstance(eval_answers, Mapping):
             raise bad_input("eval_answers", "a mapping example id -> gold answer string, or None",
@@ -752,7 +905,7 @@ class KPODTrainer(_KPODTrainerMixin, Trainer):
         self.kpod_eval_answers = eval_answers
         self.kpod_answer_accuracy = bool(answer_accuracy)
         self.kpod_max_new_tokens = max_new_tokens
-        super().__init__(model, args, data_collator, *rest, **kwargs)
+        super().__init__(**named)
         self._kpod_check_args()
 
     def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,

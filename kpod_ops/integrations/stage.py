@@ -28,11 +28,19 @@ class ScheduledGivenSteps:
 
     Pass it as ``KPODCollator(..., given_steps=ScheduledGivenSteps(schedule))`` and move the stage
     with :meth:`set_stage` (``KPODCallback`` does this every epoch).
+
+    ``held_out``: what an id the schedule does not hold gets — ``"error"`` (default: a clear error;
+    a plain ``Trainer`` evaluates with its training collator, so held-out evaluation examples reach
+    this object) or ``"full"`` (``c = 0``, the full rationale, as ``KPODTrainer``'s evaluation batches
+    give every example). Scheduled ids always get the current stage's ``c_i``, in evaluation too.
     """
 
-    def __init__(self, schedule: ProgressiveSchedule, stage: int = 1) -> None:
+    def __init__(self, schedule: ProgressiveSchedule, stage: int = 1, *, held_out: str = "error") -> None:
         if not isinstance(schedule, ProgressiveSchedule):
             raise bad_input("schedule", "a kpod_ops.curriculum.ProgressiveSchedule", type(schedule).__name__)
+        if held_out not in ("error", "full"):
+            raise bad_input("held_out", "'error' or 'full'", repr(held_out))
+        self.held_out = held_out
         self.schedule = schedule
         self._stage = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._cached: tuple[int, np.ndarray] | None = None
@@ -67,7 +75,17 @@ class ScheduledGivenSteps:
 
     def __call__(self, question_id: Hashable) -> int:
         stage = self.stage
-        index = self.schedule.index_of(question_id)
+        try:
+            index = self.schedule.index_of(question_id)
+        except KPODInputError:
+            if self.held_out == "full":
+                return 0
+            raise KPODInputError(
+                f"ScheduledGivenSteps: expected an id of the schedule's questions, got {question_id!r}: held-out "
+                "examples (an eval_dataset) have no schedule. Evaluate with KPODTrainer (its evaluation batches give "
+                "c = 0 to every example), or build ScheduledGivenSteps(schedule, held_out='full') so that ids outside "
+                "the schedule get c = 0"
+            ) from None
         if self._multi_epoch and not int(self._driven[0]):
             if int(self._served[index]):
                 raise KPODInputError(
