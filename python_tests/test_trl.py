@@ -260,3 +260,56 @@ def test_overridden_trainer_methods_keep_their_signatures(kind):
     assert {"_get_num_items_in_batch", "_set_signature_columns_if_needed"} <= set(overridden)
     assert list(inspect.signature(Trainer.compute_loss).parameters) == expected["compute_loss"]
     assert "_signature_columns" in inspect.getsource(Trainer._set_signature_columns_if_needed)
+
+
+# ------------------------------------------------------------------------------------------ configuration
+def test_kpod_config_parses_beside_sft_config_and_reaches_the_trainer(tmp_path):
+    from transformers import HfArgumentParser
+
+    from kpod_ops.integrations.config import KPODConfig
+
+    tok, tokenized, weights = tiny_data(4)
+    schedule = tiny_schedule(tokenized, n_epochs=2)
+    torch.save(schedule.state_dict(), tmp_path / "schedule.pt")
+    kpod, args = HfArgumentParser((KPODConfig, trl.SFTConfig)).parse_args_into_dataclasses([
+        "--output_dir", str(tmp_path), "--normaliser", "token", "--fused_linear", "true", "--chunk_size", "3",
+        "--label_smoothing", "0.1", "--schedule_file", str(tmp_path / "schedule.pt"), "--learning_rate", "0.01",
+        "--num_train_epochs", "2", "--use_cpu", "--bf16", "False", "--report_to", "none", "--max_length", "1000"])
+    assert (kpod.normaliser, kpod.fused_linear_value, kpod.chunk_size_value, kpod.label_smoothing) == ("token", True, 3, 0.1)
+    assert args.learning_rate == 0.01 and args.max_length == 1000
+    trainer = KPODSFTTrainer(tiny_llama(tok), args, train_dataset=[to_record(te) for te in tokenized],
+                             processing_class=tok, **kpod.trainer_kwargs())
+    patch = trainer.model._kpod_patch
+    assert (patch.fused_linear, patch.chunk_size, patch.label_smoothing) == (True, 3, 0.1)
+    assert trainer.kpod_normaliser == "token" and trainer.data_collator.given_steps.schedule.ids == schedule.ids
+    batch = KPODCollator(tok, weights, given(tokenized))(tokenized)
+    chunked = apply_kpod_loss(tiny_llama(tok), fused_linear=True, chunk_size=3)(**batch).loss
+    whole = apply_kpod_loss(tiny_llama(tok), fused_linear=True)(**batch).loss
+    assert float(chunked) == pytest.approx(float(whole), rel=1e-5)
+    for bad in ({"normaliser": "mean"}, {"fused_linear": "maybe"}, {"chunk_size": "0"}, {"label_smoothing": 1.5},
+                {"schedule_file": str(tmp_path / "missing.pt")}):
+        with pytest.raises(KPODInputError, match=next(iter(bad))):
+            KPODConfig(**bad)
+    with pytest.raises(KPODInputError, match="label_smoothing"):  # two different values for one thing
+        KPODTrainer(tiny_llama(tok), train_args(tmp_path, label_smoothing_factor=0.2), train_dataset=tokenized,
+                    processing_class=tok, label_smoothing=0.1)
+
+
+def test_example_script_trains_from_the_command_line(tmp_path):
+    """examples/sft_kpod.py, end to end with tiny settings: KPODConfig and SFTConfig from the command line."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "sft_kpod.py"
+    done = subprocess.run([sys.executable, str(script), "--output_dir", str(tmp_path / "out"), "--model", "tiny",
+                           "--n_train", "8", "--n_eval", "4", "--max_steps", "2", "--per_device_train_batch_size", "4",
+                           "--per_device_eval_batch_size", "4", "--use_cpu", "--bf16", "False", "--report_to", "none",
+                           "--save_strategy", "no", "--normaliser", "token", "--fused_linear", "false",
+                           "--label_smoothing", "0.1", "--max_new_tokens", "4", "--disable_tqdm", "True"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads(done.stdout.strip().splitlines()[-1])
+    assert np.isfinite(metrics["eval_loss"]) and 0 <= metrics["answer_accuracy"] <= 1
+    assert {"eval_entropy", "eval_mean_token_accuracy", "eval_kpod_active_share"} <= set(metrics)

@@ -72,10 +72,12 @@ __all__ = ["KPODCallback", "KPODTrainer", "apply_kpod_loss", "is_patched", "reve
 class _Patch:
     """What :func:`apply_kpod_loss` changed on one model, and the batch fields of the running forward."""
 
-    def __init__(self, base: Any, impl: str, fused_linear: bool | str, label_smoothing: float = 0.0) -> None:
+    def __init__(self, base: Any, impl: str, fused_linear: bool | str, label_smoothing: float = 0.0,
+                 chunk_size: int | str = "auto") -> None:
         self.impl = impl
         self.fused_linear = fused_linear
         self.label_smoothing = label_smoothing
+        self.chunk_size = chunk_size
         # a list while a trainer wants the token statistics of the running loss (KPODSFTTrainer's entropy and
         # mean_token_accuracy): the loss appends (entropy sum, correct, active) computed without gradient
         self.metrics: list | None = None
@@ -346,6 +348,7 @@ def _make_linear_loss(patch: _Patch) -> Any:
             hidden, lm_head_weight, labels, weights, starts, bias, ignore_index=ignore_index, reduction="mean",
             num_items_in_batch=num_items_in_batch, label_smoothing=patch.label_smoothing, shift=True,
             impl="fused" if patch.fused_linear is True else "auto", logit_softcap=logit_softcap,
+            chunk_size=patch.chunk_size,
         )
         if patch.metrics is not None:
             patch.metrics.append(_token_statistics(hidden, labels, starts, ignore_index, lm_head_weight, bias,
@@ -388,7 +391,7 @@ def is_patched(model: Any) -> bool:
 
 
 def apply_kpod_loss(model: Any, *, fused_linear: bool | str = "auto", impl: str = "auto",
-                    label_smoothing: float = 0.0) -> Any:
+                    label_smoothing: float = 0.0, chunk_size: int | str = "auto") -> Any:
     """Replace ``model``'s training loss by the fused keypoint loss; returns ``model``.
 
     The patched forward accepts ``token_weights``, ``loss_start`` (and ignores ``step_ids``) from a
@@ -428,7 +431,8 @@ def apply_kpod_loss(model: Any, *, fused_linear: bool | str = "auto", impl: str 
     by the fused kernels (logits and linear paths), the same as Trainer's ``label_smoothing_factor``
     (``LabelSmoother``); the KPOD trainers pass their ``args.label_smoothing_factor`` here. A plain
     ``Trainer`` with ``label_smoothing_factor > 0`` applies its own smoother instead, which a KPOD
-    batch refuses: set it to 0 and pass ``label_smoothing`` here.
+    batch refuses: set it to 0 and pass ``label_smoothing`` here. ``chunk_size``: rows per LM-head
+    chunk of the fused linear loss (``"auto"`` or an int; see ``keypoint_linear_cross_entropy``).
     """
     if fused_linear not in FUSED_LINEAR:
         raise bad_input("fused_linear", f"one of {FUSED_LINEAR}", repr(fused_linear))
@@ -436,6 +440,8 @@ def apply_kpod_loss(model: Any, *, fused_linear: bool | str = "auto", impl: str 
             or not 0.0 <= float(label_smoothing) < 1.0:
         raise bad_input("label_smoothing", "a float in [0, 1)", repr(label_smoothing))
     label_smoothing = float(label_smoothing)
+    if chunk_size != "auto" and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise bad_input("chunk_size", "'auto' or an int >= 1", repr(chunk_size))
     base = _unwrap(model)
     if not isinstance(base, torch.nn.Module) or not hasattr(type(base), "loss_function"):
         raise bad_input("model", "a Hugging Face PreTrainedModel (optionally PEFT / DDP wrapped)", type(base).__name__)
@@ -445,13 +451,15 @@ def apply_kpod_loss(model: Any, *, fused_linear: bool | str = "auto", impl: str 
                         type(base).__name__)
     existing = getattr(base, "_kpod_patch", None)
     if isinstance(existing, _Patch):
-        if existing.fused_linear != fused_linear or existing.impl != impl or existing.label_smoothing != label_smoothing:
+        if (existing.fused_linear, existing.impl, existing.label_smoothing, existing.chunk_size) != \
+                (fused_linear, impl, label_smoothing, chunk_size):
             raise KPODInputError(
                 f"model: already patched with fused_linear={existing.fused_linear!r}, impl={existing.impl!r}, "
-                f"label_smoothing={existing.label_smoothing}; call revert_kpod_loss(model) first to change them"
+                f"label_smoothing={existing.label_smoothing}, chunk_size={existing.chunk_size!r}; call "
+                "revert_kpod_loss(model) first to change them"
             )
         return model
-    patch = _Patch(base, impl, fused_linear, label_smoothing)
+    patch = _Patch(base, impl, fused_linear, label_smoothing, chunk_size)
     if fused_linear is not False:
         _apply_fused_linear(model, patch, fused_linear)
     named = inspect.signature(base.forward).parameters.values()
@@ -702,7 +710,8 @@ class _KPODTrainerMixin:
 
     def _kpod_setup(self, *, model: Any, args: Any, data_collator: Any, processing_class: Any, normaliser: str,
                     token_weights: Any, schedule: Any, fused_linear: bool | str, callbacks: list | None,
-                    train_dataset: Any = None, pad_to_multiple_of: int | None = None) -> tuple[Any, list]:
+                    train_dataset: Any = None, pad_to_multiple_of: int | None = None,
+                    label_smoothing: float | None = None, chunk_size: int | str = "auto") -> tuple[Any, list]:
         if normaliser not in NORMALISERS:
             raise bad_input("normaliser", f"one of {NORMALISERS}", repr(normaliser))
         if model is None:
@@ -710,14 +719,18 @@ class _KPODTrainerMixin:
         self.kpod_normaliser = normaliser
         self._kpod_tokens = {"train": [0, 0], "eval": [0, 0]}
         smoothing = float(getattr(args, "label_smoothing_factor", 0.0) or 0.0)
+        if label_smoothing is not None:
+            if smoothing and smoothing != label_smoothing:
+                raise bad_input("label_smoothing", f"None or args.label_smoothing_factor={smoothing} (one value)",
+                                label_smoothing)
+            smoothing = label_smoothing
         if is_patched(model):
             patch = _unwrap(model)._kpod_patch
-            if patch.fused_linear != fused_linear:
-                raise bad_input("fused_linear", f"{patch.fused_linear!r} (the model's patch)", repr(fused_linear))
-            if patch.label_smoothing != smoothing:
-                raise bad_input("args.label_smoothing_factor", f"{patch.label_smoothing} (the model's patch)", smoothing)
+            for name, value in (("fused_linear", fused_linear), ("label_smoothing", smoothing), ("chunk_size", chunk_size)):
+                if getattr(patch, name) != value:
+                    raise bad_input(name, f"{getattr(patch, name)!r} (the model's patch)", repr(value))
         else:
-            apply_kpod_loss(model, fused_linear=fused_linear, label_smoothing=smoothing)
+            apply_kpod_loss(model, fused_linear=fused_linear, label_smoothing=smoothing, chunk_size=chunk_size)
         schedule = _load_schedule(schedule)
         token_weights = _load_weights(token_weights, train_dataset, processing_class)
         callbacks = list(callbacks or [])
@@ -868,7 +881,9 @@ class KPODTrainer(_KPODTrainerMixin, Trainer):
             id → weights); used when ``data_collator`` is None to build a ``KPODCollator``.
         schedule: a ``ProgressiveSchedule`` (or the path of ``kpod distill``'s ``schedule.json`` or of a
             ``torch.save``-d ``state_dict()``); adds a :class:`KPODCallback`.
-        fused_linear: passed to :func:`apply_kpod_loss`.
+        fused_linear, chunk_size: passed to :func:`apply_kpod_loss`.
+        label_smoothing: the KPOD loss's label smoothing; None (default): ``args.label_smoothing_factor``
+            (:class:`~kpod_ops.integrations.config.KPODConfig` sets it from the command line).
         answer_accuracy: ``evaluate()`` also generates an answer for every evaluation example from
             its prompt tokens and reports ``eval_answer_accuracy`` (see
             :func:`~kpod_ops.integrations.evaluation.answer_accuracy`); ``max_new_tokens`` bounds it.
@@ -890,7 +905,8 @@ class KPODTrainer(_KPODTrainerMixin, Trainer):
     def __init__(self, model: Any = None, args: Any = None, data_collator: Any = None, *rest: Any,
                  normaliser: str = "sequence", token_weights: Any = None, schedule: Any = None,
                  fused_linear: bool | str = "auto", answer_accuracy: bool = False, max_new_tokens: int = 128,
-                 eval_answers: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+                 eval_answers: Mapping[str, str] | None = None, label_smoothing: float | None = None,
+                 chunk_size: int | str = "auto", **kwargs: Any) -> None:
         named = _named_arguments(Trainer.__init__, self, (model, args, data_collator, *rest), kwargs)
         if answer_accuracy and named.get("processing_class") is None:
             raise bad_input("processing_class", "the tokenizer when answer_accuracy=True (it decodes the answers)", None)
@@ -898,6 +914,7 @@ class KPODTrainer(_KPODTrainerMixin, Trainer):
             model=model, args=args, data_collator=data_collator, processing_class=named.get("processing_class"),
             normaliser=normaliser, token_weights=token_weights, schedule=schedule, fused_linear=fused_linear,
             callbacks=named.get("callbacks"), train_dataset=named.get("train_dataset"),
+            label_smoothing=label_smoothing, chunk_size=chunk_size,
         )
         if eval_answers is not None and not isinstance(eval_answers, Mapping):
             raise bad_input("eval_answers", "a mapping example id -> gold answer string, or None",

@@ -223,8 +223,9 @@ def _check_config(args: Any) -> None:
 
 
 class KPODSFTTrainer(_KPODTrainerMixin, SFTTrainer):
-    """``trl.SFTTrainer`` training the KPOD loss (``normaliser``, ``token_weights``, ``schedule`` and
-    ``fused_linear`` as in ``KPODTrainer``).
+    """``trl.SFTTrainer`` training the KPOD loss (``normaliser``, ``token_weights``, ``schedule``,
+    ``fused_linear``, ``label_smoothing`` and ``chunk_size`` as in ``KPODTrainer``; ``step_rule`` and
+    ``answer_template`` as in ``tokenize_examples``, for rows in TRL's formats).
 
     Accepts what ``SFTTrainer`` accepts: a model object or a model name / path (loaded with
     ``from_pretrained`` and ``args.model_init_kwargs``, as TRL loads it), ``peft_config`` (the model is
@@ -236,7 +237,8 @@ class KPODSFTTrainer(_KPODTrainerMixin, SFTTrainer):
     def __init__(self, model: Any, args: Any = None, data_collator: Any = None, *rest: Any,
                  normaliser: str = "sequence", token_weights: Any = None, schedule: Any = None,
                  fused_linear: bool | str = "auto", step_rule: str = "auto",
-                 answer_template: str = DEFAULT_ANSWER_TEMPLATE, **kwargs: Any) -> None:
+                 answer_template: str = DEFAULT_ANSWER_TEMPLATE, label_smoothing: float | None = None,
+                 chunk_size: int | str = "auto", **kwargs: Any) -> None:
         named = _named_arguments(SFTTrainer.__init__, self, (model, args, data_collator, *rest), kwargs)
         args = named.get("args")
         if args is None:
@@ -278,7 +280,7 @@ class KPODSFTTrainer(_KPODTrainerMixin, SFTTrainer):
             model=model, args=args, data_collator=named.get("data_collator"), processing_class=tokenizer,
             normaliser=normaliser, token_weights=token_weights, schedule=schedule, fused_linear=fused_linear,
             callbacks=named.get("callbacks"), train_dataset=named.get("train_dataset"),
-            pad_to_multiple_of=args.pad_to_multiple_of,
+            pad_to_multiple_of=args.pad_to_multiple_of, label_smoothing=label_smoothing, chunk_size=chunk_size,
         )
         # TRL's own preparation, its label smoother and its model loading are done here or by the KPOD loss: the
         # config TRL's __init__ reads says so, and the user's values are back on self.args afterwards
