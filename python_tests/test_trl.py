@@ -199,6 +199,7 @@ def test_label_smoothing_through_kpod_trainer_and_the_patch(tmp_path):
         KPODTrainer(apply_kpod_loss(tiny_llama(tok)), args, train_dataset=tokenized, processing_class=tok)
 
 
+@pytest.mark.slow
 def test_model_name_peft_config_and_trl_formats_train_like_the_records(tmp_path):
     """A model path (loaded with from_pretrained, nothing downloaded), peft_config and conversational rows give the
     per-step losses of the same student wrapped by hand and trained on the same examples as records; evaluate()
@@ -283,8 +284,9 @@ def test_kpod_config_parses_beside_sft_config_and_reaches_the_trainer(tmp_path):
     assert (patch.fused_linear, patch.chunk_size, patch.label_smoothing) == (True, 3, 0.1)
     assert trainer.kpod_normaliser == "token" and trainer.data_collator.given_steps.schedule.ids == schedule.ids
     batch = KPODCollator(tok, weights, given(tokenized))(tokenized)
-    chunked = apply_kpod_loss(tiny_llama(tok), fused_linear=True, chunk_size=3)(**batch).loss
-    whole = apply_kpod_loss(tiny_llama(tok), fused_linear=True)(**batch).loss
+    with torch.no_grad():
+        chunked = apply_kpod_loss(tiny_llama(tok), fused_linear=True, chunk_size=3)(**batch).loss
+        whole = apply_kpod_loss(tiny_llama(tok), fused_linear=True)(**batch).loss
     assert float(chunked) == pytest.approx(float(whole), rel=1e-5)
     for bad in ({"normaliser": "mean"}, {"fused_linear": "maybe"}, {"chunk_size": "0"}, {"label_smoothing": 1.5},
                 {"schedule_file": str(tmp_path / "missing.pt")}):
@@ -295,6 +297,7 @@ def test_kpod_config_parses_beside_sft_config_and_reaches_the_trainer(tmp_path):
                     processing_class=tok, label_smoothing=0.1)
 
 
+@pytest.mark.slow
 def test_example_script_trains_from_the_command_line(tmp_path):
     """examples/sft_kpod.py, end to end with tiny settings: KPODConfig and SFTConfig from the command line."""
     import json
@@ -308,7 +311,7 @@ def test_example_script_trains_from_the_command_line(tmp_path):
                            "--per_device_eval_batch_size", "4", "--use_cpu", "--bf16", "False", "--report_to", "none",
                            "--save_strategy", "no", "--normaliser", "token", "--fused_linear", "false",
                            "--label_smoothing", "0.1", "--max_new_tokens", "4", "--disable_tqdm", "True"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=1800)  # a guard against a hang
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads(done.stdout.strip().splitlines()[-1])
     assert np.isfinite(metrics["eval_loss"]) and 0 <= metrics["answer_accuracy"] <= 1
