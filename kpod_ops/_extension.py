@@ -102,14 +102,14 @@ def fused_status(device: torch.device | str | None = None) -> tuple[bool, str]:
     if _LOAD_ERROR is not None:
         return False, f"the compiled extension kpod_ops._C did not load ({_LOAD_ERROR}); using the PyTorch reference"
     if device is None:
-        return True, f"kpod_ops._C is loaded ({_cpu_sentence()})"
+        return True, f"kpod_ops._C is loaded; {_cpu_sentence()}"
     kind = device.type if isinstance(device, torch.device) else torch.device(device).type
     if not _KERNELS.get(kind, False):
         return False, f"kpod_ops._C has no kernel for device type {kind!r} (built without it); using the PyTorch reference"
     if kind == "cpu":
         if _CPU["error"] is not None:
             return False, _CPU["error"]
-        return True, f"kpod_ops._C has a CPU kernel ({_cpu_sentence()})"
+        return True, f"kpod_ops._C has a CPU kernel; {_cpu_sentence()}"
     return True, f"kpod_ops._C has a {kind.upper()} kernel"
 
 
@@ -118,7 +118,14 @@ def _cpu_sentence() -> str:
         return f"CPU kernels: none can run: {_CPU['error']}"
     if _CPU["name"] is None:
         return "CPU kernels: one variant, built without the per-instruction-set dispatch"
-    return f"CPU kernels: the {_CPU['name']} variant, {_CPU['source']}"
+    source = str(_CPU["source"])
+    if source.startswith("automatic"):
+        how = "chosen automatically" + source[len("automatic"):]
+    elif source == "KPOD_CPU_CAPABILITY":
+        how = "forced by KPOD_CPU_CAPABILITY"
+    else:
+        how = "forced in this process"
+    return f"CPU kernels: the {_CPU['name']} variant, {how}"
 
 
 def fused_available(device: torch.device | str | None = None) -> bool:

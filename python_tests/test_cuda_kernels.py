@@ -441,3 +441,37 @@ def test_linear_loss_weight_gradient_accumulates_over_chunks(dtype, bias):
             continue
         assert f.dtype == r.dtype, (name, f.dtype, r.dtype)
         _check(f"{name} {dtype}", f, r, o, LOSS_FLOOR if name == "loss" else GRAD_FLOOR[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("reduction", ["none", "mean", "weighted_mean"])
+def test_linear_loss_reductions_shift_and_weight_gradients(dtype, reduction):
+    """The CUDA linear path with loss_start, the causal shift, ignored labels and learned weights."""
+    from kpod_ops.losses.linear_reference import keypoint_linear_cross_entropy_reference
+
+    g = torch.Generator().manual_seed(6)
+    B, T, H, V = 3, 40, 48, 777
+    hidden = torch.randn(B, T, H, generator=g).to(DEV)
+    head = (0.3 * torch.randn(V, H, generator=g)).to(DEV)
+    labels = torch.randint(0, V, (B, T), generator=g)
+    labels[:, :3] = -100
+    labels = labels.to(DEV)
+    weights = (torch.rand(B, T, generator=g) + 0.1).to(DEV)
+    weights[1, 10] = 0.0
+    start = torch.tensor([5, 0, 17], device=DEV)
+    upstream = torch.rand(B, T, generator=g).to(DEV) if reduction == "none" else torch.ones((), device=DEV)
+
+    def grads(fn, cast, **kw):
+        h = hidden.detach().to(cast).requires_grad_(True)
+        w_head = head.detach().to(cast).requires_grad_(True)
+        w = weights.detach().to(torch.float64 if cast == torch.float64 else torch.float32).requires_grad_(True)
+        out = fn(h, w_head, labels, w, start, reduction=reduction, shift=True, **kw)
+        out.backward(upstream.to(out.dtype) if out.dim() else None)
+        return [out.detach(), h.grad, w_head.grad, w.grad]
+
+    fused = grads(kpod_ops.keypoint_linear_cross_entropy, dtype, chunk_size=32, impl="fused")
+    ref = grads(keypoint_linear_cross_entropy_reference, dtype)
+    gold = grads(keypoint_linear_cross_entropy_reference, torch.float64)
+    for name, f, r, o in zip(("loss", "hidden", "lm_head_weight", "token_weights"), fused, ref, gold):
+        floor = LOSS_FLOOR if name in ("loss", "token_weights") else GRAD_FLOOR[dtype]
+        _check(f"{name} {dtype} {reduction}", f, r, o, floor)
