@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--precision", choices=("fp32", "bf16"), help="training/evaluation precision (default: the preset's, fp32)")
         p.add_argument("--allow-degenerate", action="store_true", help="train with degenerate token weights instead of stopping (recorded in the report)")
         p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is much faster on a busy machine)")
+        p.add_argument("--fsdp", action="store_true",
+                       help="under torchrun: shard the student across the processes with FSDP2 (parameters, gradients and "
+                            "optimiser state) instead of DDP, for students whose training does not fit one device")
         p.add_argument("--quiet", action="store_true", help="no progress bars (there are none when stderr is not a terminal)")
         p.add_argument("--filter-wrong-answers", action="store_true",
                        help="with --data: leave out the examples whose rationale reaches another answer than their answer field "
@@ -200,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         config = _config(args)
         progress = not args.quiet
-        with process_group():  # under torchrun: data-parallel training, every other stage on rank 0
+        with process_group(fsdp=args.fsdp):  # under torchrun: data-parallel training, every other stage on rank 0
             if args.command == "distill":
                 report = distill(config, args.out, progress=progress)
                 if is_main():

@@ -28,7 +28,10 @@ import torch
 
 from ..errors import KPODInputError, bad_input
 
-__all__ = ["is_fully_sharded", "sharding_refusal", "through_head", "trainer_sharding_refusal", "unwrapped_class"]
+__all__ = [
+    "check_trainer_sharding", "is_fully_sharded", "sharding_refusal", "through_head", "trainer_sharding_refusal",
+    "unwrapped_class",
+]
 
 _USE_FSDP2 = "use FSDP2 (torch.distributed.fsdp.fully_shard; Trainer / accelerate: fsdp_config={'fsdp_version': 2})"
 
@@ -140,15 +143,23 @@ def through_head(head: torch.nn.Module, hidden: torch.Tensor, loss: Callable[[to
 def trainer_sharding_refusal(trainer: Any) -> str | None:
     """Why a KPOD trainer cannot train with ``trainer``'s sharding (what Trainer / accelerate set up), or None.
 
-    FSDP2 is supported; FSDP1 and DeepSpeed (every ZeRO stage) are not.
+    FSDP2 is supported; FSDP1 and DeepSpeed (every ZeRO stage) are not, and neither is ``args.fsdp``
+    that accelerate did not turn on (it shards only across GPU / accelerator processes): that run
+    would silently be DDP, every process holding the whole model.
     """
     if getattr(trainer, "is_deepspeed_enabled", False):
         return f"DeepSpeed is enabled (args.deepspeed), which the KPOD trainers do not support: {_USE_FSDP2}, or DDP"
+    state = getattr(getattr(trainer, "accelerator", None), "state", None)
     if getattr(trainer, "is_fsdp_enabled", False):
-        plugin = getattr(getattr(getattr(trainer, "accelerator", None), "state", None), "fsdp_plugin", None)
-        version = getattr(plugin, "fsdp_version", 1)
+        version = getattr(getattr(state, "fsdp_plugin", None), "fsdp_version", 1)
         if version != 2:
             return f"FSDP version {version} is enabled, which the KPOD trainers do not support: {_USE_FSDP2}"
+    elif getattr(getattr(trainer, "args", None), "fsdp_plugin_args", None) is not None:
+        return (
+            f"args.fsdp set, but accelerate did not enable FSDP for these processes "
+            f"({getattr(state, 'distributed_type', None)}; it shards only across GPU / accelerator processes), so "
+            "every process would hold the whole model: drop args.fsdp to train DDP, or launch one process per GPU"
+        )
     return None
 
 
@@ -157,3 +168,92 @@ def check_trainer_sharding(trainer: Any) -> None:
     why = trainer_sharding_refusal(trainer)
     if why is not None:
         raise KPODInputError(f"args: expected DDP, FSDP2 or a single process, got {why}")
+
+
+def require_whole(weight: Any, where: str) -> None:
+    """Raise :class:`KPODInputError` when ``weight`` is a ``DTensor`` shard where it must be whole (``where``)."""
+    if _is_dtensor(weight):
+        raise bad_input(
+            "model", f"an LM-head weight gathered whole {where}",
+            f"a DTensor with placements {tuple(weight.placements)}: call it inside the forward of the FSDP2 root (a "
+            "module that runs the student and the loss, as kpod distill does), or patch the model with apply_kpod_loss",
+        )
+
+
+# ------------------------------------------------------------------------------- the distillation loop
+def shard_for_training(root: torch.nn.Module, student: torch.nn.Module) -> None:
+    """``fully_shard`` every decoder layer of ``student`` (its backbone's ``layers``) and then ``root``
+    (the module whose forward runs the student and the loss), in place, on the default process group.
+
+    The embeddings, final norm and LM head belong to ``root``'s unit: gathered for the whole step,
+    so the fused linear loss reads the LM head's weight whole.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    base = student.get_base_model() if hasattr(student, "get_base_model") else student
+    layers = getattr(getattr(base, "model", None), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
+        raise bad_input("student", "a decoder-only causal LM with model.layers (the units FSDP2 shards)",
+                        type(base).__name__)
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(root)
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a ``DTensor`` (a collective: every process must call it), else ``tensor``."""
+    return tensor.full_tensor() if _is_dtensor(tensor) else tensor
+
+
+def like(reference: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` (a whole tensor) sharded as ``reference`` is, when ``reference`` is a ``DTensor``; else ``value``.
+
+    Every process must hold the same ``value`` (e.g. read from one checkpoint): each cuts its own
+    shard, with no communication, so processes may call it at different times.
+    """
+    if not _is_dtensor(reference):
+        return value
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(value.to(reference.device), reference.device_mesh, list(reference.placements),
+                             src_data_rank=None)
+
+
+def shard_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """After ``load_state_dict`` with whole tensors: the per-parameter state of sharded parameters sharded
+    as they are (scalars such as ``step`` are left as they are)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            entries = optimizer.state.get(p)
+            if not entries or not _is_dtensor(p):
+                continue
+            for key, value in entries.items():
+                if isinstance(value, torch.Tensor) and not _is_dtensor(value) and tuple(value.shape) == tuple(p.shape):
+                    entries[key] = like(p, value)
+
+
+def unshard_in_place(root: torch.nn.Module) -> None:
+    """Undo :func:`shard_for_training` on every process: whole parameters (gathered), the modules' own
+    classes, no FSDP2 hooks; ``root`` is then a plain module again (tied parameters stay tied)."""
+    from torch.distributed.fsdp import fully_shard
+
+    gathered: dict[int, torch.nn.Parameter] = {}
+    for _, p in root.named_parameters(remove_duplicate=True):
+        gathered[id(p)] = torch.nn.Parameter(full_tensor(p.detach()).clone(), requires_grad=p.requires_grad)
+    for module in list(root.modules()):
+        if not is_fully_sharded(module):
+            continue
+        state = fully_shard.state(module)
+        handles = [getattr(state, name, None) for name in ("_pre_forward_hook_handle", "_post_forward_hook_handle")]
+        if any(h is None for h in handles):
+            raise RuntimeError(f"unshard_in_place: this torch ({torch.__version__}) keeps FSDP2's forward hooks elsewhere")
+        for handle in dict.fromkeys(handles):
+            handle.remove()
+        module.__class__ = unwrapped_class(module)
+    for module in root.modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None and id(p) in gathered:
+                setattr(module, name, gathered[id(p)])
+    left = [n for n, p in root.named_parameters() if _is_dtensor(p)]
+    if left:
+        raise RuntimeError(f"unshard_in_place: parameters still sharded: {left[:3]}")

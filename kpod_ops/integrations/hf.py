@@ -55,6 +55,7 @@ from ..data.guard import guard, is_guarded, unguard
 from ..data.records import RECORD_KEYS
 from ..errors import KPODInputError, bad_input
 from ..losses import keypoint_cross_entropy, keypoint_linear_cross_entropy
+from .fsdp import check_trainer_sharding
 from .linear_patch import _unwrap
 from .stage import ScheduledGivenSteps
 
@@ -751,9 +752,7 @@ class _KPODTrainerMixin:
         return data_collator, callbacks
 
     def _kpod_check_args(self) -> None:
-        if getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False):
-            raise bad_input("args", "DDP or a single process (FSDP and DeepSpeed ZeRO are not supported by the KPOD "
-                            "trainers yet)", "fsdp / deepspeed enabled")
+        check_trainer_sharding(self)  # FSDP2 trains; FSDP1 and DeepSpeed are refused (kpod_ops.integrations.fsdp)
         if self.args.n_gpu > 1:
             raise bad_input("args", "one device per process (torchrun / accelerate launch), not DataParallel",
                             f"n_gpu={self.args.n_gpu}")
@@ -899,7 +898,8 @@ class KPODTrainer(_KPODTrainerMixin, Trainer):
     curriculum stages; examples the collator has no token weights for get weight 1.
 
     The model is patched with :func:`apply_kpod_loss` if it is not already. Works with
-    ``remove_unused_columns`` True or False and with DDP (``torchrun``); refuses DataParallel.
+    ``remove_unused_columns`` True or False, with DDP (``torchrun``) and FSDP2
+    (``fsdp_config={"fsdp_version": 2}``); refuses DataParallel, FSDP1 and DeepSpeed.
     """
 
     def __init__(self, model: Any = None, args: Any = None, data_collator: Any = None, *rest: Any,

@@ -75,7 +75,7 @@ import torch
 from .._optional import require
 from ..errors import KPODInputError, bad_input
 from ..losses.linear import keypoint_linear_cross_entropy
-from .fsdp import is_fully_sharded, sharding_refusal, through_head, unwrapped_class
+from .fsdp import require_whole, sharding_refusal, through_head, unwrapped_class
 
 
 @dataclass(frozen=True)
@@ -310,12 +310,9 @@ def hidden_and_head(
     if not ok:
         raise bad_input("model", "a model whose logits are its LM head's output, of a family the fused linear loss knows",
                         why)
-    if any(is_fully_sharded(m) for m in _unwrap(model).modules()):
-        raise bad_input("model", "a model without FSDP2 units (hidden_and_head calls the backbone and reads the "
-                        "LM head outside FSDP2's forward hooks)", "a model with fully_shard units: patch it with "
-                        "apply_kpod_loss(model) instead")
     base = _unwrap(model)
     hidden = base.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    require_whole(base.lm_head.weight, "when hidden_and_head reads it (FSDP2: inside the root unit's forward)")
     return _head_inputs(hidden, base.lm_head)
 
 

@@ -3,8 +3,10 @@
 ``torchrun --nproc_per_node=N kpod distill ...`` (or ``accelerate launch`` without FSDP / DeepSpeed)
 starts N processes with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and ``MASTER_ADDR`` set.
 :func:`process_group` initialises ``torch.distributed`` from them (gloo on CPU, NCCL on CUDA, one
-GPU per process). The job then trains data-parallel (DDP) and does every other stage on rank 0
-while the other ranks wait, then read rank 0's artefacts (:func:`main_first`); only rank 0 writes.
+GPU per process). The job then trains data-parallel — DDP, or with ``kpod distill --fsdp`` FSDP2
+(``fully_shard``: parameters, gradients and optimiser state sharded across the processes) — and
+does every other stage on rank 0 while the other ranks wait, then read rank 0's artefacts
+(:func:`main_first`); only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ from ..errors import KPODInputError
 # mask learner, evaluation): the default timeouts (10 min for NCCL) are too short for those.
 BARRIER_TIMEOUT = timedelta(hours=6)
 _TRUE = ("1", "true", "yes")
+_FSDP = {"on": False}  # set by process_group(fsdp=True) for the group's lifetime
+
+
+def sharded() -> bool:
+    """Whether training shards the student with FSDP2 (``kpod distill --fsdp`` under torchrun) instead of DDP."""
+    return _FSDP["on"] and world_size() > 1
 
 
 def world_size() -> int:
@@ -82,22 +90,39 @@ def _requested_world() -> int:
 
 
 def _refuse_sharded() -> None:
-    """``accelerate launch`` with FSDP or DeepSpeed would expect a sharded model; the job trains DDP only."""
+    """``accelerate launch`` with FSDP or DeepSpeed sets up sharding the job does not read; FSDP2 is ``--fsdp``."""
     for name, what in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
         if os.environ.get(name, "").strip().lower() in _TRUE:
             raise KPODInputError(
-                f"{name}: expected unset (kpod distill and kpod compare train data-parallel with DDP, every process "
-                f"holding the whole student), got {os.environ[name]!r}: {what}-sharded training of the job is not "
-                "supported; launch with torchrun, or accelerate launch without FSDP / DeepSpeed"
+                f"{name}: expected unset (kpod distill and kpod compare shard the student themselves: DDP, or FSDP2 "
+                f"with --fsdp), got {os.environ[name]!r}: accelerate's {what} configuration is not read by the job; "
+                "launch with `torchrun --nproc_per_node=N -m kpod_ops.cli distill --fsdp ...` (or accelerate launch "
+                "without FSDP / DeepSpeed)"
             )
 
 
 @contextmanager
-def process_group() -> Iterator[int]:
+def process_group(fsdp: bool = False) -> Iterator[int]:
     """Initialise ``torch.distributed`` from the torchrun environment when ``WORLD_SIZE`` > 1 (and destroy
-    it on exit); yields the number of processes. A group someone else initialised is used as it is."""
+    it on exit); yields the number of processes. A group someone else initialised is used as it is.
+    ``fsdp``: training shards the student with FSDP2 (:func:`sharded`); it needs several processes."""
     _refuse_sharded()
     world = _requested_world()
+    if fsdp and world <= 1:
+        raise KPODInputError(
+            f"--fsdp: expected several processes to shard the student across (torchrun --nproc_per_node=N with N > 1), "
+            f"got WORLD_SIZE={world}"
+        )
+    _FSDP["on"] = bool(fsdp)
+    try:
+        with _group(world) as n:
+            yield n
+    finally:
+        _FSDP["on"] = False
+
+
+@contextmanager
+def _group(world: int) -> Iterator[int]:
     if world <= 1 or (dist.is_available() and dist.is_initialized()):
         yield max(world_size(), 1)
         return

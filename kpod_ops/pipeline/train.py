@@ -11,8 +11,11 @@ Data-parallel (an initialised ``torch.distributed`` group of N processes, e.g. u
 every process takes the same global batches in the same order and trains on its contiguous share
 of each (``batch_size ÷ N`` sequences, in micro-batches of ``micro_batch_size``); the student is
 wrapped in DDP and ``D`` is the global normaliser (the token count summed across processes), so N
-processes take the same optimiser steps as one. Only rank 0 writes checkpoints; every rank resumes
-from them.
+processes take the same optimiser steps as one. With ``kpod distill --fsdp``
+(:func:`~kpod_ops.pipeline.distributed.sharded`) the student is sharded with FSDP2 instead (every
+decoder layer a unit, the rest in the root unit; parameters, gradients and optimiser state split
+across the processes) and taken whole again after training. Only rank 0 writes checkpoints (whole
+tensors, gathered from every rank under FSDP2); every rank resumes from them.
 
 Checkpoints hold the trainable parameters and the optimiser state (safetensors) and the position
 (JSON), written every ``checkpoint_every`` optimiser steps and at every epoch end. The data order
@@ -39,6 +42,7 @@ from ..curriculum import ProgressiveSchedule
 from ..data.collator import KPODCollator
 from ..data.tokenized import TokenizedExample
 from ..errors import bad_input
+from ..integrations.fsdp import full_tensor, like, shard_for_training, shard_optimizer_state, unshard_in_place
 from ..losses import keypoint_cross_entropy, keypoint_linear_cross_entropy
 from . import distributed
 from .optim import autocast, lr_at, make_optimizer, set_lr
@@ -101,13 +105,19 @@ def steps_per_epoch(n_examples: int, batch_size: int) -> int:
 
 def _save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, position: dict,
                      average: dict[str, torch.Tensor] | None = None) -> None:
-    """Write a new checkpoint next to the old one, then swap (a crash leaves one complete checkpoint)."""
+    """Write a new checkpoint next to the old one, then swap (a crash leaves one complete checkpoint).
+    Under FSDP2 every rank calls it (the tensors are gathered whole) and rank 0 writes."""
+    params = {n: full_tensor(p.detach()) for n, p in model.named_parameters() if p.requires_grad}
+    tensors, rest = optimizer_to_files(optimizer)
+    tensors = {k: full_tensor(v) for k, v in tensors.items()}
+    average = {k: full_tensor(v) for k, v in (average or {}).items()}
+    if not distributed.is_main():
+        return
     new, old, cur = folder / (CHECKPOINT + ".new"), folder / (CHECKPOINT + ".old"), folder / CHECKPOINT
     if new.exists():
         shutil.rmtree(new)
     new.mkdir(parents=True)
-    save_tensors(new / "model.safetensors", {n: p for n, p in model.named_parameters() if p.requires_grad})
-    tensors, rest = optimizer_to_files(optimizer)
+    save_tensors(new / "model.safetensors", params)
     save_tensors(new / "optimizer.safetensors", tensors)
     write_json(new / "optimizer.json", rest)
     if average:
@@ -135,8 +145,9 @@ def _load_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer) -> dict:
         raise bad_input(str(ckpt), "a checkpoint of this model's trainable parameters", f"mismatched names {missing[:3]}")
     with torch.no_grad():
         for name, value in saved.items():
-            params[name].copy_(value)
+            params[name].copy_(like(params[name], value))  # sharded as the parameter is under FSDP2
     optimizer_from_files(optimizer, load_tensors(ckpt / "optimizer.safetensors"), read_json(ckpt / "optimizer.json"))
+    shard_optimizer_state(optimizer)
     return read_json(ckpt / "state.json")
 
 
@@ -260,6 +271,10 @@ def train(
     per_epoch = steps_per_epoch(n, s.batch_size)
     total = per_epoch * s.epochs
     collator = KPODCollator(tokenizer, token_weights=token_weights)
+    fsdp = world > 1 and distributed.sharded()
+    step_module: torch.nn.Module = _StudentLoss(model)
+    if fsdp:  # before the optimiser: fully_shard replaces the parameters by their shards
+        shard_for_training(step_module, model)
     optimizer = make_optimizer(model, s.lr, s.weight_decay)
     device = next(model.parameters()).device
     result = TrainResult()
@@ -278,7 +293,8 @@ def train(
                         shutil.rmtree(ckpt)
                 else:
                     position = _load_checkpoint(ckpt, model, optimizer)
-                    average = {k: v.to(device) for k, v in _load_average(ckpt).items()}
+                    params = dict(model.named_parameters())
+                    average = {k: like(params[k], v.to(device)) for k, v in _load_average(ckpt).items()}
                     epoch0, batch0 = position["epoch"], position["batch"]
                     result.history, result.steps = position["history"], position["step"]
                     result.resumed_at_step = result.steps
@@ -287,11 +303,11 @@ def train(
     say(f"[train] loss from the hidden states (fused linear, no logits): {why}" if linear
         else f"[train] loss from the logits: {why}")
     if world > 1:
-        say(f"[train] data-parallel over {world} processes: {s.batch_size // world} sequences each per optimiser step")
+        say(f"[train] data-parallel ({'FSDP2, the student sharded' if fsdp else 'DDP'}) over {world} processes: "
+            f"{s.batch_size // world} sequences each per optimiser step")
     model.train()
-    step_module: torch.nn.Module = _StudentLoss(model)
     ddp = None
-    if world > 1:  # broadcasts rank 0's parameters; gradients are averaged across processes on backward
+    if world > 1 and not fsdp:  # broadcasts rank 0's parameters; gradients are averaged across processes on backward
         ddp = torch.nn.parallel.DistributedDataParallel(
             step_module, device_ids=[device.index] if device.type == "cuda" else None)
         step_module = ddp
@@ -305,10 +321,13 @@ def train(
             mine = _shard(chosen, me, world)
             micro = [collator(mine[j : j + s.micro_batch_size]) for j in range(0, len(mine), s.micro_batch_size)]
             denominator = max(_normaliser(micro, len(chosen), s.normaliser, device), 1)
-            # DDP averages the gradients of the processes: scale by their number to sum them instead
+            # DDP and FSDP2 average the gradients of the processes: scale by their number to sum them instead
             scale, real = world, len(micro)
-            if not micro:  # a short last batch left this process nothing: a zero-weight pass keeps DDP in step
+            if not micro:  # a short last batch left this process nothing: a zero-weight pass keeps DDP / FSDP2 in step
                 micro, scale = [collator(chosen[:1])], 0
+            if fsdp:  # FSDP2 gathers and reduces in every micro-batch: as many on every process as on the busiest one
+                busiest = -(-len(chosen) // world)
+                micro += [collator(chosen[:1])] * (-(-busiest // s.micro_batch_size) - len(micro))
             lr = lr_at(result.steps, total, s.lr, s.warmup_ratio, s.min_lr_ratio)
             set_lr(optimizer, lr)
             optimizer.zero_grad(set_to_none=True)
@@ -316,7 +335,7 @@ def train(
             for i, batch in enumerate(micro):
                 with ddp.no_sync() if ddp is not None and i < len(micro) - 1 else nullcontext():
                     loss = step_module(batch, device, s.precision, weighted, linear) / denominator
-                    (loss * scale if world > 1 else loss).backward()
+                    (loss * (scale if i < real else 0) if world > 1 else loss).backward()
                 if i < real:
                     step_loss += float(loss.detach())
             step_loss = distributed.all_reduce_sum([step_loss], device)[0]
@@ -331,12 +350,11 @@ def train(
             result.history.append({"step": result.steps, "epoch": epoch, "loss": step_loss, "lr": lr, "given_steps": given})
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{step_loss:.3f}")
-            if folder is not None and distributed.is_main() and (result.steps % s.checkpoint_every == 0 or b == per_epoch - 1):
+            if folder is not None and (fsdp or distributed.is_main()) and (result.steps % s.checkpoint_every == 0 or b == per_epoch - 1):
                 nxt_epoch, nxt_batch = (epoch, b + 1) if b + 1 < per_epoch else (epoch + 1, 0)
                 _save_checkpoint(folder, model, optimizer, {
                     "hash": run_hash, "epoch": nxt_epoch, "batch": nxt_batch, "step": result.steps, "history": result.history,
                 }, average)
-    del ddp, step_module  # drops DDP's gradient hooks from the student
     bar.close()
     if average:  # the trained model is the average of the last n_average steps' weights
         with torch.no_grad():
@@ -344,5 +362,8 @@ def train(
                 if name in average:
                     p.copy_(average[name].to(p.dtype))
         say(f"[train] the trained model is the mean of the weights after each of the last {n_average} optimiser steps")
+    if fsdp:  # the student whole again on every rank (rank 0 saves and evaluates it)
+        unshard_in_place(step_module)
+    del ddp, step_module  # drops DDP's gradient hooks from the student
     model.eval()
     return result
