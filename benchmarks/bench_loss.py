@@ -16,8 +16,9 @@ Every method's time is also printed as a multiple of its floor (fused, fused30, 
 against exp; inplace against exp_out), all measured in the same process.
 
 Times are medians of forward+backward in one process (fresh logits every repetition, generated
-outside the timed region). Peak extra memory is measured per configuration in a fresh process:
-peak RSS above the RSS once the logits exist (the logits' gradient counts, as it is new memory).
+outside the timed region; the repetitions go round-robin over the methods and floors). Peak extra
+memory is measured per configuration in a fresh process: peak RSS above the RSS once the logits
+exist (the logits' gradient counts, as it is new memory).
 Every configuration runs with the default allocator and with THP_MEM_ALLOC_ENABLE=1.
 
 The fused CPU kernels are built once per instruction set (default, avx2, avx512); every row records
@@ -145,19 +146,23 @@ def _cpu_capability():
 
 
 def worker_time(n, v, dtype_name, reps, modes):
+    """Median time of each method and floor; the repetitions go round-robin over them, so that the
+    load of a shared machine falls on every method and its floor alike."""
     dtype = DTYPES[dtype_name]
     inputs = _inputs(n, v)
-    out = {"cpu_capability": _cpu_capability()}
-    for mode in modes:
-        _one_step(mode, n, v, dtype, 0, inputs)  # warm-up (compiles for "compile")
-        times = [_one_step(mode, n, v, dtype, r + 1, inputs)[0] for r in range(reps)]
-        out[mode] = statistics.median(times)
     existing = torch.empty(n, v)
     existing.fill_(0.0)  # touched once, so its pages exist
+    for mode in modes:
+        _one_step(mode, n, v, dtype, 0, inputs)  # warm-up (compiles for "compile")
     for mode in FLOORS:
         _floor_step(mode, n, v, 0, existing)
-        out[mode] = statistics.median(_floor_step(mode, n, v, r + 1, existing) for r in range(reps))
-    return out
+    times = {m: [] for m in [*modes, *FLOORS]}
+    for r in range(reps):
+        for mode in modes:
+            times[mode].append(_one_step(mode, n, v, dtype, r + 1, inputs)[0])
+        for mode in FLOORS:
+            times[mode].append(_floor_step(mode, n, v, r + 1, existing))
+    return {"cpu_capability": _cpu_capability(), **{m: statistics.median(t) for m, t in times.items()}}
 
 
 def _rss_peak_bytes():
