@@ -57,6 +57,7 @@ def finished_run(inputs):
     return out
 
 
+@pytest.mark.slow  # a whole kpod distill run
 def test_distill_writes_report_student_and_test_split(finished_run, inputs):
     report = json.loads((finished_run / "report.json").read_text())
     for key in ("preset", "method", "seed", "test_accuracy", "n_test", "timings", "config", "versions", "machine"):
@@ -76,6 +77,7 @@ def test_distill_writes_report_student_and_test_split(finished_run, inputs):
     assert (finished_run / "plots" / "loss.png").is_file()
 
 
+@pytest.mark.slow  # a whole kpod distill run
 def test_eval_reproduces_the_reports_accuracy(finished_run, tmp_path, capsys):
     out = tmp_path / "metrics.json"
     assert main(["eval", "--run", str(finished_run), "--data", str(finished_run / "data" / "test.jsonl"), "--out", str(out), "--quiet"]) == 0
@@ -85,6 +87,7 @@ def test_eval_reproduces_the_reports_accuracy(finished_run, tmp_path, capsys):
     assert printed["accuracy"] == report["test_accuracy"] and printed["n"] == report["n_test"]
 
 
+@pytest.mark.slow  # a whole kpod distill run
 def test_rerun_reuses_finished_stages_and_redoes_changed_ones(finished_run, inputs, tmp_path, capsys):
     _, data, config = inputs
     run = tmp_path / "run"
@@ -118,6 +121,7 @@ def _wait_for_checkpoint(folder: Path, proc: subprocess.Popen, timeout: float = 
     raise AssertionError("no checkpoint appeared")
 
 
+@pytest.mark.slow  # a whole kpod distill run
 def test_resume_after_sigkill_gives_bitwise_the_same_student(finished_run, inputs, tmp_path):
     _, data, config = inputs
     out = tmp_path / "killed"
@@ -171,6 +175,7 @@ def test_bad_inputs_give_a_clear_error_and_write_nothing(inputs, tmp_path, capsy
     _fails(["eval", "--run", str(tmp_path), "--data", str(data)], capsys, "--run", "report.json")
 
 
+@pytest.mark.slow  # a whole kpod distill run
 def test_degenerate_weights_stop_the_run_unless_allowed(inputs, tmp_path, capsys):
     _, data, config = inputs
     out = tmp_path / "degenerate"
@@ -265,6 +270,7 @@ def test_filter_wrong_answers_needs_a_data_file(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow  # a whole kpod distill run
 def test_report_says_what_the_data_held(finished_run):
     data = json.loads((finished_run / "report.json").read_text())["data"]
     assert data["read"]["n_read"] == 16 and data["read"]["n_disagreements"] == 0
@@ -272,11 +278,27 @@ def test_report_says_what_the_data_held(finished_run):
     assert "out of the built-in tokenizer's vocabulary" in (finished_run / "report.md").read_text()
 
 
-def test_no_progress_bars_when_the_output_is_not_a_terminal(finished_run):
+@pytest.fixture(scope="module")
+def saved_student_run(tmp_path_factory) -> Path:
+    """What `kpod eval --run` reads, without a whole distill run: a tiny student, report.json, a test split."""
+    from kpod_ops.models import tiny_student, tiny_tokenizer
+
+    run = tmp_path_factory.mktemp("saved_run")
+    tok = tiny_tokenizer()
+    tiny_student(tok, hidden_size=32, num_layers=1, num_heads=2).save_pretrained(run / "student")
+    tok.save_pretrained(run / "student")
+    (run / "report.json").write_text(json.dumps({"config": {"eval": {"max_new_tokens": 4, "batch_size": 4},
+                                                            "data": {"step_rule": "auto"}}}))
+    (run / "data").mkdir()
+    write_jsonl(load_builtin("arith-cot", "test", n=6, seed=0), run / "data" / "test.jsonl")
+    return run
+
+
+def test_no_progress_bars_when_the_output_is_not_a_terminal(saved_student_run):
     """Output to a pipe or a log file: neither kpod's bars nor transformers' own ("Loading weights")."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "kpod_ops.cli", "eval", "--run", str(finished_run), "--data",
-           str(finished_run / "data" / "test.jsonl")]
+    cmd = [sys.executable, "-m", "kpod_ops.cli", "eval", "--run", str(saved_student_run), "--data",
+           str(saved_student_run / "data" / "test.jsonl")]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Loading weights" not in done.stderr and "it/s" not in done.stderr and "\r" not in done.stderr, done.stderr
