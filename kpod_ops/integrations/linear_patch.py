@@ -45,10 +45,11 @@ Contract (what :func:`kpod_ops.integrations.hf.apply_kpod_loss` relies on):
   family (a ``loss_fn`` that does not accept it is refused for those families). The hidden states
   it gets are already divided by the family's ``divide_by``. Under ``router_aux`` the forward adds
   the router loss to the returned loss **in place** (as the model's own forward does), so
-  ``loss_fn`` must return a tensor that may be modified in place. The default :func:`linear_causal_lm_loss` is the
-  Hugging Face causal-LM loss (``shift=True``, mean over active tokens, or ``Σ ÷
-  num_items_in_batch``) with the KPOD weights and truncation; an integration may pass its own
-  ``loss_fn`` (e.g. one that reads the batch fields it captured elsewhere).
+  ``loss_fn`` must return a tensor that may be modified in place. The default
+  :func:`linear_causal_lm_loss` is the Hugging Face causal-LM loss (``shift=True``, mean over
+  active tokens, or ``Σ ÷ num_items_in_batch``) with the KPOD weights and truncation; an
+  integration may pass its own ``loss_fn`` (e.g. one that reads the batch fields it captured
+  elsewhere).
 * ``unpatch_linear_loss(model)`` restores the forward that was in place before the patch (an
   integration that wrapped the patched forward must restore its own wrapper first).
 * What it returns: a **token mean**, ``Σ ω·ℓ`` over the active positions divided by
@@ -325,7 +326,7 @@ def _postprocess(logits: torch.Tensor, divide_by: float | None, softcap: float |
     return logits
 
 
-def _make_forward(patch: _LinearPatch, original: Any, family: Family) -> Any:
+def _make_forward(patch: _LinearPatch, original: Any, family: Family, router_loss: Callable[..., Any] | None) -> Any:
     outputs_mod = require("transformers.modeling_outputs", extra="hf", feature="kpod_ops.integrations.linear_patch")
     utils_mod = require("transformers.modeling_utils", extra="hf", feature="kpod_ops.integrations.linear_patch")
     CausalLMOutputWithPast, slice_logits_to_keep = outputs_mod.CausalLMOutputWithPast, utils_mod.slice_logits_to_keep
@@ -370,9 +371,7 @@ def _make_forward(patch: _LinearPatch, original: Any, family: Family) -> Any:
                                           hidden_states=outputs.hidden_states, attentions=outputs.attentions)
         aux_loss = None
         if router:  # the model's own router loss, added in place as its forward does
-            aux_loss = _family_module(self).load_balancing_loss_func(
-                outputs.router_logits, self.num_experts, self.num_experts_per_tok, attention_mask
-            )
+            aux_loss = router_loss(outputs.router_logits, self.num_experts, self.num_experts_per_tok, attention_mask)
             loss += self.router_aux_loss_coef * aux_loss.to(loss.device)
         return MoeCausalLMOutputWithPast(loss=loss, aux_loss=aux_loss, logits=logits,
                                          past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states,
@@ -405,7 +404,8 @@ def patch_linear_loss(model: Any, loss_fn: LossFn | None = None) -> Any:
         return model
     patch = _LinearPatch(base, loss_fn)
     original = base.forward
-    base.forward = _make_forward(patch, original, family).__get__(base)
+    router_loss = _family_module(base).load_balancing_loss_func if family.router_aux else None  # supports checked it
+    base.forward = _make_forward(patch, original, family, router_loss).__get__(base)
     setattr(base, _ATTR, patch)
     return model
 

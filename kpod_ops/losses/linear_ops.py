@@ -141,7 +141,7 @@ def _softcap_(z: torch.Tensor, cap: float, derivative: bool) -> torch.Tensor | N
     """``z ← cap·tanh(z/cap)`` in place (the ops of Gemma's forward, in ``z``'s dtype); returns
     ``d(new z)/d(old z) = 1 − tanh²(z/cap)`` when ``derivative``."""
     z.div_(cap).tanh_()
-    deriv = (1 - z * z) if derivative else None
+    deriv = torch.mul(z, z).neg_().add_(1) if derivative else None  # one chunk-sized buffer, no temporaries
     z.mul_(cap)
     return deriv
 
