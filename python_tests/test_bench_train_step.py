@@ -75,6 +75,7 @@ def test_limit_rows_measure_the_backbone_and_the_head():
         assert row["step_s"] > 0 and row["peak_mib"] >= 0 and len(row["step_times_s"]) == 2
 
 
+@pytest.mark.slow  # an end-to-end benchmark run in a subprocess (minutes on a busy machine)
 def test_train_step_end_to_end_through_kpod_bench(tmp_path):
     out, png = tmp_path / "train_step.jsonl", tmp_path / "train_step.png"
     out.write_text('{"earlier": "line"}\n')  # results are appended, never overwritten
