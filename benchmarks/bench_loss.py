@@ -23,8 +23,9 @@ Every configuration runs with the default allocator and with THP_MEM_ALLOC_ENABL
 
 The fused CPU kernels are built once per instruction set (default, avx2, avx512); every row records
 the variant that ran (``cpu_capability``: the one chosen automatically unless ``--cpu-capabilities``
-names some, each then run in its own worker with KPOD_CPU_CAPABILITY set, side by side with its own
-floor measurement).
+names some, each then run in its own worker with KPOD_CPU_CAPABILITY and ATEN_CPU_CAPABILITY set, so
+that torch's own kernels, the floors included, run on the same instruction set: each variant against
+its floor is what a CPU with no more than that instruction set would measure).
 
   python benchmarks/bench_loss.py            # quick default: V=32000, fp32+bf16, both allocators
   python benchmarks/bench_loss.py --full     # adds V=128256 (the README table)
@@ -162,7 +163,8 @@ def worker_time(n, v, dtype_name, reps, modes):
             times[mode].append(_one_step(mode, n, v, dtype, r + 1, inputs)[0])
         for mode in FLOORS:
             times[mode].append(_floor_step(mode, n, v, r + 1, existing))
-    return {"cpu_capability": _cpu_capability(), **{m: statistics.median(t) for m, t in times.items()}}
+    medians = {m: statistics.median(t) for m, t in times.items()}
+    return {"cpu_capability": _cpu_capability(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), **medians}
 
 
 def _rss_peak_bytes():
@@ -191,7 +193,10 @@ def _spawn(args, thp, capability=None):
     if thp:
         env["THP_MEM_ALLOC_ENABLE"] = "1"
     if capability is not None:
+        # torch's own kernels (the floors, eager, compile) on the same instruction set: the figures
+        # of a CPU that has no more than this one
         env["KPOD_CPU_CAPABILITY"] = capability
+        env["ATEN_CPU_CAPABILITY"] = capability
     res = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"worker {args} failed:\n{res.stderr[-3000:]}")
@@ -270,7 +275,8 @@ def main():
                         floor = FLOOR_OF[mode]
                         row = {
                             "N": a.n, "V": v, "dtype": dt, "allocator": alloc, "mode": mode,
-                            "cpu_capability": times["cpu_capability"], "time_s": times[mode],
+                            "cpu_capability": times["cpu_capability"],
+                            "torch_cpu_capability": times.get("torch_cpu_capability"), "time_s": times[mode],
                             "speedup_vs_eager": times["eager"] / times[mode] if "eager" in times else None,
                             "vs_fused_time": times[mode] / times["fused"] if "fused" in times else None,
                             "floor": floor, "floor_s": times[floor], "x_floor": times[mode] / times[floor],
