@@ -28,8 +28,8 @@ from kpod_ops.pipeline.config import (
     method_settings,
     preset_config,
     resolve_method,
-    stage_hash,
 )
+from kpod_ops.pipeline.run import stage_hashes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,25 +99,8 @@ def _serialised(config: DistillConfig | dict) -> str:
 
 
 def _stage_hashes(config: DistillConfig) -> dict[str, str]:
-    """The hash of every stage ``distill`` runs for ``config``, chained as it chains them ("": the stage is skipped)."""
-    m = method_settings(config.method)
-    cur = config.curriculum
-    norm = m["normalisation"] or cur.normalisation
-    beta = cur.beta if m["beta"] is None else m["beta"]
-    needs_weights = m["loss_weights"] or (m["curriculum"] and norm != "uniform")
-    h = {"data": stage_hash(config, "data"), "warmup": stage_hash(config, "warmup")}
-    up = (h["data"], h["warmup"])
-    h["eval-before"] = stage_hash(config, "eval", up)
-    h["weights"] = stage_hash(config, "weights", up) if needs_weights else ""
-    if m["curriculum"]:
-        h[f"difficulty-{norm}"] = stage_hash(config, "difficulty", (*up, h["weights"]))
-        h["clusters"] = stage_hash(config, "clusters", up)
-        h["schedule"] = stage_hash(config, "schedule", (h[f"difficulty-{norm}"], h["clusters"], str(beta), str(m["progressive"])))
-    h["train"] = stage_hash(config, "train", (*up, h["weights"] if m["loss_weights"] else "", h.get("schedule", ""),
-                                              json.dumps(m, sort_keys=True)))
-    h["eval"] = stage_hash(config, "eval", (h["train"],))
-    h["eval-val"] = stage_hash(config, "eval", (h["train"], "val"))
-    return h
+    """The hash of every stage ``distill`` runs for ``config`` ("": the stage is skipped)."""
+    return stage_hashes(config, method_settings(config.method))
 
 
 def _resolved(preset: str, method: str) -> DistillConfig:

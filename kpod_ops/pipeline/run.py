@@ -30,13 +30,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..curriculum import ProgressiveSchedule
 from ..data.tokenize import tokenize_examples
 from ..errors import KPODInputError
 from ..weighting import keypoint_ranking, load_token_weights, save_token_weights, weight_stats
 from . import distributed
 from .config import DistillConfig, method_settings, resolve_method, stage_hash
 from .curriculum import build_schedule, cluster, schedule_from_json, schedule_to_json, score_difficulties
-from .data import describe_data, make_splits, read_splits, write_splits
+from .data import Splits, describe_data, make_splits, read_splits, write_splits
 from .evaluate import EvalResult, evaluate
 from .report import machine, plot_accuracy, plot_loss, versions, write_report
 from .store import Stage, read_json, write_json
@@ -71,46 +72,75 @@ def _write_generations(path: Path, result: EvalResult) -> None:
     os.replace(tmp, path)
 
 
-def _eval_stage(stage: Stage, model, tok, examples, config: DistillConfig, progress: bool, say: Say) -> dict:
+def _cached(stage: Stage, compute: Callable[[Path], dict[str, Any]], timings: dict[str, dict]) -> dict[str, Any]:
+    """The stage's record: reused when it finished with the same hash, else ``compute(folder)`` writes its artefacts
+    and returns what the record adds. Either way its seconds and reuse go to ``timings``."""
     rec = stage.finished()
-    if rec is not None:
-        return rec
-    folder = stage.start()
-    e = config.eval
-    result = evaluate(model, tok, examples, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
-                      progress=progress, step_rule=config.data.step_rule)
-    _write_generations(folder / "generations.jsonl", result)
-    write_json(folder / "metrics.json", result.metrics())
-    say(f"[{stage.name}] accuracy {result.accuracy:.1%} ({result.n_correct}/{result.n})")
-    return stage.finish(**result.metrics())
+    if rec is None:
+        rec = stage.finish(**compute(stage.start()))
+    timings[stage.name] = {"seconds": rec["seconds"], "reused": rec["reused"]}
+    return rec
 
 
-def _student_and_warmup(config: DistillConfig, shared: Path, progress: bool, say: Say):
-    """The pre-trained student (warmed up here for the tiny one) and its tokenizer, and the stage record."""
-    stage = Stage(shared, "warmup", stage_hash(config, "warmup"), say)
-    rec = stage.finished()
+def _eval_stage(stage: Stage, model, tok, examples, config: DistillConfig, progress: bool, say: Say,
+                timings: dict[str, dict]) -> dict[str, Any]:
+    """Greedy generation on ``examples``: accuracy and every generation."""
+
+    def compute(folder: Path) -> dict[str, Any]:
+        result = evaluate(model, tok, examples, max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
+                          progress=progress, step_rule=config.data.step_rule)
+        _write_generations(folder / "generations.jsonl", result)
+        write_json(folder / "metrics.json", result.metrics())
+        say(f"[{stage.name}] accuracy {result.accuracy:.1%} ({result.n_correct}/{result.n})")
+        return result.metrics()
+
+    return _cached(stage, compute, timings)
+
+
+def _data_stage(config: DistillConfig, splits: Splits, out: Path, hashes: dict[str, str], say: Say,
+                timings: dict[str, dict]) -> Splits:
+    """The splits, written to ``out/data`` (or read back from a finished stage)."""
+
+    def compute(folder: Path) -> dict[str, Any]:
+        write_splits(splits, folder)
+        return {**splits.counts(), "read": splits.read}
+
+    stage = Stage(out, "data", hashes["data"], say)
+    rec = _cached(stage, compute, timings)
+    if rec["reused"]:
+        splits = read_splits(stage.dir)
+        splits.read = rec.get("read")
+    say(f"[data] {config.data.source}: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test")
+    return splits
+
+
+def _student_and_warmup(config: DistillConfig, shared: Path, hashes: dict[str, str], progress: bool, say: Say,
+                        timings: dict[str, dict]):
+    """The pre-trained student (warmed up here for the tiny one) and its tokenizer, as saved in the stage."""
+    stage = Stage(shared, "warmup", hashes["warmup"], say)
     model_dir = stage.dir / "model"
-    if rec is not None:
-        model, tok = load_student_dir(model_dir, argument="warm-up student")
-        return model, tok, rec
-    folder = stage.start()
-    model, tok = new_student(config.student.to_dict(), config.seed)
-    model.to(_device())
-    losses: list[float] = []
-    w = config.warmup
-    if w.enabled:
-        from ..data.builtin import load_builtin
 
-        if w.corpus != "arith-text":
-            raise KPODInputError(f"warmup.corpus: expected 'arith-text', got {w.corpus!r}")
-        texts = load_builtin("arith-text", n=w.n_texts, seed=config.seed)
-        say(f"[warmup] language-model pre-training on {len(texts)} arith-text texts")
-        losses = warm_up(model, tok, texts, epochs=w.epochs, batch_size=w.batch_size, lr=w.lr,
-                         max_length=w.max_length, seed=config.seed, precision=config.precision, progress=progress)
-    save_student(model, tok, model_dir)
-    write_json(folder / "losses.json", losses)
-    model, tok = load_student_dir(model_dir, argument="warm-up student")  # what later stages and runs reload
-    return model, tok, stage.finish(final_loss=losses[-1] if losses else None, enabled=w.enabled)
+    def compute(folder: Path) -> dict[str, Any]:
+        model, tok = new_student(config.student.to_dict(), config.seed)
+        model.to(_device())
+        losses = _warm_up(model, tok, config, progress, say) if config.warmup.enabled else []
+        save_student(model, tok, model_dir)
+        write_json(folder / "losses.json", losses)
+        return {"final_loss": losses[-1] if losses else None, "enabled": config.warmup.enabled}
+
+    _cached(stage, compute, timings)
+    return load_student_dir(model_dir, argument="warm-up student")  # what later stages and runs reload
+
+
+def _warm_up(model, tok, config: DistillConfig, progress: bool, say: Say) -> list[float]:
+    """Language-model pre-training of ``model`` on the ``arith-text`` corpus; the loss per step."""
+    from ..data.builtin import load_builtin
+
+    w = config.warmup
+    texts = load_builtin(w.corpus, n=w.n_texts, seed=config.seed)
+    say(f"[warmup] language-model pre-training on {len(texts)} {w.corpus} texts")
+    return warm_up(model, tok, texts, epochs=w.epochs, batch_size=w.batch_size, lr=w.lr, max_length=w.max_length,
+                   seed=config.seed, precision=config.precision, progress=progress)
 
 
 @dataclass
@@ -126,7 +156,7 @@ class _Prepared:
     weights_info: dict[str, Any] | None
     loss_weights: dict[str, np.ndarray] | None
     schedule: Any
-    hashes: tuple[str, str, str, str]  # data, warm-up, weights, schedule
+    hashes: dict[str, str]  # stage_hashes
     timings: dict[str, dict] = field(default_factory=dict)
     data_info: dict[str, Any] | None = None  # describe_data: disagreeing answers, out-of-vocabulary words
 
@@ -178,41 +208,71 @@ def distill(config: DistillConfig, out: str | os.PathLike, *, shared: str | os.P
         return _evaluate_and_report(config, method, prep, history, train_hash, out, t_start, progress, say)
 
 
-def _prepare(config: DistillConfig, method: dict[str, Any], splits, out: Path, shared: Path, progress: bool,
+def stage_hashes(config: DistillConfig, method: dict[str, Any]) -> dict[str, str]:
+    """The configuration hash of every stage ``distill`` runs, by folder name, each chained to the stages it builds on.
+
+    ``weights`` is "" when ``method`` needs no token weights; the curriculum stages are absent when it has no curriculum.
+    """
+    normalisation, beta = _curriculum_settings(config, method)
+    h = {"data": stage_hash(config, "data"), "warmup": stage_hash(config, "warmup")}
+    up = (h["data"], h["warmup"])
+    h["eval-before"] = stage_hash(config, "eval", up)
+    h["weights"] = stage_hash(config, "weights", up) if _needs_weights(method, normalisation) else ""
+    if method["curriculum"]:
+        difficulty = h[f"difficulty-{normalisation}"] = stage_hash(config, "difficulty", (*up, h["weights"]))
+        h["clusters"] = stage_hash(config, "clusters", up)
+        h["schedule"] = stage_hash(config, "schedule", (difficulty, h["clusters"], str(beta), str(method["progressive"])))
+    h["train"] = stage_hash(config, "train", (*up, h["weights"] if method["loss_weights"] else "", h.get("schedule", ""),
+                                              json.dumps(method, sort_keys=True)))
+    h["eval"] = stage_hash(config, "eval", (h["train"],))
+    h["eval-val"] = stage_hash(config, "eval", (h["train"], "val"))
+    return h
+
+
+def _curriculum_settings(config: DistillConfig, method: dict[str, Any]) -> tuple[str, float]:
+    """The difficulty normalisation and β the run uses: the method's where it fixes them, else the curriculum's."""
+    cur = config.curriculum
+    return method["normalisation"] or cur.normalisation, cur.beta if method["beta"] is None else method["beta"]
+
+
+def _needs_weights(method: dict[str, Any], normalisation: str) -> bool:
+    """Token weights are learned for the loss, or for the difficulty unless it weighs the tokens uniformly."""
+    return method["loss_weights"] or (method["curriculum"] and normalisation != "uniform")
+
+
+def _prepare(config: DistillConfig, method: dict[str, Any], splits: Splits, out: Path, shared: Path, progress: bool,
              say: Say) -> _Prepared:
     """Data, student (+ warm-up), accuracy before distillation, token weights and schedule."""
-    cur = config.curriculum
-    normalisation = method["normalisation"] or cur.normalisation
-    beta = cur.beta if method["beta"] is None else method["beta"]
-    needs_weights = method["loss_weights"] or (method["curriculum"] and normalisation != "uniform")
-    timings: dict[str, dict] = {}
-
-    def note(rec: dict) -> None:
-        timings[rec["stage"]] = {"seconds": rec["seconds"], "reused": rec["reused"]}
-
-    # data -----------------------------------------------------------------------------------
-    data_stage = Stage(out, "data", stage_hash(config, "data"), say)
-    rec = data_stage.finished()
-    if rec is None:
-        data_stage.start()
-        write_splits(splits, data_stage.dir)
-        rec = data_stage.finish(**splits.counts(), read=splits.read)
-    else:
-        splits = read_splits(data_stage.dir)
-        splits.read = rec.get("read")
-        rec = {**rec, "reused": True}
-    note(rec)
-    say(f"[data] {config.data.source}: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test")
-
-    # student + warm-up ----------------------------------------------------------------------
+    hashes, timings = stage_hashes(config, method), {}
+    splits = _data_stage(config, splits, out, hashes, say, timings)
     if config.preset == "smollm2-gsm" and _device().type == "cpu":
         say("[smollm2-gsm] no GPU: this preset runs on CPU too, but expect several hours on a few cores "
             "(mask learner, LoRA training and 1,000 greedy generations of SmolLM2-135M); the quick preset takes minutes")
-    student, tok, rec = _student_and_warmup(config, shared, progress, say)
+    student, tok = _student_and_warmup(config, shared, hashes, progress, say, timings)
     student.to(_device())
-    note(rec)
-    h_data, h_warm = data_stage.hash, rec["hash"]
     data_info = describe_data(splits, tok, config.to_dict(), say)
+    tokenized, val_tok = _tokenize(config, splits, tok, say)
+    before = _eval_stage(Stage(shared, "eval-before", hashes["eval-before"], say), student, tok, splits.test, config, progress,
+                         say, timings)
+    weights, weights_info = None, None
+    if hashes["weights"]:
+        weights, weights_info = _weights_stage(config, method, student, tok, tokenized, val_tok, shared, hashes, progress, say,
+                                               timings)
+    schedule = None
+    if method["curriculum"]:
+        schedule = _curriculum_stages(config, method, student, tokenized, weights, out, shared, hashes, progress, say, timings)
+    loss_weights = None
+    if method["loss_weights"] and weights is not None:
+        # the floor acts on the learned weights in [0, 1], before any renormalisation, so the contrast between a
+        # keypoint (w = 1) and a token the learner masks (w = 0) is 1 / floor on every seed
+        loss_weights = weights_for_loss(weights, config.weights.floor, renormalize=config.weights.renormalize,
+                                        allow_degenerate=config.allow_degenerate)
+    return _Prepared(splits, student, tok, tokenized, len(splits.train) - len(tokenized), before, weights_info, loss_weights,
+                     schedule, hashes, timings, data_info)
+
+
+def _tokenize(config: DistillConfig, splits: Splits, tok, say: Say) -> tuple[list, list]:
+    """The training and validation examples as token ids; training examples longer than ``data.max_length`` left out."""
     d = config.data
     tokenized = tokenize_examples(splits.train, tok, step_rule=d.step_rule, max_length=d.max_length, on_too_long="skip")
     skipped = len(splits.train) - len(tokenized)
@@ -221,97 +281,86 @@ def _prepare(config: DistillConfig, method: dict[str, Any], splits, out: Path, s
     if not tokenized:
         raise KPODInputError(f"data.max_length: expected room for at least one training example, got {d.max_length} (all too long)")
     val_tok = tokenize_examples(splits.val, tok, step_rule=d.step_rule, max_length=d.max_length, on_too_long="skip") if splits.val else []
+    return tokenized, val_tok
 
-    # accuracy before distillation -----------------------------------------------------------
-    before = _eval_stage(Stage(shared, "eval-before", stage_hash(config, "eval", (h_data, h_warm)), say),
-                         student, tok, splits.test, config, progress, say)
-    note(before)
 
-    # token weights --------------------------------------------------------------------------
-    weights = None
-    weights_info: dict[str, Any] | None = None
-    h_weights = ""
-    if needs_weights:
-        stage = Stage(shared, "weights", stage_hash(config, "weights", (h_data, h_warm)), say)
-        rec = stage.finished()
-        if rec is None:
-            folder = stage.start()
-            w = config.weights
-            say(f"[weights] training the mask learner on {min(w.n_examples, len(tokenized))} examples")
-            learned = learn_weights(student, tokenized[: w.n_examples], val_tok[:200] or None, tokenized,
-                                    learner_config(dict(w.learner), config.seed),
-                                    allow_degenerate=config.allow_degenerate, progress=progress)
-            if learned.degenerate:
-                say(f"[weights] WARNING: degenerate token weights ({learned.degenerate}); continuing because they were allowed")
-            save_token_weights(folder / "token_weights.npz", learned.weights, tokenized, tokenizer=tok)
-            stats = weight_stats(learned.weights, tokenized, tokenizer=tok)
-            write_json(folder / "history.json", learned.history)
-            _weight_pictures(folder, learned.weights, tokenized, tok)
-            ranking = keypoint_ranking(learned.weights, tokenized, tok)
-            if ranking is not None:
-                say(f"[weights] numbers and operators vs words: ROC-AUC {ranking['auc']:.2f} (mean weight "
-                    f"{ranking['mean_keypoint']:.2f} vs {ranking['mean_word']:.2f})")
-            rec = stage.finish(degenerate=learned.degenerate, mean=stats.mean, std=stats.std, kept_ratio=stats.kept_ratio,
-                               top_tokens=stats.top_tokens[:10], bottom_tokens=stats.bottom_tokens[:10], keypoint_ranking=ranking)
-        elif rec.get("degenerate") and not config.allow_degenerate:
-            raise KPODInputError(f"token weights in {stage.dir} are degenerate ({rec['degenerate']}); pass --allow-degenerate to use them")
-        note(rec)
-        h_weights = rec["hash"]
-        weights = load_token_weights(stage.dir / "token_weights.npz", tokenized, tokenizer=tok)
-        renorm = config.weights.renormalize
-        floor = config.weights.floor
-        in_loss = "no (uniform)"
-        if method["loss_weights"]:
-            in_loss = f"floor {floor}: {floor} + {1 - floor:g} * w" if floor else "w"
-            in_loss += ", renormalised to mean 1 per rationale" if renorm else ""
-        weights_info = {"degenerate": rec.get("degenerate"), "mean": rec.get("mean"), "kept_ratio": rec.get("kept_ratio"),
-                        "keypoint_ranking": rec.get("keypoint_ranking"),
-                        "in_loss": in_loss, "pictures": str(stage.dir / "pictures")}
+def _weights_stage(config: DistillConfig, method: dict[str, Any], student, tok, tokenized: list, val_tok: list, shared: Path,
+                   hashes: dict[str, str], progress: bool, say: Say,
+                   timings: dict[str, dict]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The mask learner's token weights of every training rationale, and what the report says of them."""
+    stage = Stage(shared, "weights", hashes["weights"], say)
 
-    # curriculum -----------------------------------------------------------------------------
-    schedule = None
-    h_schedule = ""
-    if method["curriculum"]:
-        stage = Stage(shared, f"difficulty-{normalisation}", stage_hash(config, "difficulty", (h_data, h_warm, h_weights)), say)
-        rec = stage.finished()
-        if rec is None:
-            stage.start()
-            diff = score_difficulties(student, tokenized, weights, normalisation=normalisation, progress=progress)
-            write_json(stage.dir / "difficulties.json", diff)
-            rec = stage.finish(normalisation=normalisation)
-        note(rec)
-        difficulties, h_diff = read_json(stage.dir / "difficulties.json"), rec["hash"]
-        stage = Stage(shared, "clusters", stage_hash(config, "clusters", (h_data, h_warm)), say)
-        rec = stage.finished()
-        if rec is None:
-            stage.start()
-            write_json(stage.dir / "clusters.json", cluster(student, tokenized, n_clusters=cur.n_clusters, seed=config.seed))
-            rec = stage.finish()
-        note(rec)
-        clusters, h_clusters = read_json(stage.dir / "clusters.json"), rec["hash"]
-        stage = Stage(out, "schedule", stage_hash(config, "schedule", (h_diff, h_clusters, str(beta), str(method["progressive"]))), say)
-        rec = stage.finished()
-        if rec is None:
-            stage.start()
-            schedule = build_schedule(difficulties, clusters, n_epochs=config.train.epochs, beta=beta, p=cur.p,
-                                      c0_ratio=cur.c0_ratio, solver=cur.solver, progressive=method["progressive"])
-            write_json(stage.dir / "schedule.json", schedule_to_json(schedule))
-            (stage.dir / "summary.txt").write_text(schedule.summary() + "\n", encoding="utf-8")
-            schedule.save_plots(stage.dir)
-            rec = stage.finish(n_stages=schedule.n_stages, jump=list(schedule.jump()))
-        else:
-            schedule = schedule_from_json(read_json(stage.dir / "schedule.json"))
-        note(rec)
-        h_schedule = rec["hash"]
+    def compute(folder: Path) -> dict[str, Any]:
+        w = config.weights
+        say(f"[weights] training the mask learner on {min(w.n_examples, len(tokenized))} examples")
+        learned = learn_weights(student, tokenized[: w.n_examples], val_tok[:200] or None, tokenized,
+                                learner_config(dict(w.learner), config.seed), allow_degenerate=config.allow_degenerate,
+                                progress=progress)
+        if learned.degenerate:
+            say(f"[weights] WARNING: degenerate token weights ({learned.degenerate}); continuing because they were allowed")
+        save_token_weights(folder / "token_weights.npz", learned.weights, tokenized, tokenizer=tok)
+        stats = weight_stats(learned.weights, tokenized, tokenizer=tok)
+        write_json(folder / "history.json", learned.history)
+        _weight_pictures(folder, learned.weights, tokenized, tok)
+        ranking = keypoint_ranking(learned.weights, tokenized, tok)
+        if ranking is not None:
+            say(f"[weights] numbers and operators vs words: ROC-AUC {ranking['auc']:.2f} (mean weight "
+                f"{ranking['mean_keypoint']:.2f} vs {ranking['mean_word']:.2f})")
+        return {"degenerate": learned.degenerate, "mean": stats.mean, "std": stats.std, "kept_ratio": stats.kept_ratio,
+                "top_tokens": stats.top_tokens[:10], "bottom_tokens": stats.bottom_tokens[:10], "keypoint_ranking": ranking}
 
-    loss_weights = None
-    if method["loss_weights"] and weights is not None:
-        # the floor acts on the learned weights in [0, 1], before any renormalisation, so the contrast between a
-        # keypoint (w = 1) and a token the learner masks (w = 0) is 1 / floor on every seed
-        loss_weights = weights_for_loss(weights, config.weights.floor, renormalize=config.weights.renormalize,
-                                       allow_degenerate=config.allow_degenerate)
-    return _Prepared(splits, student, tok, tokenized, skipped, before, weights_info, loss_weights, schedule,
-                     (h_data, h_warm, h_weights, h_schedule), timings, data_info)
+    rec = _cached(stage, compute, timings)
+    if rec.get("degenerate") and not config.allow_degenerate:  # learn_weights refuses them; a finished stage may hold them
+        raise KPODInputError(f"token weights in {stage.dir} are degenerate ({rec['degenerate']}); pass --allow-degenerate to use them")
+    weights = load_token_weights(stage.dir / "token_weights.npz", tokenized, tokenizer=tok)
+    return weights, _weights_info(config, method, rec, stage.dir)
+
+
+def _weights_info(config: DistillConfig, method: dict[str, Any], rec: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The token weights' part of the report: their statistics and how they enter the loss."""
+    floor = config.weights.floor
+    in_loss = "no (uniform)"
+    if method["loss_weights"]:
+        in_loss = f"floor {floor}: {floor} + {1 - floor:g} * w" if floor else "w"
+        in_loss += ", renormalised to mean 1 per rationale" if config.weights.renormalize else ""
+    return {"degenerate": rec.get("degenerate"), "mean": rec.get("mean"), "kept_ratio": rec.get("kept_ratio"),
+            "keypoint_ranking": rec.get("keypoint_ranking"), "in_loss": in_loss, "pictures": str(folder / "pictures")}
+
+
+def _curriculum_stages(config: DistillConfig, method: dict[str, Any], student, tokenized: list,
+                       weights: dict[str, np.ndarray] | None, out: Path, shared: Path, hashes: dict[str, str], progress: bool,
+                       say: Say, timings: dict[str, dict]) -> ProgressiveSchedule:
+    """Step difficulties, question clusters and the progressive schedule built from them."""
+    normalisation, beta = _curriculum_settings(config, method)
+    cur = config.curriculum
+
+    def difficulty(folder: Path) -> dict[str, Any]:
+        write_json(folder / "difficulties.json",
+                   score_difficulties(student, tokenized, weights, normalisation=normalisation, progress=progress))
+        return {"normalisation": normalisation}
+
+    def clusters(folder: Path) -> dict[str, Any]:
+        write_json(folder / "clusters.json", cluster(student, tokenized, n_clusters=cur.n_clusters, seed=config.seed))
+        return {}
+
+    name = f"difficulty-{normalisation}"
+    _cached(Stage(shared, name, hashes[name], say), difficulty, timings)
+    _cached(Stage(shared, "clusters", hashes["clusters"], say), clusters, timings)
+    built: list[ProgressiveSchedule] = []
+
+    def schedule(folder: Path) -> dict[str, Any]:
+        s = build_schedule(read_json(shared / name / "difficulties.json"), read_json(shared / "clusters" / "clusters.json"),
+                           n_epochs=config.train.epochs, beta=beta, p=cur.p, c0_ratio=cur.c0_ratio, solver=cur.solver,
+                           progressive=method["progressive"])
+        write_json(folder / "schedule.json", schedule_to_json(s))
+        (folder / "summary.txt").write_text(s.summary() + "\n", encoding="utf-8")
+        s.save_plots(folder)
+        built.append(s)
+        return {"n_stages": s.n_stages, "jump": list(s.jump())}
+
+    stage = Stage(out, "schedule", hashes["schedule"], say)
+    _cached(stage, schedule, timings)
+    return built[0] if built else schedule_from_json(read_json(stage.dir / "schedule.json"))
 
 
 def _train_stage(config: DistillConfig, method: dict[str, Any], prep: _Prepared, out: Path, progress: bool,
@@ -322,9 +371,7 @@ def _train_stage(config: DistillConfig, method: dict[str, Any], prep: _Prepared,
                                                    "grad_clip", "normaliser", "checkpoint_every",
                                                    "fused_linear", "min_lr_ratio", "average_last")},
                              seed=config.seed, precision=config.precision)
-    h_data, h_warm, h_weights, h_schedule = prep.hashes
-    train_hash = stage_hash(config, "train", (h_data, h_warm, h_weights if method["loss_weights"] else "", h_schedule,
-                                              json.dumps(method, sort_keys=True)))
+    train_hash = prep.hashes["train"]
     stage = Stage(out, "train", train_hash, say)
     with distributed.main_first():  # rank 0 clears a stale stage before the others look
         rec = stage.finished()
@@ -353,14 +400,11 @@ def _evaluate_and_report(config: DistillConfig, method: dict[str, Any], prep: _P
     cur, tr, splits, timings = config.curriculum, config.train, prep.splits, prep.timings
     final, final_tok = load_student_dir(out / "student", argument="distilled student")
     final.to(_device())
-    after = _eval_stage(Stage(out, "eval", stage_hash(config, "eval", (train_hash,)), say), final, final_tok, splits.test, config,
-                        progress, say)
-    timings["eval"] = {"seconds": after["seconds"], "reused": after["reused"]}
+    after = _eval_stage(Stage(out, "eval", prep.hashes["eval"], say), final, final_tok, splits.test, config, progress, say, timings)
     val_accuracy = None
     if splits.val:  # hyper-parameters are chosen on this, never on the test split
-        val = _eval_stage(Stage(out, "eval-val", stage_hash(config, "eval", (train_hash, "val")), say), final, final_tok, splits.val,
-                          config, progress, say)
-        timings["eval-val"] = {"seconds": val["seconds"], "reused": val["reused"]}
+        val = _eval_stage(Stage(out, "eval-val", prep.hashes["eval-val"], say), final, final_tok, splits.val, config, progress, say,
+                          timings)
         val_accuracy = val["accuracy"]
 
     # report ---------------------------------------------------------------------------------
