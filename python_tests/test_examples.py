@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # the whole method end to end in a subprocess (past 600 s on a loaded 2-core machine)
 def test_custom_loop_runs_the_whole_method(tmp_path):
     args = ["--n-train", "24", "--n-test", "6", "--n-text", "40", "--hidden", "32", "--layers", "2", "--warmup-epochs", "1",
             "--mask-examples", "16", "--mask-batch-size", "2", "--epochs", "2", "--batch-size", "8", "--accumulation", "2", "--max-new-tokens", "8"]
