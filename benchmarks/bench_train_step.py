@@ -437,7 +437,8 @@ def plot(rows: list[dict], path: Path) -> bool:
                 ax.bar(at, [backbone if r else 0.0 for r in limits], width, label="limit: backbone", color="0.45")
                 ax.bar(at, [r["limit_s"] - backbone if r else 0.0 for r in limits], width, bottom=backbone,
                        label="limit: active share x head", color="0.75", hatch="//")
-            ax.set_xticks([i + width * len(methods) / 2 for i in range(len(actives))],
+            bars = len(methods) + (1 if key == "step_s" and any(limits) else 0)
+            ax.set_xticks([i + width * (bars - 1) / 2 for i in range(len(actives))],
                           [f"{a:.0%} active" for a in actives])
             ax.set_ylabel(label)
             ax.set_title(model if row_i == 0 else "")
