@@ -195,12 +195,10 @@ def test_trainer_sharding_is_checked():
 
 
 def test_zero3_head_and_fsdp_with_one_process_are_refused(monkeypatch):
-    from test_hf import tiny_data, tiny_llama
-
     from kpod_ops.integrations.linear_patch import supports
+    from kpod_ops.models import tiny_student, tiny_tokenizer
 
-    tok, _, _ = tiny_data(2)
-    model = tiny_llama(tok)
+    model = tiny_student(tiny_tokenizer(), hidden_size=32, num_layers=1, num_heads=2)
     assert supports(model)[0]
     model.lm_head.weight.ds_id = 0  # what DeepSpeed ZeRO-3 marks its partitioned parameters with
     ok, why = supports(model)
@@ -250,7 +248,7 @@ def test_distillation_loop_with_two_processes_equals_one(tmp_path):
 
 @pytest.mark.slow
 def test_kpod_distill_fsdp_under_torchrun(tmp_path):
-    from test_ddp_distill import CONFIG
+    from test_ddp_distill import CONFIG, _prepared_copy
 
     from kpod_ops.cli import main
     from kpod_ops.data import load_builtin, write_jsonl
@@ -264,7 +262,8 @@ def test_kpod_distill_fsdp_under_torchrun(tmp_path):
         return ["distill", "--data", str(data), "--config", str(config), "--out", str(out), "--allow-degenerate", "--quiet"]
 
     assert main(argv(tmp_path / "one")) == 0
-    stdout = _run(_torchrun("-m", "kpod_ops.cli", *argv(tmp_path / "two"), "--fsdp"), tmp_path)
+    two = _prepared_copy(tmp_path / "one", tmp_path / "two")  # the stages before training, reused
+    stdout = _run(_torchrun("-m", "kpod_ops.cli", *argv(two), "--fsdp"), tmp_path)
     assert "FSDP2, the student sharded" in stdout and stdout.count("[report]") == 1
     assert json.loads((tmp_path / "two" / "report.json").read_text())["processes"] == 2
     from safetensors.torch import load_file
