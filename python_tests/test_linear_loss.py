@@ -372,3 +372,24 @@ def test_double_backward_is_refused_clearly(reduction):
     out = keypoint_linear_cross_entropy(hidden, weight, labels, w, loss_start, bias, reduction=reduction)
     with pytest.raises(RuntimeError, match="second derivatives"):
         torch.autograd.grad(out.sum(), hidden, create_graph=True)
+
+
+@pytest.mark.parametrize("fn", ["linear", "logits"])
+def test_output_scaled_in_place_before_backward(fn):
+    """``loss /= accumulation_steps`` on the returned loss gives the same gradients as ``loss / steps``."""
+    torch.manual_seed(0)
+    hidden = torch.randn(6, 8, requires_grad=True)
+    weight = torch.randn(11, 8, requires_grad=True)
+    labels, weights = torch.randint(0, 11, (6,)), torch.rand(6)
+
+    def loss():
+        if fn == "linear":
+            return keypoint_linear_cross_entropy(hidden, weight, labels, weights)
+        return kpod_ops.keypoint_cross_entropy(hidden @ weight.T, labels, weights)
+
+    expected = torch.autograd.grad(loss() / 4, (hidden, weight))
+    scaled = loss()
+    scaled /= 4
+    got = torch.autograd.grad(scaled, (hidden, weight))
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)

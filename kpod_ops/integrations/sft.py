@@ -338,7 +338,7 @@ class KPODSFTTrainer(_KPODTrainerMixin, SFTTrainer):
             raise bad_input("quantization_config", "None with a model object (it applies when loading by name)",
                             "a config")
         if peft_config is not None:
-            import peft
+            peft = require("peft", extra="hf", feature="KPODSFTTrainer(peft_config=...)")
 
             if not isinstance(peft_config, peft.PeftConfig):
                 raise bad_input("peft_config", "a peft.PeftConfig (e.g. peft.LoraConfig)", type(peft_config).__name__)

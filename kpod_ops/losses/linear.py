@@ -130,10 +130,12 @@ class _ScalarLinearLoss(torch.autograd.Function):
         ctx.compiled = torch.compiler.is_compiling()
         ctx.meta = (label_smoothing, chunk_size, den_is_weight_sum, hidden.dtype, weight.dtype,
                     None if bias is None else bias.dtype, None if weights_in is None else weights_in.dtype, softcap)
+        # a copy of the loss, not the output itself: a caller may scale the output in place (loss /= accumulation)
+        saved_loss = loss.detach().clone()
         if ctx.compiled:
-            ctx.save_for_backward(hidden, weight, bias, target, row_scale, nll, use, active, inv, loss, gh, gw, gb)
+            ctx.save_for_backward(hidden, weight, bias, target, row_scale, nll, use, active, inv, saved_loss, gh, gw, gb)
         else:
-            ctx.save_for_backward(hidden, weight, bias, target, row_scale, nll, use, active, inv, loss)
+            ctx.save_for_backward(hidden, weight, bias, target, row_scale, nll, use, active, inv, saved_loss)
             ctx.buffers = (gh, gw, gb)
         return loss
 
