@@ -106,7 +106,7 @@ def test_two_processes_equal_one_process_and_gradient_accumulation(one_process):
     assert main(_argv(data, _config(folder, "accum", micro_batch_size=2), accum)) == 0
     ddp = _prepared_copy(one, folder / "ddp")
     stdout = _run(_torchrun(_argv(data, _config(folder, "ddp", micro_batch_size=2), ddp)), folder)
-    assert "data-parallel over 2 processes" in stdout
+    assert "data-parallel (DDP) over 2 processes" in stdout
     assert stdout.count("[report]") == 1 and "reusing the finished stage" in stdout  # rank 0 speaks; stages reused
     report = json.loads((ddp / "report.json").read_text())
     assert report["processes"] == 2 and report["optimizer_steps"] == 6
