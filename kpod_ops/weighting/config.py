@@ -40,76 +40,40 @@ def _real(config: object, name: str, expected: str, ok) -> None:
 class MaskLearnerConfig:
     """Everything that shapes the mask learner. The defaults learn; :meth:`literal` is the paper as written.
 
-    Model: ``num_heads``/``mlp_hidden`` size the self-attention layer and the two-layer MLP on top
-    of the student's frozen input embedding; ``position`` gives that layer relative positions
-    (``"relative"`` learned offset biases, ``"rotary"`` or ``"none"``; the paper names none, but
-    without them one attention layer cannot tell "the number after *x*" from any other number).
-    ``init_keep_logit`` is the starting pre-sigmoid weight.
+    Weight generator: one self-attention layer (``num_heads``, ``position``: learned relative
+    offsets, rotary or none) and a two-layer MLP (``mlp_hidden``) on the student's frozen input
+    embedding, starting at the pre-sigmoid weight ``init_keep_logit``.
 
-    Mask: binary concrete with temperature ``tau``, annealed geometrically to ``tau_final`` over
-    training (``None``: constant), soft samples unless ``hard`` (straight-through).
+    Mask: binary concrete with temperature ``tau`` annealed to ``tau_final`` (``None``: constant),
+    soft samples unless ``hard`` (straight-through).
 
-    Objective ``L_k = L_p + alpha * L_m``. ``num_prefixes`` (P) prefix lengths per example estimate
-    the paper's sum over all prefixes (see ``kpod_ops.weighting.prefixes``). ``objective``:
+    Objective ``L_k = L_p + alpha * L_m`` over ``num_prefixes`` sampled prefix lengths per example.
+    ``"normalized"`` (default) averages, so both terms are O(1) whatever the lengths and ``alpha``
+    reads as "nats per answer token that keeping every token must buy"; ``"literal"`` is the paper's
+    sums with its ``alpha = 0.5``. ``prefix_mean`` weighs the sampled prefixes alike (``"sampled"``)
+    or estimates the mean over every prefix length (``"all"``). ``cap_at_blank`` caps each prefix's
+    answer NLL at its value with the prefix masked, so a prefix that misleads a predictor which
+    copies the last number it sees neither rewards nor punishes keeping tokens (``"auto"``: for a
+    LoRA or frozen predictor, one held fixed after the warm-up, or ``predictor_lr=0``).
+    ``mask_loss``: the sampled keep indicators (paper) or the keep probabilities.
 
-    - ``"normalized"`` (default): ``L_p`` is a mean over prefixes of the mean answer-token NLL,
-      ``L_m`` the mean keep mask (``mask_norm=None`` means ``"length"``). ``prefix_mean="sampled"``
-      (default) weighs the P sampled prefixes alike, so the full rationale counts 1/P;
-      ``"all"`` estimates the mean over all L prefix lengths (the full rationale counts 1/L), which
-      lets the misleading partial prefixes of a copying predictor dominate. Both terms are O(1) for
-      any rationale/answer length and vocabulary, so ``alpha`` (default 0.1) means "nats per answer
-      token that keeping every token must buy" (templated answers carry few informative tokens, so
-      larger values collapse the weights). Literally (sums) the answer term of a 40-token rationale
-      with an 8-token answer is ~L*|a| = 320 times larger per unit, so on a pre-trained predictor
-      nothing is ever masked, while on a predictor that cannot read yet ``L_m`` alone decides.
-    - ``"literal"``: the paper's sums (``L_p`` over all prefixes and answer tokens, ``L_m = sum m``),
-      with the paper's ``alpha = 0.5``.
+    Answer predictor: trained fully (``"full"``), through ``"lora"`` adapters, or ``"frozen"``;
+    ``projection`` maps the student's embedding size to the predictor's; a copy is trained unless
+    ``copy_predictor=False``; ``fused_linear`` computes its answer loss without logits where the
+    predictor allows it (``"auto"`` says why not otherwise).
+    ``train_predictor_after_warmup``: the predictor keeps learning with the weights (the paper) or
+    is held fixed (``"auto"``: fixed for a LoRA predictor, which otherwise unlearns reading the
+    rationale and takes the weights to 0 with it).
 
-    ``cap_at_blank``: each prefix's answer NLL is capped at what the predictor gets from that
-    prefix with every token masked, so a prefix that misleads the predictor (its NLL is higher with
-    the tokens visible than hidden) neither rewards nor punishes keeping them. A pre-trained
-    predictor that cannot redo the arithmetic copies the last number it sees, so partial prefixes
-    mislead it and, uncapped, teach the weights to hide the numbers (docs/results.md has the
-    measurements). A predictor trained jointly learns not to trust partial rationales instead. ``"auto"`` (default) caps unless the predictor is trained fully with
-    the weights: it caps a ``"lora"`` or ``"frozen"`` predictor (a pre-trained model; its adapters,
-    even when trained on after the warm-up, do not unlearn copying), one held fixed after the
-    warm-up, and ``predictor_lr=0``; the paper has no cap (``literal()``: ``False``). Costs one
-    more forward pass of the predictor, without gradients, per step.
-
-    ``mask_loss`` is the sampled keep indicators (paper) or the keep probabilities.
-
-    Answer predictor: trained fully (``"full"``, the paper's literal reading), through ``"lora"``
-    adapters (``peft``), or ``"frozen"``; ``projection`` maps the student's embedding size to the
-    predictor's (``"auto"``: identity when the sizes agree). The model passed in is never changed:
-    the learner trains a copy unless ``copy_predictor=False``. ``fused_linear``: ``"auto"``
-    computes the answer loss with the fused linear keypoint cross-entropy (no logits) wherever the
-    predictor allows it and says why not otherwise (then the logits); ``True`` requires it,
-    ``False`` uses the logits (see :class:`~kpod_ops.weighting.AnswerPredictor`).
-
-    ``train_predictor_after_warmup``: whether the predictor keeps learning with the weights once
-    the warm-up ends (``True``, the paper's joint training) or is held fixed (``False``).
-    ``"auto"`` (default) holds a ``"lora"`` predictor fixed: trained on masks drawn from the
-    weights, a pre-trained model co-adapts with them and unlearns reading the rationale (every row
-    where the answer's number is hidden teaches it to ignore the rationale), and the weights
-    follow it to 0.
-
-    Training: AdamW with ``lr`` for the weight generator and mask embedding, ``predictor_lr``
-    (``None``: the same as ``lr``; 0 keeps them fixed) for the predictor, its projection and answer
-    head. ``"auto"`` (default) is 1e-4 with ``predictor_training="lora"`` (adapters on a
-    pre-trained LM unlearn reading the rationale at higher rates) and 3e-3 otherwise (small predictors trained from scratch; train a pre-trained one fully with a small
-    ``predictor_lr`` too). Warm-up: at first only the predictor learns, on masks drawn from the
-    initial weights, for at most ``predictor_warmup`` of the steps; with ``reading_gain`` set it
-    ends as soon as the predictor reads the rationale (its answer NLL per token with the full
-    rationale is at least ``reading_gain`` nats below that with every rationale token masked, on a
-    probe of validation examples, on two probes in a row, and not before any training, since an
-    untrained model's random outputs can pass one probe). ``warmup_rows``: the warm-up trains the
-    predictor on the objective's sampled prefixes (``"prefixes"``) or on the full rationale only
-    (``"full"``): a small predictor trained from scratch mostly on partial rationales, where the
-    answer is not in view, learns to ignore the rationale; on full ones it learns to read it. Without a warm-up a predictor that cannot read yet gives the weights no reason to
-    keep anything, and the mask pressure drives every weight to 0 where the sigmoid saturates and
-    nothing recovers. Batches of ``batch_size`` examples, at most ``epochs`` epochs, early
-    stopping after ``patience`` post-warm-up epochs without improvement of the validation
-    ``monitor``; deterministic given ``seed``.
+    Training: AdamW with ``lr`` for the weights and ``predictor_lr`` for the predictor (``"auto"``:
+    3e-3, or 1e-4 for LoRA adapters; 0 keeps it fixed). Warm-up: the predictor learns alone for at
+    most ``predictor_warmup`` of the steps, ending early once it reads the rationale (its answer NLL
+    with the full rationale ``reading_gain`` nats below that with every token masked, on two probes
+    in a row), on the objective's sampled prefixes or on full rationales (``warmup_rows``; a small
+    predictor trained from scratch learns to read only from full ones). Batches of ``batch_size``,
+    at most ``epochs`` epochs, early stopping after ``patience`` epochs without improvement of the
+    validation ``monitor``; deterministic given ``seed``. The mask learner's page of the
+    documentation explains each choice.
     """
 
     # weight generator
