@@ -49,6 +49,8 @@ WORKER = textwrap.dedent(
         result = {{n: run(out, batch, accumulation, n, steps) for n in ("sequence", "token")}}
         if int(__import__("os").environ.get("RANK", "0")) == 0:
             torch.save(result, out + ".pt")
+        if torch.distributed.is_initialized():  # a process group left to exit can abort its gloo threads
+            torch.distributed.destroy_process_group()
     """
 )
 

@@ -127,6 +127,8 @@ LOOP_WORKER = textwrap.dedent(
         result["trainer-sequence-prewrapped"] = trainer(tok, tokenized, weights, sys.argv[1] + "_s", "sequence", True)
         if RANK == 0:
             torch.save(result, sys.argv[1] + ".pt")
+        if torch.distributed.is_initialized():  # a process group left to exit can abort its gloo threads
+            torch.distributed.destroy_process_group()
     """
 )
 
