@@ -354,8 +354,7 @@ def _make_linear_loss(patch: _Patch) -> Any:
         if patch.metrics is not None:
             patch.metrics.append(_token_statistics(hidden, labels, starts, ignore_index, lm_head_weight, bias,
                                                     logit_softcap))
-        loss = loss.clone()  # see kpod_loss
-        patch.ran_loss = loss
+        patch.ran_loss = loss  # the linear op saves a copy of its output: Trainer may scale this one in place
         return loss
 
     return kpod_linear_loss
