@@ -180,7 +180,8 @@ def _torchrun(*argv: str) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- fast
 def test_trainer_sharding_is_checked():
-    """FSDP2 trains; FSDP1, DeepSpeed and an ``args.fsdp`` that accelerate left off are refused, each saying why."""
+    """FSDP2 trains; FSDP1 and an ``args.fsdp`` that accelerate left off are refused, each saying why (DeepSpeed:
+    test_deepspeed.py)."""
     def trainer(**kw):
         state = SimpleNamespace(fsdp_plugin=SimpleNamespace(fsdp_version=kw.pop("version", 2)), distributed_type="MULTI_CPU")
         return SimpleNamespace(accelerator=SimpleNamespace(state=state), args=SimpleNamespace(fsdp_plugin_args=kw.pop("args", None)),
@@ -189,22 +190,13 @@ def test_trainer_sharding_is_checked():
     assert fsdp.trainer_sharding_refusal(trainer()) is None
     assert fsdp.trainer_sharding_refusal(trainer(is_fsdp_enabled=True)) is None
     assert "FSDP version 1" in fsdp.trainer_sharding_refusal(trainer(is_fsdp_enabled=True, version=1))
-    assert "DeepSpeed" in fsdp.trainer_sharding_refusal(trainer(is_deepspeed_enabled=True))
     why = fsdp.trainer_sharding_refusal(trainer(args={"fsdp_version": 2}))
     assert "accelerate did not enable FSDP" in why and "MULTI_CPU" in why
-    with pytest.raises(KPODInputError, match="DeepSpeed"):
-        fsdp.check_trainer_sharding(trainer(is_deepspeed_enabled=True))
+    with pytest.raises(KPODInputError, match="FSDP version 1"):
+        fsdp.check_trainer_sharding(trainer(is_fsdp_enabled=True, version=1))
 
 
-def test_zero3_head_and_fsdp_with_one_process_are_refused(monkeypatch):
-    from kpod_ops.integrations.linear_patch import supports
-    from kpod_ops.models import tiny_student, tiny_tokenizer
-
-    model = tiny_student(tiny_tokenizer(), hidden_size=32, num_layers=1, num_heads=2)
-    assert supports(model)[0]
-    model.lm_head.weight.ds_id = 0  # what DeepSpeed ZeRO-3 marks its partitioned parameters with
-    ok, why = supports(model)
-    assert not ok and "ZeRO-3" in why and "FSDP2" in why
+def test_fsdp_with_one_process_is_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     with pytest.raises(KPODInputError, match="--fsdp.*several processes"), distributed.process_group(fsdp=True):
         pass

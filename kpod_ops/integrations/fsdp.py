@@ -1,22 +1,25 @@
-"""The fused linear loss and the KPOD trainers on sharded models: FSDP2 (``fully_shard``).
+"""The fused linear loss and the KPOD trainers on sharded models: FSDP2 (``fully_shard``) and DeepSpeed ZeRO-3.
 
 FSDP2 keeps each parameter as a ``DTensor`` shard between forwards and all-gathers it in the
-forward pre-hook of the module it was sharded with (its *unit*). The linear patch reads the LM
-head's weight instead of calling the head, so the weight it reads must be whole:
+forward pre-hook of the module it was sharded with (its *unit*). DeepSpeed ZeRO-3 keeps each
+parameter partitioned (an empty ``data``, ``ds_id`` set) and gathers a module's own parameters in
+that module's forward pre-hook. The linear patch reads the LM head's weight instead of calling the
+head, so the weight it reads must be whole:
 
-* the head sits in a unit above it (``fully_shard(model)`` with the head not sharded on its own):
-  the unit's forward has gathered the weight before the patched forward runs, and the gradient
-  flows back to the gathered parameter, which FSDP2 reduce-scatters into the shards;
-* the head is a unit of its own (``fully_shard(model.lm_head)``, or accelerate's
-  ``[final_norm, lm_head]`` unit): :func:`through_head` runs the loss *inside a call of the head*
-  (its ``forward`` briefly replaced), so FSDP2's own hooks gather the weight before the loss,
-  reshard it after, gather it again for backward and reduce-scatter its gradient, exactly as for
-  ``lm_head(hidden)``.
+* the head sits in an FSDP2 unit above it (``fully_shard(model)`` with the head not sharded on its
+  own): the unit's forward has gathered the weight before the patched forward runs, and the
+  gradient flows back to the gathered parameter, which FSDP2 reduce-scatters into the shards;
+* the head is an FSDP2 unit of its own (``fully_shard(model.lm_head)``, or accelerate's
+  ``[final_norm, lm_head]`` unit), or its weight is partitioned by ZeRO-3: :func:`through_head`
+  runs the loss *inside a call of the head* (its ``forward`` briefly replaced), so FSDP2's or
+  DeepSpeed's own hooks gather the weight before the loss, release it after, gather it again for
+  backward and reduce-scatter its gradient, exactly as for ``lm_head(hidden)``.
 
 Either way the loss sees a plain ``[V, H]`` tensor, and the patch may be applied before or after
-``fully_shard``. A weight that is still a ``DTensor`` inside the forward (tensor parallelism, or
-FSDP2 over a tensor-parallel mesh) is refused with an error. FSDP1 (``FullyShardedDataParallel``)
-and DeepSpeed ZeRO-3 are refused: use FSDP2.
+the model is sharded. A weight that is still a ``DTensor`` inside the forward (tensor parallelism,
+or FSDP2 over a tensor-parallel mesh) is refused with an error, and so is a ZeRO-3 weight that is
+not gathered where it is read. FSDP1 (``FullyShardedDataParallel``) is refused: use FSDP2.
+DeepSpeed ZeRO-1/2 keep every parameter whole and need nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import torch
 from ..errors import KPODInputError, bad_input
 
 __all__ = [
-    "check_trainer_sharding", "is_fully_sharded", "sharding_refusal", "through_head", "trainer_sharding_refusal",
+    "check_trainer_sharding", "is_fully_sharded", "is_zero3_partitioned", "sharding_refusal", "through_head", "trainer_sharding_refusal",
     "unwrapped_class",
 ]
 
@@ -50,6 +53,17 @@ def _fsdp1_class() -> type | None:
     except ImportError:
         return None
     return FullyShardedDataParallel
+
+
+def is_zero3_partitioned(tensor: Any) -> bool:
+    """Whether DeepSpeed ZeRO-3 manages ``tensor`` (it marks its partitioned parameters with ``ds_id``)."""
+    return hasattr(tensor, "ds_id")
+
+
+def _zero3_gathered(tensor: Any) -> bool:
+    """Whether a ZeRO-3 parameter holds its whole value now (inside its module's call)."""
+    status = getattr(getattr(tensor, "ds_status", None), "name", None)
+    return status == "AVAILABLE" and tensor.numel() == getattr(tensor, "ds_numel", -1)
 
 
 def _is_dtensor(tensor: Any) -> bool:
@@ -80,8 +94,8 @@ def unwrapped_class(module: Any) -> type:
 def sharding_refusal(model: Any, weight: Any) -> str | None:
     """Why the linear patch cannot train ``model`` whose LM-head weight is ``weight``, or None.
 
-    FSDP2 (``fully_shard``) is accepted, before or after patching; FSDP1, DeepSpeed ZeRO-3 and a
-    ``DTensor`` weight without FSDP2 (tensor parallelism) are not.
+    FSDP2 (``fully_shard``) and DeepSpeed ZeRO-3 are accepted, before or after patching; FSDP1 and
+    a ``DTensor`` weight without FSDP2 (tensor parallelism) are not.
     """
     fsdp1 = _fsdp1_class()
     fsdp2 = _fsdp2_class()
@@ -90,14 +104,19 @@ def sharding_refusal(model: Any, weight: Any) -> str | None:
         if fsdp1 is not None and isinstance(module, fsdp1):
             return f"the model is wrapped in FSDP1 (FullyShardedDataParallel), which the linear patch does not support: {_USE_FSDP2}"
         has_fsdp2 = has_fsdp2 or (fsdp2 is not None and isinstance(module, fsdp2))
-    if hasattr(weight, "ds_id") or hasattr(weight, "ds_status"):
-        return f"the LM-head weight is partitioned by DeepSpeed ZeRO-3, which the linear patch does not support: {_USE_FSDP2}"
     if _is_dtensor(weight) and not has_fsdp2:
         return "the LM-head weight is a DTensor outside FSDP2 (tensor parallelism shards it across ranks)"
     return None
 
 
 def _whole(weight: Any, head: Any) -> None:
+    if is_zero3_partitioned(weight) and not _zero3_gathered(weight):
+        raise bad_input(
+            "model", "an LM-head weight gathered whole inside the call of the head (DeepSpeed ZeRO-3 gathers it there)",
+            f"a ZeRO-3 partition ({tuple(weight.shape)} of {getattr(weight, 'ds_shape', '?')}, status "
+            f"{getattr(getattr(weight, 'ds_status', None), 'name', None)}) inside the call of {type(head).__name__}: "
+            "DeepSpeed's hooks are not on this head (it was partitioned outside deepspeed.initialize / zero.Init?)",
+        )
     if _is_dtensor(weight):
         raise bad_input(
             "model", "an LM-head weight gathered whole inside the forward (FSDP2 units gather theirs; DDP, one process)",
@@ -110,13 +129,14 @@ def _whole(weight: Any, head: Any) -> None:
 def through_head(head: torch.nn.Module, hidden: torch.Tensor, loss: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """``loss(hidden)`` with ``head``'s parameters whole while it runs.
 
-    When ``head`` is an FSDP2 unit, the call goes through ``head(hidden)`` with the head's
-    ``forward`` replaced by ``loss`` for that one call, so that FSDP2's hooks gather the weight
-    (and again for backward) and reduce-scatter its gradient; ``loss`` receives the hidden states
-    as FSDP2 hands them to the head (cast by its mixed-precision policy). Otherwise ``loss`` runs
-    directly. A weight that is a ``DTensor`` inside the call is refused (:class:`KPODInputError`).
+    When ``head`` is an FSDP2 unit or its weight is partitioned by DeepSpeed ZeRO-3, the call goes
+    through ``head(hidden)`` with the head's ``forward`` replaced by ``loss`` for that one call, so
+    that FSDP2's or DeepSpeed's hooks gather the weight (and again for backward) and reduce-scatter
+    its gradient; ``loss`` receives the hidden states as the hooks hand them to the head (FSDP2
+    casts them by its mixed-precision policy). Otherwise ``loss`` runs directly. A weight that is a
+    ``DTensor``, or a ZeRO-3 partition, inside the call is refused (:class:`KPODInputError`).
     """
-    if not is_fully_sharded(head):
+    if not (is_fully_sharded(head) or any(is_zero3_partitioned(p) for p in head.parameters(recurse=False))):
         _whole(head.weight, head)
         return loss(hidden)
     had_own = "forward" in head.__dict__
@@ -143,13 +163,20 @@ def through_head(head: torch.nn.Module, hidden: torch.Tensor, loss: Callable[[to
 def trainer_sharding_refusal(trainer: Any) -> str | None:
     """Why a KPOD trainer cannot train with ``trainer``'s sharding (what Trainer / accelerate set up), or None.
 
-    FSDP2 is supported; FSDP1 and DeepSpeed (every ZeRO stage) are not, and neither is ``args.fsdp``
-    that accelerate did not turn on (it shards only across GPU / accelerator processes): that run
-    would silently be DDP, every process holding the whole model.
+    FSDP2 and DeepSpeed (ZeRO-1/2/3, data parallel) are supported; FSDP1 is not, nor DeepSpeed's
+    tensor parallelism (``tensor_parallel.autotp_size`` > 1: the LM head's rows split across ranks),
+    nor ``args.fsdp`` that accelerate did not turn on (it shards only across GPU / accelerator
+    processes): that run would silently be DDP, every process holding the whole model.
     """
-    if getattr(trainer, "is_deepspeed_enabled", False):
-        return f"DeepSpeed is enabled (args.deepspeed), which the KPOD trainers do not support: {_USE_FSDP2}, or DDP"
     state = getattr(getattr(trainer, "accelerator", None), "state", None)
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        plugin = getattr(state, "deepspeed_plugin", None)
+        config = getattr(getattr(plugin, "hf_ds_config", None), "config", None) or {}
+        tp = (config.get("tensor_parallel") or {}).get("autotp_size", 1) if isinstance(config, dict) else 1
+        if isinstance(tp, int) and tp > 1:
+            return (f"DeepSpeed tensor parallelism (tensor_parallel.autotp_size={tp}), which splits the LM head across "
+                    "ranks: the KPOD losses need every vocabulary row; use ZeRO data parallelism (autotp_size 1)")
+        return None
     if getattr(trainer, "is_fsdp_enabled", False):
         version = getattr(getattr(state, "fsdp_plugin", None), "fsdp_version", 1)
         if version != 2:
@@ -167,11 +194,19 @@ def check_trainer_sharding(trainer: Any) -> None:
     """Raise :class:`KPODInputError` with :func:`trainer_sharding_refusal`'s reason, if any."""
     why = trainer_sharding_refusal(trainer)
     if why is not None:
-        raise KPODInputError(f"args: expected DDP, FSDP2 or a single process, got {why}")
+        raise KPODInputError(f"args: expected DDP, FSDP2, DeepSpeed ZeRO or a single process, got {why}")
 
 
 def require_whole(weight: Any, where: str) -> None:
-    """Raise :class:`KPODInputError` when ``weight`` is a ``DTensor`` shard where it must be whole (``where``)."""
+    """Raise :class:`KPODInputError` when ``weight`` is a ``DTensor`` shard or a ZeRO-3 partition where it must be
+    whole (``where``)."""
+    if is_zero3_partitioned(weight) and not _zero3_gathered(weight):
+        raise bad_input(
+            "model", f"an LM-head weight gathered whole {where}",
+            f"a DeepSpeed ZeRO-3 partition of shape {tuple(weight.shape)}: patch the model with apply_kpod_loss (its "
+            "loss runs inside the head's call, where DeepSpeed gathers the weight), or read it inside "
+            "deepspeed.zero.GatheredParameters",
+        )
     if _is_dtensor(weight):
         raise bad_input(
             "model", f"an LM-head weight gathered whole {where}",

@@ -31,9 +31,10 @@ Contract (what :func:`kpod_ops.integrations.hf.apply_kpod_loss` relies on):
   type must be one of :data:`SUPPORTED_MODEL_TYPES` with a ``model`` backbone and a plain
   ``nn.Linear`` ``lm_head`` (a LoRA-adapted or ``modules_to_save`` head is refused: its output is
   not ``hidden @ weightᵀ``), no logit transform its family does not have (e.g. a Llama config with
-  ``logit_scale``), and a **full, unsharded** LM-head weight. FSDP1, DeepSpeed ZeRO-3 and tensor
-  parallelism shard that weight and are refused; DDP and ZeRO-1/2 keep it whole, and FSDP2
-  (``fully_shard``, before or after patching) has it gathered for the loss
+  ``logit_scale``), and an LM-head weight that is whole where the loss reads it. FSDP1 and tensor
+  parallelism shard that weight and are refused; DDP and DeepSpeed ZeRO-1/2 keep it whole, and
+  FSDP2 (``fully_shard``) and ZeRO-3, before or after patching, have it gathered for the loss,
+  which runs inside a call of the head when the head's weight is sharded on its own
   (:mod:`kpod_ops.integrations.fsdp`).
 * ``patch_linear_loss(model, loss_fn=None)`` patches the unwrapped base model in place and returns
   ``model``; it raises :class:`~kpod_ops.errors.KPODInputError` with ``supports``' reason when
@@ -210,7 +211,7 @@ def supports(model: Any) -> tuple[bool, str]:
             )
     why = _sharded(model, head.weight)
     if why is not None:
-        return False, f"{why}; the fused linear loss needs the full weight on every rank (DDP, FSDP2, ZeRO-1/2)"
+        return False, f"{why}; the fused linear loss needs the full weight on every rank (DDP, FSDP2, DeepSpeed ZeRO)"
     extra = [what for what, on in (
         (f"logits ÷ {family.divide_by}", family.divide_by and _config_number(config, family.divide_by) is not None),
         (f"{family.softcap} inside the chunks", family.softcap and _config_number(config, family.softcap) is not None),
@@ -359,7 +360,7 @@ def _make_forward(patch: _LinearPatch, original: Any, family: Family, router_los
         hidden = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
         extra = {} if softcap is None else {"logit_softcap": softcap}
 
-        def head_loss(hidden_in):  # with the LM head's weight whole (an FSDP2 unit: inside its call)
+        def head_loss(hidden_in):  # with the LM head's weight whole (an FSDP2 unit or ZeRO-3: inside its call)
             h, weight, bias = _head_inputs(hidden_in, self.lm_head, divide_by)
             return patch.loss_fn(h, weight, labels, bias=bias, token_weights=token_weights, loss_start=loss_start,
                                  num_items_in_batch=num_items_in_batch, ignore_index=-100, **extra)

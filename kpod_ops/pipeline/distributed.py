@@ -1,6 +1,7 @@
 """Data-parallel runs of the distillation job: the process group from the ``torchrun`` environment.
 
-``torchrun --nproc_per_node=N kpod distill ...`` (or ``accelerate launch`` without FSDP / DeepSpeed)
+``torchrun --nproc_per_node=N kpod distill ...`` (or ``accelerate launch`` without FSDP / DeepSpeed:
+the job does not read accelerate's sharding configuration; DeepSpeed ZeRO trains through ``KPODTrainer``)
 starts N processes with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and ``MASTER_ADDR`` set.
 :func:`process_group` initialises ``torch.distributed`` from them (gloo on CPU, NCCL on CUDA, one
 GPU per process). The job then trains data-parallel — DDP, or with ``kpod distill --fsdp`` FSDP2
@@ -90,14 +91,19 @@ def _requested_world() -> int:
 
 
 def _refuse_sharded() -> None:
-    """``accelerate launch`` with FSDP or DeepSpeed sets up sharding the job does not read; FSDP2 is ``--fsdp``."""
+    """``accelerate launch`` with FSDP or DeepSpeed sets up sharding the job does not read; FSDP2 is ``--fsdp``.
+
+    DeepSpeed ZeRO trains KPOD through ``KPODTrainer`` (``TrainingArguments(deepspeed=...)``), not
+    through the distillation job, whose training loop is its own."""
+    hints = {"FSDP": "", "DeepSpeed": "; DeepSpeed ZeRO trains the KPOD loss through KPODTrainer "
+                                      "(TrainingArguments(deepspeed=...)), not through kpod distill"}
     for name, what in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
         if os.environ.get(name, "").strip().lower() in _TRUE:
             raise KPODInputError(
                 f"{name}: expected unset (kpod distill and kpod compare shard the student themselves: DDP, or FSDP2 "
                 f"with --fsdp), got {os.environ[name]!r}: accelerate's {what} configuration is not read by the job; "
                 "launch with `torchrun --nproc_per_node=N -m kpod_ops.cli distill --fsdp ...` (or accelerate launch "
-                "without FSDP / DeepSpeed)"
+                f"without FSDP / DeepSpeed){hints[what]}"
             )
 
 
