@@ -86,11 +86,14 @@ python3 -c 'import kpod_ops, kpod_ops._extension as e; print("fused_status(cuda)
 tail -1 "$LOG"
 
 # ---- tests: the CUDA-only file, and the cuda instances of every device-parametrised test ----
+# every file that parametrises over loss_helpers' DEVICES (directly or through on_devices / on_devices_and_dtypes)
+# is found by that name, so that a newly parametrised file runs here without being listed
 tests=(python_tests/test_cuda_kernels.py)
-for f in python_tests/test_loss_training.py python_tests/test_loss_contract.py python_tests/test_loss_properties.py \
-  python_tests/test_linear_loss.py python_tests/test_linear_loss_hf.py python_tests/test_hf*.py; do
-  [ -f "$f" ] && tests+=("$f")
+mapfile -t device_files < <(grep -lwE "DEVICES|on_devices|on_devices_and_dtypes" python_tests/test_*.py | sort)
+for f in "${device_files[@]}" python_tests/test_hf*.py; do
+  [ -f "$f" ] && [[ " ${tests[*]} " != *" $f "* ]] && tests+=("$f")
 done
+log "CUDA test files: ${tests[*]}"
 # (-k matches parent names too: every test of test_cuda_kernels.py, and the [cuda] instances elsewhere)
 stage "CUDA tests" 150 "$OUT/tests_cuda.log" python3 -m pytest -q -rs --durations=8 -p no:cacheprovider --continue-on-collection-errors \
   -k cuda "${tests[@]}"

@@ -4,6 +4,9 @@ measured against an fp64 reference, plus a small absolute floor)."""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
+
 import pytest
 import torch
 
@@ -100,3 +103,41 @@ def check_against_reference(logits, labels, weights=None, loss_start=None, floor
         assert got[2] is not None and ref[2] is not None
         assert_flash_close("grad_weights", got[2], low[2], ref[2], floor_loss, rel)
     return got
+
+
+# ---------------------------------------------------------------- device × dtype parametrisation
+# (as torch_scatter/testing.py: `devices`, `dtypes`, itertools.product); the CUDA instances exist only
+# where DEVICES has CUDA, so a machine without a GPU collects none (nothing is skipped)
+
+FLOAT_DTYPES = [torch.float32, torch.bfloat16, torch.float16]  # every dtype both devices' kernels take
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+on_devices = pytest.mark.parametrize("device", DEVICES, ids=str)
+
+
+def on_devices_and_dtypes(dtypes: Sequence[torch.dtype] = tuple(FLOAT_DTYPES)) -> pytest.MarkDecorator:
+    """``parametrize("device, dtype", DEVICES × dtypes)`` with ids such as ``cpu-bfloat16``."""
+    cases = [
+        pytest.param(device, dtype, id=f"{device}-{str(dtype).removeprefix('torch.')}")
+        for device, dtype in itertools.product(DEVICES, dtypes)
+    ]
+    return pytest.mark.parametrize(("device", "dtype"), cases)
+
+
+def dtype_tolerance(dtype: torch.dtype, scale: float = 1.0) -> dict[str, float]:
+    """``assert_close`` tolerances for a result computed from ``dtype`` inputs (fp32 accumulation)
+    against an fp64 reference on the same rounded inputs.
+
+    fp32: 1e-5 (a few roundings grown by the sums). bf16/fp16: 4 units of the dtype's epsilon, the
+    LM-head logits and the returned gradients being rounded to ``dtype`` once each, the difference
+    of two such values (``z_y − lse``) adding a third; ``scale`` widens ``atol`` for results of
+    larger magnitude.
+    """
+    if dtype in LOW_PRECISION:
+        eps = torch.finfo(dtype).eps
+        return dict(rtol=4 * eps, atol=4 * eps * scale)
+    if dtype == torch.float32:
+        return dict(rtol=1e-5, atol=1e-5 * scale)
+    if dtype == torch.float64:
+        return dict(rtol=1e-10, atol=1e-12 * scale)
+    raise ValueError(f"dtype_tolerance: expected a float dtype, got {dtype}")

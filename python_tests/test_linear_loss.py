@@ -1,4 +1,8 @@
-"""The fused linear keypoint cross-entropy against ``F.linear`` + the keypoint CE reference."""
+"""The fused linear keypoint cross-entropy against ``F.linear`` + the keypoint CE reference.
+
+Every test that runs the fused loss runs on each device of ``loss_helpers.DEVICES`` (the CPU, and
+CUDA where a GPU and the CUDA kernels are present); those comparing numerics also run in each dtype
+(fp32, bf16, fp16), the reference computed in fp64 on the same rounded inputs."""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from loss_helpers import LOW_PRECISION, dtype_tolerance, on_devices, on_devices_and_dtypes
 
 import kpod_ops
 from kpod_ops import KPODInputError, keypoint_linear_cross_entropy
@@ -19,7 +24,10 @@ pytestmark = pytest.mark.skipif(
 REDUCTIONS = ["none", "sum", "mean", "weighted_mean"]
 
 
-def _problem(seed, B, T, H, V, dtype=torch.float32, *, p_ignore=0.2, p_zero_w=0.2, bias=True, starts=True):
+def _problem(seed, B, T, H, V, dtype=torch.float32, *, p_ignore=0.2, p_zero_w=0.2, bias=True, starts=True,
+             device="cpu"):
+    """``[hidden, weight, bias, token_weights]`` in ``dtype``, labels and loss_start, on ``device``
+    (drawn on the CPU: the same problem on every device)."""
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(B, T, H, generator=g, dtype=torch.float64)
     weight = torch.randn(V, H, generator=g, dtype=torch.float64) * H**-0.5 * 2
@@ -29,8 +37,8 @@ def _problem(seed, B, T, H, V, dtype=torch.float32, *, p_ignore=0.2, p_zero_w=0.
     w = torch.rand(B, T, generator=g, dtype=torch.float64) + 0.05
     w[torch.rand(B, T, generator=g) < p_zero_w] = 0.0
     loss_start = torch.randint(0, T + 1, (B,), generator=g) if starts else None
-    cast = [x if x is None else x.to(dtype) for x in (hidden, weight, b, w)]
-    return cast, labels, loss_start
+    cast = [x if x is None else x.to(device=device, dtype=dtype) for x in (hidden, weight, b, w)]
+    return cast, labels.to(device), None if loss_start is None else loss_start.to(device)
 
 
 def _leaves(tensors):
@@ -41,7 +49,7 @@ def _run(fn, tensors, labels, loss_start, upstream, **kw):
     hidden, weight, bias, w = _leaves(tensors)
     out = fn(hidden, weight, labels, w, loss_start, bias, **kw)
     g = upstream if out.dim() else upstream.reshape(())
-    out.backward(g.to(out.dtype))
+    out.backward(g.to(device=out.device, dtype=out.dtype))
     return out.detach(), [None if x is None else x.grad for x in (hidden, weight, bias, w)]
 
 
@@ -51,6 +59,7 @@ def _per_position_loss(tensors, labels, loss_start, **kw):
     return keypoint_linear_cross_entropy_reference(hidden, weight, labels, None, loss_start, bias, reduction="none", **kw)
 
 
+@on_devices
 @given(
     seed=st.integers(0, 2**16),
     B=st.integers(1, 3),
@@ -65,8 +74,10 @@ def _per_position_loss(tensors, labels, loss_start, **kw):
     chunk=st.integers(1, 8),
     items=st.sampled_from([None, 7]),
 )
-def test_matches_reference_outputs_and_all_gradients(seed, B, T, H, V, reduction, shift, starts, bias, smoothing, chunk, items):
-    tensors, labels, loss_start = _problem(seed, B, T, H, V, bias=bias, starts=starts)
+def test_matches_reference_outputs_and_all_gradients(device, seed, B, T, H, V, reduction, shift, starts, bias, smoothing,
+                                                     chunk, items):
+    """fp32 (the low-precision dtypes have their own test below) on every device."""
+    tensors, labels, loss_start = _problem(seed, B, T, H, V, bias=bias, starts=starts, device=device)
     nib = items if reduction in ("mean", "weighted_mean") else None
     kw = dict(reduction=reduction, shift=shift, label_smoothing=smoothing, num_items_in_batch=nib)
     upstream = torch.randn(B, T, generator=torch.Generator().manual_seed(seed)) if reduction == "none" else torch.tensor(1.7)
@@ -87,11 +98,13 @@ def test_matches_reference_outputs_and_all_gradients(seed, B, T, H, V, reduction
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@on_devices_and_dtypes()
 @pytest.mark.parametrize("reduction", ["sum", "mean", "weighted_mean", "none"])
-def test_zero_weight_rows_give_their_weight_a_gradient(reduction):
-    tensors, labels, loss_start = _problem(3, 2, 6, 4, 7, p_ignore=0.0, p_zero_w=0.4, starts=False)
+def test_zero_weight_rows_give_their_weight_a_gradient(reduction, device, dtype):
+    tensors, labels, loss_start = _problem(3, 2, 6, 4, 7, dtype, p_ignore=0.0, p_zero_w=0.4, starts=False, device=device)
     upstream = torch.randn(2, 6, generator=torch.Generator().manual_seed(1)) if reduction == "none" else torch.tensor(1.0)
     out, grads = _run(keypoint_linear_cross_entropy, tensors, labels, None, upstream, reduction=reduction)
+    upstream = upstream.to(device)
     w = tensors[3].double()
     ell = _per_position_loss(tensors, labels, None)
     zero = w == 0
@@ -104,10 +117,12 @@ def test_zero_weight_rows_give_their_weight_a_gradient(reduction):
         expected = ell / ell.numel()
     else:
         expected = (ell - (w * ell).sum() / w.sum()) / w.sum()
-    torch.testing.assert_close(grads[3].double()[zero], expected[zero], rtol=1e-5, atol=1e-6)
+    # ℓ of the same rounded inputs, in fp64: the fused ℓ differs by the roundings of its logits (and of the gradient)
+    torch.testing.assert_close(grads[3].double()[zero], expected[zero], **dtype_tolerance(dtype, 0.1))
     assert bool((out.double()[zero] == 0).all()) if reduction == "none" else True
 
 
+@on_devices
 @settings(max_examples=15)
 @given(
     seed=st.integers(0, 2**16),
@@ -116,10 +131,12 @@ def test_zero_weight_rows_give_their_weight_a_gradient(reduction):
     reduction=st.sampled_from(REDUCTIONS),
     shift=st.booleans(),
     chunk=st.integers(1, 8),
+    dtype=st.sampled_from(LOW_PRECISION),
 )
-def test_bf16_matches_reference_within_the_flash_rule(seed, T, V, reduction, shift, chunk):
-    """bf16: error vs float64 at most 2x that of plain PyTorch in bf16, plus a small floor."""
-    tensors, labels, loss_start = _problem(seed, 2, T, 8, V, torch.bfloat16)
+def test_low_precision_matches_reference_within_the_flash_rule(device, seed, T, V, reduction, shift, chunk, dtype):
+    """bf16 / fp16 (drawn, so that the dtypes share the examples): error vs float64 at most 2x that of plain
+    PyTorch in that dtype, plus a small floor."""
+    tensors, labels, loss_start = _problem(seed, 2, T, 8, V, dtype, device=device)
     upstream = torch.randn(2, T, generator=torch.Generator().manual_seed(seed)) if reduction == "none" else torch.tensor(1.3)
     kw = dict(reduction=reduction, shift=shift)
     out, grads = _run(keypoint_linear_cross_entropy, tensors, labels, loss_start, upstream, chunk_size=chunk, **kw)
@@ -139,28 +156,30 @@ def test_bf16_matches_reference_within_the_flash_rule(seed, T, V, reduction, shi
         assert err <= bound, f"{name}: {err} > {bound}"
 
 
-def test_bf16_close_to_fp64_reference():
-    tensors, labels, loss_start = _problem(5, 2, 16, 8, 64, torch.bfloat16)
+@on_devices_and_dtypes(LOW_PRECISION)
+def test_low_precision_close_to_fp64_reference(device, dtype):
+    tensors, labels, loss_start = _problem(5, 2, 16, 8, 64, dtype, device=device)
     out, grads = _run(keypoint_linear_cross_entropy, tensors, labels, loss_start, torch.tensor(1.0), chunk_size=5)
     assert out.dtype == torch.float32
     ref, ref_grads = _run(
         keypoint_linear_cross_entropy_reference, [x.double() for x in tensors], labels, loss_start, torch.tensor(1.0)
     )
     low, low_grads = _run(keypoint_linear_cross_entropy_reference, tensors, labels, loss_start, torch.tensor(1.0))
-    # flash-attention rule: within 2x the error of plain PyTorch in bf16, plus a small floor
+    # flash-attention rule: within 2x the error of plain PyTorch in that dtype, plus a small floor
     assert abs(out.double() - ref) <= 2 * abs(low.double() - ref) + 1e-2
     for got, plain, want in zip(grads, low_grads, ref_grads):
         err = (got.double() - want).abs().max()
         assert err <= 2 * (plain.double() - want).abs().max() + 2e-3
 
 
-def test_fp16_gradient_is_scaled_before_rounding():
+@on_devices
+def test_fp16_gradient_is_scaled_before_rounding(device):
     """fp16 with a GradScaler-sized upstream scale: no gradient flushed to zero, rounded once."""
     g = torch.Generator().manual_seed(0)
     N, H, V = 64, 8, 512
-    hidden = torch.randn(N, H, generator=g)
-    weight = torch.randn(V, H, generator=g) * 0.3
-    labels = torch.randint(0, V, (N,), generator=g)
+    hidden = torch.randn(N, H, generator=g).to(device)
+    weight = (torch.randn(V, H, generator=g) * 0.3).to(device)
+    labels = torch.randint(0, V, (N,), generator=g).to(device)
     h16 = hidden.half().requires_grad_()
     w16 = weight.half().requires_grad_()
     loss = keypoint_linear_cross_entropy(h16, w16, labels, chunk_size=16)
@@ -176,9 +195,10 @@ def test_fp16_gradient_is_scaled_before_rounding():
         assert float(rel.median()) <= 1e-3
 
 
-def test_all_inactive_gives_zero_loss_and_zero_gradients():
-    tensors, labels, _ = _problem(1, 2, 5, 4, 9)
-    loss_start = torch.tensor([5, 5])
+@on_devices_and_dtypes()
+def test_all_inactive_gives_zero_loss_and_zero_gradients(device, dtype):
+    tensors, labels, _ = _problem(1, 2, 5, 4, 9, dtype, device=device)
+    loss_start = torch.tensor([5, 5], device=device)
     for reduction in REDUCTIONS:
         upstream = torch.ones(2, 5) if reduction == "none" else torch.tensor(1.0)
         out, grads = _run(keypoint_linear_cross_entropy, tensors, labels, loss_start, upstream, reduction=reduction)
@@ -187,23 +207,25 @@ def test_all_inactive_gives_zero_loss_and_zero_gradients():
             assert float(x.abs().sum()) == 0.0
 
 
-def test_non_finite_inactive_or_zero_weight_rows_do_not_leak():
-    tensors, labels, _ = _problem(2, 1, 6, 4, 9, p_ignore=0.0, p_zero_w=0.0, starts=False)
+@on_devices_and_dtypes()
+def test_non_finite_inactive_or_zero_weight_rows_do_not_leak(device, dtype):
+    tensors, labels, _ = _problem(2, 1, 6, 4, 9, dtype, p_ignore=0.0, p_zero_w=0.0, starts=False, device=device)
     hidden, weight, bias, w = tensors
     hidden[0, 0] = float("nan")  # before loss_start
     hidden[0, 3] = float("inf")  # ω = 0
     w[0, 3] = 0.0
     labels[0, 4] = -100
     hidden[0, 4] = float("nan")  # ignore_index
-    out, grads = _run(keypoint_linear_cross_entropy, (hidden, weight, bias, w.detach()), labels, torch.tensor([1]),
-                      torch.tensor(1.0), reduction="sum")
+    out, grads = _run(keypoint_linear_cross_entropy, (hidden, weight, bias, w.detach()), labels,
+                      torch.tensor([1], device=device), torch.tensor(1.0), reduction="sum")
     assert torch.isfinite(out)
     for x in grads[:3]:
         assert torch.isfinite(x).all()
 
 
-def test_zero_divisor_with_non_finite_active_row_gives_zero():
-    tensors, labels, _ = _problem(2, 1, 4, 3, 5, p_ignore=0.0, p_zero_w=0.0, starts=False)
+@on_devices_and_dtypes()
+def test_zero_divisor_with_non_finite_active_row_gives_zero(device, dtype):
+    tensors, labels, _ = _problem(2, 1, 4, 3, 5, dtype, p_ignore=0.0, p_zero_w=0.0, starts=False, device=device)
     tensors[0][0, 1] = float("inf")
     out, grads = _run(keypoint_linear_cross_entropy, tensors, labels, None, torch.tensor(1.0), num_items_in_batch=0)
     assert float(out) == 0.0
@@ -211,7 +233,8 @@ def test_zero_divisor_with_non_finite_active_row_gives_zero():
         assert float(x.abs().sum()) == 0.0
 
 
-def test_inactive_rows_never_reach_the_matmul(monkeypatch):
+@on_devices
+def test_inactive_rows_never_reach_the_matmul(monkeypatch, device):
     """Only active rows go through the LM head, in chunks of at most chunk_size rows."""
     seen = []
     real = linear_ops._logits
@@ -221,8 +244,8 @@ def test_inactive_rows_never_reach_the_matmul(monkeypatch):
         return real(h, weight, bias)
 
     monkeypatch.setattr(linear_ops, "_logits", spy)
-    tensors, labels, _ = _problem(4, 2, 10, 4, 11, p_ignore=0.0, p_zero_w=0.0)
-    loss_start = torch.tensor([7, 4])  # 3 + 6 active positions
+    tensors, labels, _ = _problem(4, 2, 10, 4, 11, p_ignore=0.0, p_zero_w=0.0, device=device)
+    loss_start = torch.tensor([7, 4], device=device)  # 3 + 6 active positions
     for reduction in ("mean", "none"):
         seen.clear()
         upstream = torch.ones(2, 10) if reduction == "none" else torch.tensor(1.0)
@@ -236,27 +259,33 @@ def test_inactive_rows_never_reach_the_matmul(monkeypatch):
     assert sum(seen) == 4 and torch.isfinite(loss)
 
 
-def test_retain_graph_gives_exact_repeated_gradients():
-    tensors, labels, loss_start = _problem(6, 2, 7, 5, 11)
+@on_devices_and_dtypes()
+def test_retain_graph_gives_exact_repeated_gradients(device, dtype):
+    tensors, labels, loss_start = _problem(6, 2, 7, 5, 11, dtype, device=device)
+    # fp32: the recomputed gradients equal the forward's buffers up to fp32 rounding; bf16/fp16: one rounding of
+    # the gradient to the dtype, and the sums of repeated backwards accumulated in it
+    tol = dtype_tolerance(dtype, 0.1) if dtype in LOW_PRECISION else dict(rtol=1e-6, atol=1e-7)
     hidden, weight, bias, w = _leaves(tensors)
     loss = keypoint_linear_cross_entropy(hidden, weight, labels, w, loss_start, bias, chunk_size=3)
     first = [x.detach().clone() for x in torch.autograd.grad(loss, (hidden, weight, bias, w), retain_graph=True)]
     again = torch.autograd.grad(loss, (hidden, weight, bias, w), retain_graph=True)
     for a, b in zip(first, again):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(a, b, **tol)
         b.mul_(100.0)  # mutating a returned gradient must not change a later one
     for _ in range(3):
         loss.backward(retain_graph=True)
+    tol3 = tol if dtype in LOW_PRECISION else dict(rtol=1e-5, atol=1e-6)
     for x, a in zip((hidden, weight, bias, w), first):
-        torch.testing.assert_close(x.grad, 3 * a, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(x.grad, 3 * a, **tol3)
         x.grad.zero_()
-    loss.backward(torch.tensor(2.0))
+    loss.backward(torch.tensor(2.0, device=device))
     for x, a in zip((hidden, weight, bias, w), first):
-        torch.testing.assert_close(x.grad, 2 * a, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(x.grad, 2 * a, **tol3)
 
 
-def test_gradient_buffers_are_released_after_backward():
-    tensors, labels, loss_start = _problem(7, 2, 6, 4, 9)
+@on_devices
+def test_gradient_buffers_are_released_after_backward(device):
+    tensors, labels, loss_start = _problem(7, 2, 6, 4, 9, device=device)
     hidden, weight, bias, w = _leaves(tensors)
     loss = keypoint_linear_cross_entropy(hidden, weight, labels, w, loss_start, bias)
     node = loss.grad_fn
@@ -265,15 +294,16 @@ def test_gradient_buffers_are_released_after_backward():
     assert node.buffers is None
 
 
-def test_validation_names_value_and_position():
-    tensors, labels, _ = _problem(8, 2, 5, 3, 6, p_ignore=0.0)
+@on_devices
+def test_validation_names_value_and_position(device):
+    tensors, labels, _ = _problem(8, 2, 5, 3, 6, p_ignore=0.0, device=device)
     labels[1, 3] = 6
     with pytest.raises(KPODInputError, match=r"got 6 at position \(1, 3\)"):
         keypoint_linear_cross_entropy(tensors[0], tensors[1], labels)
     labels[1, 3] = -1  # not ignore_index: without validation a NaN row, never silently skipped
     assert torch.isnan(keypoint_linear_cross_entropy(tensors[0], tensors[1], labels, validate=False))
     with pytest.raises(KPODInputError, match="non-negative"):
-        w = torch.ones(2, 5)
+        w = torch.ones(2, 5, device=device)
         w[0, 2] = -1.0
         labels[1, 3] = 0
         keypoint_linear_cross_entropy(tensors[0], tensors[1], labels, w, reduction="weighted_mean")
@@ -291,31 +321,33 @@ def test_validation_names_value_and_position():
         ("loss_start_2d", "loss_start"),
     ],
 )
-def test_bad_inputs_name_the_argument(case, match):
-    h, W, b = torch.randn(2, 3, 4), torch.randn(5, 4), torch.randn(5)
-    y = torch.zeros(2, 3, dtype=torch.long)
+@on_devices
+def test_bad_inputs_name_the_argument(case, match, device):
+    h, W, b = torch.randn(2, 3, 4, device=device), torch.randn(5, 4, device=device), torch.randn(5, device=device)
+    y = torch.zeros(2, 3, dtype=torch.long, device=device)
     kw = {}
     if case == "hidden_1d":
-        h = torch.randn(4)
+        h = torch.randn(4, device=device)
     elif case == "weight_shape":
-        W = torch.randn(5, 3)
+        W = torch.randn(5, 3, device=device)
     elif case == "weight_dtype":
         W = W.double()
     elif case == "bias_shape":
-        b = torch.randn(4)
+        b = torch.randn(4, device=device)
     elif case == "chunk":
         kw["chunk_size"] = 0
     elif case == "labels_shape":
-        y = torch.zeros(2, 4, dtype=torch.long)
+        y = torch.zeros(2, 4, dtype=torch.long, device=device)
     elif case == "loss_start_2d":
         h, y = h.reshape(6, 4), y.reshape(6)
-        kw["loss_start"] = torch.zeros(2, dtype=torch.long)
+        kw["loss_start"] = torch.zeros(2, dtype=torch.long, device=device)
     with pytest.raises(KPODInputError, match=match):
         keypoint_linear_cross_entropy(h, W, y, bias=b, **kw)
 
 
-def test_module_form_matches_function():
-    tensors, labels, loss_start = _problem(9, 2, 6, 4, 9)
+@on_devices
+def test_module_form_matches_function(device):
+    tensors, labels, loss_start = _problem(9, 2, 6, 4, 9, device=device)
     hidden, weight, bias, w = tensors
     module = kpod_ops.KeypointLinearCrossEntropy(reduction="weighted_mean", shift=True, chunk_size=3)
     got = module(hidden, weight, labels, w, loss_start, bias)
@@ -324,13 +356,14 @@ def test_module_form_matches_function():
     assert "chunk_size=3" in repr(module)
 
 
-def test_opcheck_registered_ops():
+@on_devices
+def test_opcheck_registered_ops(device):
     g = torch.Generator().manual_seed(0)
     N, H, V = 10, 4, 7
-    h, W, b = torch.randn(N, H, generator=g), torch.randn(V, H, generator=g), torch.randn(V, generator=g)
-    target = torch.randint(0, V, (N,), generator=g)
-    use = torch.rand(N, generator=g) > 0.3
-    scale = torch.rand(N, generator=g)
+    h, W, b = (torch.randn(*shape, generator=g).to(device) for shape in ((N, H), (V, H), (V,)))
+    target = torch.randint(0, V, (N,), generator=g).to(device)
+    use = (torch.rand(N, generator=g) > 0.3).to(device)
+    scale = torch.rand(N, generator=g).to(device)
     check = [5, 0, 0]
     torch.library.opcheck(
         linear_ops.nll, (h.requires_grad_(), W.requires_grad_(), b.requires_grad_(), target, use, 0.1, 3, check)
@@ -341,8 +374,9 @@ def test_opcheck_registered_ops():
 
 
 @pytest.mark.slow
-def test_torch_compile_fullgraph_scalar_and_none():
-    tensors, labels, loss_start = _problem(10, 2, 6, 4, 9)
+@on_devices
+def test_torch_compile_fullgraph_scalar_and_none(device):
+    tensors, labels, loss_start = _problem(10, 2, 6, 4, 9, device=device)
 
     def scalar(hidden, weight, w, bias):
         return keypoint_linear_cross_entropy(hidden, weight, labels, w, loss_start, bias, reduction="weighted_mean", shift=True)
@@ -365,22 +399,24 @@ def test_torch_compile_fullgraph_scalar_and_none():
             torch.testing.assert_close(a.grad, c.grad, rtol=1e-5, atol=1e-6)
 
 
+@on_devices
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_double_backward_is_refused_clearly(reduction):
-    tensors, labels, loss_start = _problem(11, 2, 5, 3, 7)
+def test_double_backward_is_refused_clearly(reduction, device):
+    tensors, labels, loss_start = _problem(11, 2, 5, 3, 7, device=device)
     hidden, weight, bias, w = _leaves(tensors)
     out = keypoint_linear_cross_entropy(hidden, weight, labels, w, loss_start, bias, reduction=reduction)
     with pytest.raises(RuntimeError, match="second derivatives"):
         torch.autograd.grad(out.sum(), hidden, create_graph=True)
 
 
+@on_devices_and_dtypes()
 @pytest.mark.parametrize("fn", ["linear", "logits"])
-def test_output_scaled_in_place_before_backward(fn):
+def test_output_scaled_in_place_before_backward(fn, device, dtype):
     """``loss /= accumulation_steps`` on the returned loss gives the same gradients as ``loss / steps``."""
-    torch.manual_seed(0)
-    hidden = torch.randn(6, 8, requires_grad=True)
-    weight = torch.randn(11, 8, requires_grad=True)
-    labels, weights = torch.randint(0, 11, (6,)), torch.rand(6)
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(6, 8, generator=g).to(device=device, dtype=dtype).requires_grad_()
+    weight = torch.randn(11, 8, generator=g).to(device=device, dtype=dtype).requires_grad_()
+    labels, weights = torch.randint(0, 11, (6,), generator=g).to(device), torch.rand(6, generator=g).to(device)
 
     def loss():
         if fn == "linear":

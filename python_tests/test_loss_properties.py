@@ -1,4 +1,7 @@
-"""Fused keypoint cross-entropy vs its PyTorch reference, on random inputs (hypothesis)."""
+"""Fused keypoint cross-entropy vs its PyTorch reference, on random inputs (hypothesis).
+
+Every test runs on each device of ``loss_helpers.DEVICES``; the dtype (fp32, bf16, fp16) is drawn with the
+rest of the problem, so that a device's examples cover the three without multiplying them."""
 
 from __future__ import annotations
 
@@ -6,13 +9,22 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from loss_helpers import GradProbe, check_against_reference, fused, reference, run
+from loss_helpers import (
+    FLOAT_DTYPES,
+    GradProbe,
+    check_against_reference,
+    fused,
+    on_devices,
+    on_devices_and_dtypes,
+    reference,
+    run,
+)
 
 import kpod_ops
 
 pytestmark = pytest.mark.skipif(not kpod_ops.fused_available("cpu"), reason="kpod_ops._C not built")
 
-DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+DTYPES = FLOAT_DTYPES
 REDUCTIONS = ["none", "sum", "mean", "weighted_mean"]
 
 
@@ -75,26 +87,45 @@ def problems(draw, max_v=50_257):
     return logits, labels, weights, loss_start, kwargs
 
 
-@given(problems())
-def test_fused_matches_reference(problem):
+def _to(x: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """``x`` on ``device`` with its strides kept (``Tensor.to`` would make row-padded logits contiguous)."""
+    if x is None or x.device == device:
+        return x
+    y = torch.empty_strided(x.size(), x.stride(), dtype=x.dtype, device=device)
+    return y.copy_(x)
+
+
+def _on(problem, device):
+    """The problem (drawn on the CPU) with every tensor on ``device``."""
     logits, labels, weights, loss_start, kwargs = problem
+    move = [_to(x, device) for x in (logits, labels, weights, loss_start)]
+    if isinstance(kwargs["num_items_in_batch"], torch.Tensor):
+        kwargs = {**kwargs, "num_items_in_batch": kwargs["num_items_in_batch"].to(device)}
+    return (*move, kwargs)
+
+
+@on_devices
+@given(problems())
+def test_fused_matches_reference(device, problem):
+    logits, labels, weights, loss_start, kwargs = _on(problem, device)
     check_against_reference(logits, labels, weights, loss_start, **kwargs)
 
 
 _INPLACE_TOL = {torch.float16: dict(rtol=2.0**-10, atol=1e-7)}
 
 
+@on_devices
 @given(problems(max_v=4099), st.sampled_from(["sum", "mean", "weighted_mean"]))
 @settings(max_examples=25)
-def test_inplace_matches_functional(problem, reduction):
-    logits, labels, weights, loss_start, kwargs = problem
+def test_inplace_matches_functional(device, problem, reduction):
+    logits, labels, weights, loss_start, kwargs = _on(problem, device)
     kwargs["reduction"] = reduction
     if reduction == "sum":
         kwargs["num_items_in_batch"] = None
     if weights is not None and reduction == "weighted_mean":
         weights = weights.abs()
     ref = run(fused, logits, labels, weights, loss_start, **kwargs)
-    x = GradProbe.apply(torch.zeros((), requires_grad=True), logits.detach().contiguous())
+    x = GradProbe.apply(torch.zeros((), requires_grad=True, device=device), logits.detach().contiguous())
     w = None if weights is None else weights.clone().requires_grad_(True)
     loss = kpod_ops.keypoint_cross_entropy(x, labels, w, loss_start, inplace_backward=True, impl="fused", **kwargs)
     loss.backward()
@@ -107,31 +138,34 @@ def test_inplace_matches_functional(problem, reduction):
         torch.testing.assert_close(w.grad, ref[2], equal_nan=True, **tol)
 
 
+@on_devices
 @given(problems(max_v=4099))
 @settings(max_examples=25)
-def test_no_grad_forward_matches_reference(problem):
-    logits, labels, weights, loss_start, kwargs = problem
+def test_no_grad_forward_matches_reference(device, problem):
+    logits, labels, weights, loss_start, kwargs = _on(problem, device)
     with torch.no_grad():
         got = kpod_ops.keypoint_cross_entropy(logits, labels, weights, loss_start, impl="fused", **kwargs)
         ref = reference(logits.double(), labels, None if weights is None else weights.double(), loss_start, **kwargs)
     torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-3 if logits.dtype != torch.float32 else 1e-4, equal_nan=True)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_long_rows_in_blocks_match_reference(monkeypatch, dtype):
-    """Rows longer than the L2 budget go block by block (forced here with a 16 KiB budget):
+@on_devices_and_dtypes(DTYPES)
+def test_long_rows_in_blocks_match_reference(monkeypatch, device, dtype):
+    """Rows longer than the L2 budget go block by block (forced on the CPU here with a 16 KiB budget; on CUDA
+    a row this long runs the widest kernel configuration, and in fp32 overflows its shared-memory row cache):
     loss and gradients as the reference, non-finite logits included, in place as functional."""
     monkeypatch.setenv("KPOD_CPU_ROW_BUDGET_KB", "16")
     g = torch.Generator().manual_seed(3)
     B, T, V = 2, 3, 40_000  # several 32 KiB blocks per row
     logits = (torch.randn(B, T, V, generator=g) * 4).to(dtype)
     logits[1, 2, 30_000] = 40.0  # the row's maximum in a late block
-    labels = torch.randint(0, V, (B, T), generator=g)
-    weights = torch.rand(B, T, generator=g) + 0.5
+    logits = logits.to(device)
+    labels = torch.randint(0, V, (B, T), generator=g).to(device)
+    weights = (torch.rand(B, T, generator=g) + 0.5).to(device)
     for smoothing in (0.0, 0.1):
         check_against_reference(logits, labels, weights, reduction="sum", label_smoothing=smoothing)
     ref = run(fused, logits, labels, weights, reduction="mean")
-    x = GradProbe.apply(torch.zeros((), requires_grad=True), logits.clone())
+    x = GradProbe.apply(torch.zeros((), requires_grad=True, device=device), logits.clone())
     loss = kpod_ops.keypoint_cross_entropy(x, labels, weights, reduction="mean", inplace_backward=True, impl="fused")
     loss.backward()
     # fp32: the functional op stores each block's exp values, the in-place mode recomputes them
