@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--filter-wrong-answers", action="store_true",
                        help="with --data: leave out the examples whose rationale reaches another answer than their answer field "
                             "(counted and reported either way)")
+        p.add_argument("--strip-calculator", action="store_true",
+                       help="with --data: remove GSM8K's <<48/2=24>> calculator annotations from the rationales "
+                            "(the data stage counts the rationales that carry them)")
 
     d = sub.add_parser("distill", help="run every stage: data, warm-up, weights, curriculum, training, evaluation, report",
                        formatter_class=fmt, description="Distil a student with KPOD (or an ablation) and evaluate it on the held-out test split. "
@@ -96,7 +99,8 @@ def _parser() -> argparse.ArgumentParser:
 
     for name in NAMES:  # kpod teach / weights / schedule / bench
         command(name).add_parser(sub, fmt)
-    parser.epilog = f"presets: {', '.join(PRESETS)}. Run `kpod distill --help` for the options."
+    parser.epilog = (f"presets: {', '.join(PRESETS)}, and auto (the default: smollm2-gsm where a CUDA GPU is present, "
+                     "quick otherwise). Run `kpod distill --help` for the options.")
     return parser
 
 
@@ -137,6 +141,8 @@ def _config(args: argparse.Namespace) -> DistillConfig:
         flags["allow_degenerate"] = True
     if args.filter_wrong_answers:
         flags.setdefault("data", {})["filter_wrong_answers"] = True
+    if args.strip_calculator:
+        flags.setdefault("data", {})["strip_calculator"] = True
     return merge(config, flags, where="the command line")
 
 

@@ -264,6 +264,30 @@ def test_a_users_file_is_read_counted_and_checked_against_the_builtin_tokenizer(
     assert describe_data(kept, tiny_tokenizer(), own, said.append)["vocabulary"] is None and len(said) == 1
 
 
+def test_calculator_annotations_are_counted_and_stripped_on_request(tmp_path, capsys):
+    from kpod_ops.pipeline.data import describe_data, make_splits
+
+    rows = [{"question": f"Sam has {a} boxes of 3. How many?", "rationale": f"He has {a}*3 = <<{a}*3={3 * a}>>{3 * a}.\n#### {3 * a}"}
+            for a in range(2, 42)]
+    path = tmp_path / "gsm.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    section = {"source": str(path), "n_train": 100, "n_val": 10, "n_test": 100, "test_percent": 20, "val_percent": 10}
+    config = {"data": section, "student": {"kind": "dir"}}
+    splits = make_splits(section)
+    assert splits.read["n_calculator_annotations"] == 40 and "<<" in splits.train[0].rationale
+    said: list[str] = []
+    describe_data(splits, None, config, said.append)
+    assert said == ["[data] 40 of 40 rationales carry calculator annotations (<<48/2=24>>), trained on as they are; "
+                    "--strip-calculator removes them"]
+    stripped = make_splits(section | {"strip_calculator": True})
+    assert stripped.read["n_calculator_annotations"] == 0 and "<<" not in stripped.train[0].rationale
+    said = []
+    describe_data(stripped, None, config, said.append)
+    assert said == []
+    _fails(["distill", "--preset", "quick", "--strip-calculator", "--out", str(tmp_path / "o")], capsys,
+           "--strip-calculator", "a --data file", "'arith-cot'")
+
+
 def test_filter_wrong_answers_needs_a_data_file(tmp_path, capsys):
     _fails(["distill", "--preset", "quick", "--filter-wrong-answers", "--out", str(tmp_path / "o")], capsys,
            "--filter-wrong-answers", "a --data file", "'arith-cot'")

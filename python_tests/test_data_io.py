@@ -94,12 +94,22 @@ def test_generated_ids_follow_the_content_not_the_line(tmp_path):
 
 def test_a_missing_answer_needs_a_final_marker(tmp_path):
     no_marker = {"question": "How many?", "rationale": "He has 5 apples."}
-    with pytest.raises(KPODInputError, match=r"data.jsonl:1: field 'answer' \(answer\) missing and field 'rationale' "
-                                              r"\(rationale\): expected an answer marker"):
+    with pytest.raises(KPODInputError, match=r"data.jsonl:1: field 'answer' missing and field 'rationale': "
+                                              r"expected an answer marker"):
         read_jsonl(_write(tmp_path, [no_marker]))
     inside = {"question": "How many?", "rationale": "#### 5 is not the end.\nHe has 6."}
     with pytest.raises(KPODInputError, match="answer marker"):
         read_jsonl(_write(tmp_path, [inside]))
+
+
+def test_read_jsonl_takes_numbers_as_ids_and_answers(tmp_path):
+    """Files often write ids and answers as JSON numbers: they read as the number's text."""
+    rows = [{"id": 7, "question": "How many?", "rationale": "He has 5 + 5 = 10.", "answer": 10},
+            {"id": 8, "question": "How much?", "rationale": "It costs 2.5 each.", "answer": 2.5}]
+    got = read_jsonl(_write(tmp_path, rows))
+    assert [(e.id, e.answer) for e in got] == [("7", "10"), ("8", "2.5")] and not got.disagreements
+    with pytest.raises(KPODInputError, match="field 'answer': expected a string or a number, got bool"):
+        read_jsonl(_write(tmp_path, [{**rows[0], "answer": True}]))
 
 
 @pytest.mark.parametrize(
@@ -109,13 +119,13 @@ def test_a_missing_answer_needs_a_final_marker(tmp_path):
         ("[1, 2]", r"data.jsonl:2: expected a JSON object, got list"),
         (
             {"id": "x", "rationale": "r", "answer": "1"},
-            r"data.jsonl:2: field 'question' \(question\): expected a string, got nothing",
+            r"data.jsonl:2: field 'question': expected a string, got nothing",
         ),
-        ({**GOOD, "id": "x", "answer": 10}, r"data.jsonl:2: field 'answer' \(answer\): expected a string, got int"),
-        ({**GOOD, "id": "x", "rationale": "   "}, r"data.jsonl:2: field 'rationale' \(rationale\): expected a non-empty string"),
+        ({**GOOD, "id": "x", "answer": [10]}, r"data.jsonl:2: field 'answer': expected a string or a number, got list"),
+        ({**GOOD, "id": "x", "rationale": "   "}, r"data.jsonl:2: field 'rationale': expected a non-empty string"),
         (
             {**GOOD, "id": "x", "rationale": "#### 10"},
-            r"data.jsonl:2: field 'rationale' \(rationale\): expected a non-empty string",
+            r"data.jsonl:2: field 'rationale': expected a non-empty string",
         ),
         (GOOD, r"data.jsonl:2: field 'id': expected a unique id, got 'a' again \(first on line 1\)"),
     ],

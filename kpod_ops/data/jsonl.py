@@ -59,17 +59,33 @@ class ReadResult(list):
         return text
 
 
+def has_calculator_annotations(text: str) -> bool:
+    """Whether ``text`` holds a GSM8K calculator annotation (``<<48/2=24>>``)."""
+    return _CALCULATOR.search(text) is not None
+
+
 def strip_calculator_annotations(text: str) -> str:
     """Remove GSM8K's ``<<48/2=24>>`` calculator annotations."""
     return _CALCULATOR.sub("", text)
 
 
-def _field(record: Mapping, key: str, name: str, where: str) -> str:
+def _label(key: str, name: str) -> str:
+    """How an error names a field: the file's key, and our name for it where the two differ."""
+    return f"field '{key}'" if key == name else f"field '{key}' ({name})"
+
+
+def _field(record: Mapping, key: str, name: str, where: str, numbers: bool = False) -> str:
+    """The record's ``key`` as a string; with ``numbers``, a JSON number too (``72`` reads as ``"72"``:
+    ids and answers are often written as numbers)."""
+    label = _label(key, name)
+    what = "a string or a number" if numbers else "a string"
     if key not in record:
-        raise KPODInputError(f"{where}: field '{key}' ({name}): expected a string, got nothing (missing)")
+        raise KPODInputError(f"{where}: {label}: expected {what}, got nothing (missing)")
     value = record[key]
+    if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
     if not isinstance(value, str):
-        raise KPODInputError(f"{where}: field '{key}' ({name}): expected a string, got {type(value).__name__} {value!r:.60}")
+        raise KPODInputError(f"{where}: {label}: expected {what}, got {type(value).__name__} {value!r:.60}")
     return value
 
 
@@ -89,7 +105,7 @@ def _parse_record(record: object, where: str, keys: Mapping[str, str | None], ma
     if keys["id"] is None or keys["id"] not in record:
         ex_id = generated_id(question, written)
     else:
-        ex_id = _field(record, keys["id"], "id", where)
+        ex_id = _field(record, keys["id"], "id", where, numbers=True)
     raw = strip_calculator_annotations(written) if strip_calc else written
     rationale, answer_part, ambiguous = find_answer(raw, markers)
     # the rationale's own final answer: after its final marker, else its last number
@@ -98,17 +114,17 @@ def _parse_record(record: object, where: str, keys: Mapping[str, str | None], ma
         # no answer field (GSM8K style): the number after the marker that ends the rationale ("#### 72")
         answer = extract_answer(answer_part) if answer_part is not None else None
         if answer is None:
-            field = "" if keys["answer"] is None else f"field '{keys['answer']}' (answer) missing and "
+            field = "" if keys["answer"] is None else f"{_label(keys['answer'], 'answer')} missing and "
             raise KPODInputError(
-                f"{where}: {field}field '{keys['rationale']}' (rationale): expected an answer marker {list(markers)} "
+                f"{where}: {field}{_label(keys['rationale'], 'rationale')}: expected an answer marker {list(markers)} "
                 f"followed by a number at its end, got none"
             )
     else:
-        answer = _field(record, keys["answer"], "answer", where)
+        answer = _field(record, keys["answer"], "answer", where, numbers=True)
     for name, value in (("id", ex_id), ("question", question), ("rationale", rationale), ("answer", answer)):
         if not value.strip():
             key = keys[name] if keys[name] is not None else name
-            raise KPODInputError(f"{where}: field '{key}' ({name}): expected a non-empty string, got {value!r}")
+            raise KPODInputError(f"{where}: {_label(key, name)}: expected a non-empty string, got {value!r}")
     metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
     return CoTExample(ex_id, question, rationale, answer.strip(), dict(metadata)), claimed, ambiguous
 
@@ -141,6 +157,7 @@ def read_jsonl(
     :func:`extract_answer` reads answers everywhere. An answer marker that ends the rationale is
     split off it; one elsewhere is reasoning (listed in ``result.ambiguous_markers``).
 
+    An id or an answer may be written as a JSON number (``"answer": 72`` reads as ``"72"``).
     Bad UTF-8 (a byte-order mark is fine), bad JSON, a missing or non-string field, an empty
     rationale or a duplicate id raise ``KPODInputError`` naming the file and line, or with
     ``on_error="skip"`` are skipped and listed in ``result.skipped``. Records whose rationale's own

@@ -155,7 +155,7 @@ class DataConfig(_Section):
     """``data``: where the examples come from and how they are split and cut."""
 
     KEY: ClassVar[str] = "data"
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("filter_wrong_answers",)
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("filter_wrong_answers", "strip_calculator")
 
     source: str = _key("a built-in data set name (`arith-cot`, `gsm-symbolic`, ...) or a JSONL file (`--data`)",
                        _Check("a built-in name or a JSONL path", lambda v: isinstance(v, str) and v != ""))
@@ -173,6 +173,8 @@ class DataConfig(_Section):
     filter_wrong_answers: bool = _key("leave out examples whose rationale reaches another answer than their `answer` "
                                       "(`--filter-wrong-answers`; written to the configuration only when true)", _BOOL,
                                       default=False)
+    strip_calculator: bool = _key("remove GSM8K's `<<48/2=24>>` calculator annotations from the rationales "
+                                  "(`--strip-calculator`; written to the configuration only when true)", _BOOL, default=False)
 
 
 @dataclass(frozen=True, kw_only=True)

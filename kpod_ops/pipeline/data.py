@@ -15,7 +15,7 @@ from typing import Any
 from ..data.arith import load_arith_cot
 from ..data.builtin import BUILTIN_NAMES, load_builtin
 from ..data.example import CoTExample
-from ..data.jsonl import ReadResult, read_jsonl, write_jsonl
+from ..data.jsonl import ReadResult, has_calculator_annotations, read_jsonl, write_jsonl
 from ..data.splits import bucket
 from ..data.vocabulary import oov_advice, vocabulary_report
 from ..errors import KPODInputError, bad_input
@@ -38,7 +38,8 @@ def read_notes(result: ReadResult) -> dict[str, Any]:
     """What ``read_jsonl`` found in a --data file, for the data stage's record and the report."""
     return {"n_read": len(result) + len(result.filtered), "n_disagreements": len(result.disagreements),
             "n_filtered": len(result.filtered), "n_ambiguous_markers": len(result.ambiguous_markers),
-            "disagreements": [list(d) for d in result.disagreements[:10]]}
+            "disagreements": [list(d) for d in result.disagreements[:10]],
+            "n_calculator_annotations": sum(1 for ex in result if has_calculator_annotations(ex.rationale))}
 
 
 def describe_data(splits: Splits, tokenizer: Any, config: dict[str, Any], say: Callable[[str], None]) -> dict[str, Any]:
@@ -56,6 +57,9 @@ def describe_data(splits: Splits, tokenizer: Any, config: dict[str, Any], say: C
                   else "kept and trained on; --filter-wrong-answers leaves them out")
         say(f"[data] {read['n_disagreements']} of {read['n_read']} rationales end on another answer than their answer "
             f"field (rationale vs answer: {shown}): {action}")
+    if read is not None and read.get("n_calculator_annotations"):
+        say(f"[data] {read['n_calculator_annotations']} of {read['n_read']} rationales carry calculator annotations "
+            "(<<48/2=24>>), trained on as they are; --strip-calculator removes them")
     if config["student"]["kind"] == "tiny":
         report = vocabulary_report(splits.train + splits.val + splits.test, tokenizer)
         info["vocabulary"] = report.to_dict()
@@ -74,12 +78,17 @@ def make_splits(section: dict[str, Any]) -> Splits:
         raise bad_input("data.max_steps/max_distractors", "settings of the arith-cot data only", f"source {source!r}")
     # set by --filter-wrong-answers only (absent from the presets, so the runs' configurations and hashes stay as they were)
     filter_wrong = section.get("filter_wrong_answers", False)
-    if not isinstance(filter_wrong, bool):
-        raise bad_input("data.filter_wrong_answers", "true or false", repr(filter_wrong))
+    strip_calc = section.get("strip_calculator", False)
+    for key, value in (("filter_wrong_answers", filter_wrong), ("strip_calculator", strip_calc)):
+        if not isinstance(value, bool):
+            raise bad_input(f"data.{key}", "true or false", repr(value))
     if source in BUILTIN_NAMES:
         if filter_wrong:
             raise bad_input("--filter-wrong-answers (data.filter_wrong_answers)",
                             "a --data file (every rationale of the built-in data reaches its answer)", f"source {source!r}")
+        if strip_calc:
+            raise bad_input("--strip-calculator (data.strip_calculator)",
+                            "a --data file (the built-in data has no calculator annotations)", f"source {source!r}")
         if source == "arith-text":
             raise bad_input("data.source", "a dataset of questions with rationales", "'arith-text' (warm-up texts)")
         if variant:
@@ -92,7 +101,7 @@ def make_splits(section: dict[str, Any]) -> Splits:
     path = Path(source)
     if not path.is_file():
         raise KPODInputError(f"--data: expected an existing JSONL file or one of {BUILTIN_NAMES}, got {source}")
-    items = read_jsonl(path, filter_wrong_answers=filter_wrong)
+    items = read_jsonl(path, filter_wrong_answers=filter_wrong, strip_calculator=strip_calc)
     test_percent, val_percent = section["test_percent"], section["val_percent"]
     test = [ex for ex in items if bucket(ex.question, "kpod-test") < test_percent]
     rest = [ex for ex in items if bucket(ex.question, "kpod-test") >= test_percent]
