@@ -39,6 +39,7 @@ import difflib
 import inspect
 import math
 import os
+import threading
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -70,31 +71,105 @@ __all__ = ["KPODCallback", "KPODTrainer", "apply_kpod_loss", "is_patched", "reve
 
 
 # ---------------------------------------------------------------------------------------------- patch
-class _Patch:
-    """What :func:`apply_kpod_loss` changed on one model, and the batch fields of the running forward."""
+class _Run:
+    """One call of the patched forward: its batch's KPOD fields (read by the KPOD loss), whether its labels were
+    guarded, the token-statistics list of the trainer that runs it, and ``outer``, the call it is nested in (a forward
+    that calls a patched forward: None at the top)."""
 
-    def __init__(self, base: Any, impl: str, fused_linear: bool | str, label_smoothing: float = 0.0,
+    def __init__(self, token_weights: Any, loss_start: Any, guarded: bool, metrics: list | None,
+                 outer: _Run | None) -> None:
+        self.token_weights = token_weights
+        self.loss_start = loss_start
+        self.guarded = guarded
+        self.metrics = metrics
+        self.outer = outer
+        # the loss tensor the KPOD loss returned in this call: stored by the loss (inside the forward, maybe
+        # compiled), read only by the patched forward's eager frame, so torch.compile replays the store unguarded
+        self.loss: Any = None
+
+
+class _State(threading.local):
+    """One patched model's forwards running in the calling thread (``run``: the innermost one, the others through
+    ``_Run.outer``) and the list a trainer wants the token statistics of its loss in (``metrics``). One value per
+    thread: two threads running forwards of the same model (a thread pool evaluating while training, several
+    compiled graphs, ``nn.DataParallel`` replicas, which share the patched forward) never read each other's fields."""
+
+    run: _Run | None = None
+    metrics: list | None = None
+
+    def __reduce__(self) -> tuple[type, tuple]:
+        return (_State, ())  # a copy of a patched model (copy.deepcopy) starts with nothing running
+
+
+class _Patch:
+    """Everything :func:`apply_kpod_loss` changed on one model, with the values before (``saved``: object,
+    attribute, whether the object had it, its value), the options, and the per-thread state of the forwards running
+    on the model (``state``, a :class:`_State`)."""
+
+    def __init__(self, impl: str, fused_linear: bool | str, label_smoothing: float = 0.0,
                  chunk_size: int | str = "auto") -> None:
         self.impl = impl
         self.fused_linear = fused_linear
         self.label_smoothing = label_smoothing
         self.chunk_size = chunk_size
-        # a list while a trainer wants the token statistics of the running loss (KPODSFTTrainer's entropy and
-        # mean_token_accuracy): the loss appends (entropy sum, correct, active) computed without gradient
-        self.metrics: list | None = None
-        self.saved = {name: base.__dict__[name] for name in ("forward", "_loss_function", "accepts_loss_kwargs")
-                      if name in base.__dict__}
-        self.backbone = getattr(base, getattr(base, "base_model_prefix", ""), None)
-        if self.backbone is base or not isinstance(self.backbone, torch.nn.Module):
-            self.backbone = None
-        self.backbone_forward = None if self.backbone is None else self.backbone.__dict__.get("forward")
-        self.pending: tuple[Any, Any, bool] | None = None
-        # the loss tensor the KPOD loss returned in the running forward (only stored from inside the forward, never
-        # read there, so that torch.compile replays the store without guarding on it)
-        self.ran_loss: Any = None
+        self.saved: list[tuple[Any, str, bool, Any]] = []
+        self.state = _State()
         self.linear = False  # whether the training loss comes from the hidden states (no logits)
         self.linear_reason = "fused_linear=False"
         self.known_keys: frozenset[str] = frozenset(_BATCH_KEYS)
+
+    @property
+    def metrics(self) -> list | None:
+        """The calling thread's token-statistics list, or None: a trainer that wants the statistics of the loss it
+        runs (KPODSFTTrainer's entropy and mean_token_accuracy) sets a list around its forward, and the KPOD loss
+        appends (entropy sum, correct, active) to it, computed without gradient."""
+        return self.state.metrics
+
+    @metrics.setter
+    def metrics(self, value: list | None) -> None:
+        self.state.metrics = value
+
+
+def _backbone(base: Any) -> Any:
+    """The model's backbone module (``base.model`` for Llama, ``base.transformer`` for GPT-2), or None."""
+    backbone = getattr(base, getattr(base, "base_model_prefix", ""), None)
+    return backbone if isinstance(backbone, torch.nn.Module) and backbone is not base else None
+
+
+def _attributes(objects: list[Any]) -> list[tuple[Any, dict[str, Any]]]:
+    """A snapshot of the instance attributes of ``objects``."""
+    return [(obj, dict(obj.__dict__)) for obj in objects]
+
+
+def _changes(snapshot: list[tuple[Any, dict[str, Any]]]) -> list[tuple[Any, str, bool, Any]]:
+    """(object, attribute, whether the object had it, its value then) for each instance attribute set, replaced or
+    removed since ``snapshot``."""
+    changed = []
+    for obj, before in snapshot:
+        now = obj.__dict__
+        for name in [*before, *(k for k in now if k not in before)]:
+            if name not in now or name not in before or now[name] is not before[name]:
+                changed.append((obj, name, name in before, before.get(name)))
+    return changed
+
+
+def _restore(saved: list[tuple[Any, str, bool, Any]]) -> None:
+    """Put back the instance attributes recorded by :func:`_changes` (through ``__dict__``: exactly the values, no
+    setter or property in between)."""
+    for obj, name, had, value in reversed(saved):
+        if had:
+            obj.__dict__[name] = value
+        else:
+            obj.__dict__.pop(name, None)
+
+
+def _rebinding(original: Any, owner: Any) -> Any:
+    """``original`` (a forward of ``owner``) as a function of the module it is called on: a copy of the model
+    (``copy.deepcopy``) then runs its own weights, not those of the model it was copied from."""
+    func = getattr(original, "__func__", None)
+    if func is not None and getattr(original, "__self__", None) is owner:
+        return func
+    return lambda _module, *args, **kwargs: original(*args, **kwargs)  # not a method of owner: called as it is
 
 
 def _method_signature(bound: Any) -> inspect.Signature:
@@ -188,10 +263,11 @@ def _check_masked_before_start(labels: Any, starts: Any) -> None:
 
 
 @torch._dynamo.disable
-def _enter(patch: _Patch, token_weights: Any, loss_start: Any, kwargs: dict[str, Any], training: bool) -> bool:
-    """Check the batch, stash its KPOD fields for the loss and unguard the labels (``kwargs`` in place); whether the
-    KPOD loss must run (labels with KPOD fields). Never traced by torch.compile: the guarded labels are not a tensor
-    dynamo can trace."""
+def _enter(patch: _Patch, token_weights: Any, loss_start: Any, kwargs: dict[str, Any], training: bool,
+           metrics: list | None) -> tuple[bool, _Run]:
+    """Check the batch and unguard the labels (``kwargs`` in place); whether the KPOD loss must run (labels with
+    KPOD fields) and this call's :class:`_Run` (its KPOD fields, for the loss), not yet pushed. Never traced by
+    torch.compile: the guarded labels are not a tensor dynamo can trace."""
     _check_keys(patch.known_keys, kwargs)
     has_fields = token_weights is not None or loss_start is not None
     if has_fields:
@@ -208,8 +284,8 @@ def _enter(patch: _Patch, token_weights: Any, loss_start: Any, kwargs: dict[str,
         ))
     if guarded:  # the model's own code (and torch.compile) sees plain labels; the loss knows their origin
         kwargs["labels"] = unguard(labels)
-    patch.pending = (token_weights, loss_start, guarded)
-    return labels is not None and (has_fields or guarded)
+    run = _Run(token_weights, loss_start, guarded, metrics, patch.state.run)
+    return labels is not None and (has_fields or guarded), run
 
 
 def _returned_loss(out: Any) -> Any:
@@ -239,7 +315,7 @@ def _depends_on(loss: torch.Tensor, ours: torch.Tensor) -> bool:
 
 
 @torch._dynamo.disable
-def _check_ran(patch: _Patch, out: Any, ours: Any) -> None:
+def _check_ran(out: Any, ours: Any) -> None:
     """A batch with KPOD fields: the loss the model returns must be (or contain) the KPOD loss."""
     what = (
         "the model's forward computes its own loss (a custom or remote-code forward, or another kernel patch) instead "
@@ -255,18 +331,21 @@ def _check_ran(patch: _Patch, out: Any, ours: Any) -> None:
         raise KPODInputError(f"model: expected the returned loss to be the KPOD loss, got another one; {what}")
 
 
-def _make_forward(patch: _Patch, original: Any) -> Any:
+def _make_forward(patch: _Patch, original: Any, owner: Any) -> Any:
+    run_original = _rebinding(original, owner)
+
     def forward(self, *args, token_weights=None, loss_start=None, step_ids=None, **kwargs):
-        saved = patch.pending, patch.ran_loss  # re-entrant: a nested forward restores the outer one's state
+        state = patch.state  # this thread's: another thread's forward of the same model has its own
+        own = self.__dict__.get("_kpod_patch", patch)  # a deep copy's, whose trainer sets its metrics list
+        must_run, run = _enter(patch, token_weights, loss_start, kwargs, self.training, own.state.metrics)
+        state.run = run  # pushed: a nested forward pushes its own on top and pops it before this one's loss runs
         try:
-            must_run = _enter(patch, token_weights, loss_start, kwargs, self.training)
-            patch.ran_loss = None
-            out = original(*args, **kwargs)
+            out = run_original(self, *args, **kwargs)
             if must_run:
-                _check_ran(patch, out, patch.ran_loss)
+                _check_ran(out, run.loss)
             return out
         finally:
-            patch.pending, patch.ran_loss = saved
+            state.run = run.outer
 
     # Under torch.compile (Trainer's torch_compile=True) this frame runs eagerly: the guarded labels and the
     # batch fields never enter the compiled graph, while the original forward (and the loss) it calls are compiled.
@@ -276,7 +355,12 @@ def _make_forward(patch: _Patch, original: Any) -> Any:
     return forward
 
 
-def _make_backbone_guard(original: Any) -> Any:
+def _make_backbone_guard(original: Any, owner: Any) -> Any:
+    """The backbone's forward, refusing KPOD fields. It cannot be part of the patched forward: it catches the calls
+    that skip it, code that runs the backbone itself with the batch and computes its own loss from the hidden states
+    (TRL's fused LM head wraps the model's forward and calls the backbone directly)."""
+    run_original = _rebinding(original, owner)
+
     def forward(self, *args, **kwargs):
         leaked = [k for k in ("token_weights", "loss_start") if kwargs.get(k) is not None]
         if leaked:
@@ -285,15 +369,17 @@ def _make_backbone_guard(original: Any) -> Any:
                 "computes its own loss from the hidden states (TRL's SFTTrainer does, with its fused LM head). Use "
                 "kpod_ops.integrations.sft.KPODSFTTrainer, or Trainer with the patched model"
             )
-        return original(*args, **kwargs)
+        return run_original(self, *args, **kwargs)
 
     forward.__signature__ = _method_signature(original)
     return forward
 
 
-def _batch_fields(patch: _Patch, labels: Any, device: torch.device, kwargs: Mapping[str, Any]) -> tuple[Any, Any, Any]:
-    """Plain labels, token weights and loss starts of the running forward, on ``device``."""
-    weights, starts, guarded = patch.pending if patch.pending is not None else (None, None, False)
+def _batch_fields(run: _Run | None, labels: Any, device: torch.device,
+                  kwargs: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+    """Plain labels, token weights and loss starts of the running forward ``run`` (keyword arguments first), on
+    ``device``."""
+    weights, starts, guarded = (None, None, False) if run is None else (run.token_weights, run.loss_start, run.guarded)
     weights = kwargs.get("token_weights", weights)
     starts = kwargs.get("loss_start", starts)
     if (guarded or is_guarded(labels)) and (weights is None or starts is None):
@@ -342,7 +428,8 @@ def _make_linear_loss(patch: _Patch) -> Any:
                          num_items_in_batch=None, ignore_index=-100, logit_softcap=None):
         """The fused linear keypoint loss from the hidden states (same normalisation as the logits path)."""
         extra = {k: v for k, v in (("token_weights", token_weights), ("loss_start", loss_start)) if v is not None}
-        labels, weights, starts = _batch_fields(patch, labels, hidden.device, extra)
+        run = patch.state.run  # the innermost patched forward of this model in this thread
+        labels, weights, starts = _batch_fields(run, labels, hidden.device, extra)
         if isinstance(num_items_in_batch, torch.Tensor):
             num_items_in_batch = num_items_in_batch.to(hidden.device)
         loss = keypoint_linear_cross_entropy(
@@ -351,10 +438,11 @@ def _make_linear_loss(patch: _Patch) -> Any:
             impl="fused" if patch.fused_linear is True else "auto", logit_softcap=logit_softcap,
             chunk_size=patch.chunk_size,
         )
-        if patch.metrics is not None:
-            patch.metrics.append(_token_statistics(hidden, labels, starts, ignore_index, lm_head_weight, bias,
-                                                    logit_softcap))
-        patch.ran_loss = loss  # the linear op saves a copy of its output: Trainer may scale this one in place
+        if run is not None and run.metrics is not None:
+            run.metrics.append(_token_statistics(hidden, labels, starts, ignore_index, lm_head_weight, bias,
+                                                 logit_softcap))
+        if run is not None:
+            run.loss = loss  # the linear op saves a copy of its output: Trainer may scale this one in place
         return loss
 
     return kpod_linear_loss
@@ -369,17 +457,19 @@ def _make_loss(patch: _Patch) -> Any:
                 "shift_labels: expected None (unshifted labels from KPODCollator), got pre-shifted labels (context / "
                 "sequence parallelism or a padding-free collator); these are not supported with the KPOD loss"
             )
-        labels, weights, starts = _batch_fields(patch, labels, logits.device, kwargs)
+        run = patch.state.run  # the innermost patched forward of this model in this thread
+        labels, weights, starts = _batch_fields(run, labels, logits.device, kwargs)
         loss = keypoint_cross_entropy(
             logits, labels, weights, starts, ignore_index=ignore_index, reduction="mean",
             num_items_in_batch=num_items_in_batch, label_smoothing=patch.label_smoothing, shift=True, impl=patch.impl,
         )
-        if patch.metrics is not None:
-            patch.metrics.append(_token_statistics(logits, labels, starts, ignore_index))
+        if run is not None and run.metrics is not None:
+            run.metrics.append(_token_statistics(logits, labels, starts, ignore_index))
         # Trainer rescales the returned loss in place (``loss *= num_processes``): hand it a fresh tensor so
         # that the loss op's own saved output stays intact for backward
         loss = loss.clone()
-        patch.ran_loss = loss
+        if run is not None:
+            run.loss = loss
         return loss
 
     return kpod_loss
@@ -425,7 +515,13 @@ def apply_kpod_loss(model: Any, *, fused_linear: bool | str = "auto", impl: str 
     ``fused_linear=True`` also guarantees the fused kernel: no kernel for the tensors' device (or no
     compiled extension) is an error, where ``"auto"`` falls back to the reference with a warning.
     A model whose class overrides the family's ``forward`` is not patched for the linear loss
-    (``"auto"`` warns and keeps its forward). Undo with :func:`revert_kpod_loss`. Applying twice is a no-op.
+    (``"auto"`` warns and keeps its forward). Undo with :func:`revert_kpod_loss`. Applying twice is a no-op
+    with the same options and an error with others (revert first). Patching is all or nothing: an error
+    leaves the model as it was.
+
+    Each call of the patched forward keeps its batch fields to itself: forwards of one patched model
+    may run in several threads at once (a thread pool evaluating while training) and may nest (a
+    forward that calls a patched forward), each computing its own batch's loss.
 
     ``label_smoothing`` ε: each active token's loss is ``lse(z) − (1−ε)·z_y − (ε/V)·Σ_v z_v``, computed
     by the fused kernels (logits and linear paths), the same as Trainer's ``label_smoothing_factor``
@@ -459,21 +555,37 @@ def apply_kpod_loss(model: Any, *, fused_linear: bool | str = "auto", impl: str 
                 "revert_kpod_loss(model) first to change them"
             )
         return model
-    patch = _Patch(base, impl, fused_linear, label_smoothing, chunk_size)
-    if fused_linear is not False:
-        _apply_fused_linear(model, patch, fused_linear)
+    patch = _Patch(impl, fused_linear, label_smoothing, chunk_size)
+    backbone = _backbone(base)
+    snapshot = _attributes([base] if backbone is None else [base, backbone])
+    try:
+        _patch_attributes(model, base, backbone, patch)
+    except BaseException:
+        _restore(_changes(snapshot))  # all or nothing: a failed patch leaves the model as it was
+        raise
+    patch.saved = _changes(snapshot)
+    return model
+
+
+def _patch_attributes(model: Any, base: Any, backbone: Any, patch: _Patch) -> None:
+    """What :func:`apply_kpod_loss` changes, the fewest attributes that keep every check: the model's ``forward``
+    (batch fields and checks; with ``fused_linear``, around the linear patch's forward, which
+    ``linear_patch.patch_linear_loss`` installs first, with its marker), its ``loss_function`` (the KPOD loss, for
+    any code that calls it with the batch), ``accepts_loss_kwargs`` (Trainer passes ``num_items_in_batch``), the
+    backbone's ``forward`` (see :func:`_make_backbone_guard`), and ``_kpod_patch``."""
+    if patch.fused_linear is not False:
+        _apply_fused_linear(model, patch, patch.fused_linear)
     named = inspect.signature(base.forward).parameters.values()
     patch.known_keys = frozenset(
         [p.name for p in named if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
         + [*_BATCH_KEYS, "num_items_in_batch"]
     )
-    base.forward = MethodType(_make_forward(patch, base.forward), base)
+    base.forward = MethodType(_make_forward(patch, base.forward, base), base)
     base.loss_function = _make_loss(patch)
     base.accepts_loss_kwargs = True  # so Trainer passes num_items_in_batch
-    if patch.backbone is not None:
-        patch.backbone.forward = MethodType(_make_backbone_guard(patch.backbone.forward), patch.backbone)
+    if backbone is not None:
+        backbone.forward = MethodType(_make_backbone_guard(backbone.forward, backbone), backbone)
     base._kpod_patch = patch
-    return model
 
 
 def _apply_fused_linear(model: Any, patch: _Patch, fused_linear: bool | str) -> None:
@@ -502,26 +614,14 @@ def _apply_fused_linear(model: Any, patch: _Patch, fused_linear: bool | str) -> 
 
 
 def revert_kpod_loss(model: Any) -> Any:
-    """Undo :func:`apply_kpod_loss` (restores forward, loss function and flags); returns ``model``."""
+    """Undo :func:`apply_kpod_loss`; returns ``model``. Every attribute it set (the model's forward, loss function
+    and flag, the linear patch's forward and marker, the backbone's forward, ``_kpod_patch``) gets back the value it
+    had before, or is removed if it had none."""
     base = _unwrap(model)
     patch = getattr(base, "_kpod_patch", None)
     if not isinstance(patch, _Patch):
         raise bad_input("model", "a model patched by apply_kpod_loss", "an unpatched model")
-    if patch.linear:
-        from .linear_patch import unpatch_linear_loss
-
-        unpatch_linear_loss(model)
-    for name in ("forward", "_loss_function", "accepts_loss_kwargs"):
-        if name in patch.saved:
-            setattr(base, name, patch.saved[name])
-        elif name in base.__dict__:
-            delattr(base, name)
-    if patch.backbone is not None:
-        if patch.backbone_forward is not None:
-            patch.backbone.forward = patch.backbone_forward
-        else:
-            del patch.backbone.forward
-    del base._kpod_patch
+    _restore(patch.saved)
     return model
 
 
