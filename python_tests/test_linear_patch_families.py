@@ -1,6 +1,9 @@
 """The fused linear patch on every family it knows (Gemma 2/3 soft-capping, Granite scaling, MoE router
 loss included): the patched model's loss and every parameter's gradient equal the unpatched model's own
-logits pushed through the KPOD reference loss; unknown families and transforms are refused by name."""
+logits pushed through the KPOD reference loss; unknown families and transforms are refused by name.
+
+Every test that runs the fused linear loss runs on each device of ``loss_helpers.DEVICES`` (fp32 tiny models,
+and the soft-cap in fp64 against the reference); the refusals, which never reach a kernel, on the CPU."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from loss_helpers import on_devices
 
 import kpod_ops
 from kpod_ops import KPODInputError, keypoint_cross_entropy
@@ -66,7 +70,8 @@ def test_every_family_has_a_case():
     assert set(CASES) == set(FAMILIES)
 
 
-def _model(family: str, seed: int = 0, **overrides):
+def _model(family: str, seed: int = 0, device: torch.device | str = "cpu", **overrides):
+    """A tiny fp32 model of ``family`` (initialised on the CPU: the same weights on every device)."""
     config_cls, model_cls, extra = CASES[family]
     torch.manual_seed(seed)
     config = getattr(transformers, config_cls)(**{**COMMON, **extra, **overrides})
@@ -74,10 +79,10 @@ def _model(family: str, seed: int = 0, **overrides):
     model = getattr(transformers, model_cls)(config).float()
     with torch.no_grad():  # logits of a few units: the soft-cap (cap 3) and the scale (÷4) change them a lot
         model.lm_head.weight.normal_(0.0, 1.0)
-    return model
+    return model.to(device)
 
 
-def _batch(seed: int = 0, B: int = 3, T: int = 12):
+def _batch(seed: int = 0, B: int = 3, T: int = 12, device: torch.device | str = "cpu"):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, V, (B, T), generator=g)
     labels = ids.clone()
@@ -88,7 +93,7 @@ def _batch(seed: int = 0, B: int = 3, T: int = 12):
     starts = torch.tensor([2, 5, 0])[:B]
     mask = torch.ones_like(ids)
     mask[2, :2] = 0  # left padding
-    return ids, mask, labels, weights, starts
+    return tuple(x.to(device) for x in (ids, mask, labels, weights, starts))
 
 
 def _want(ref, ids, mask, labels, weights, starts):
@@ -113,10 +118,11 @@ def _assert_grads_close(model, ref):
         assert off <= RTOL * size + 1e-30, f"{name}: gradients differ by {off:.3g} (norm {size:.3g})"
 
 
+@on_devices
 @pytest.mark.parametrize("via", ["patch_linear_loss", "apply_kpod_loss"])
 @pytest.mark.parametrize("family", list(CASES))
-def test_loss_and_gradients_match_the_models_own_logits(family, via):
-    model = _model(family)
+def test_loss_and_gradients_match_the_models_own_logits(family, via, device):
+    model = _model(family, device=device)
     ref = copy.deepcopy(model)
     ok, why = supports(model)
     assert ok, why
@@ -124,7 +130,7 @@ def test_loss_and_gradients_match_the_models_own_logits(family, via):
         patch_linear_loss(model)
     else:
         apply_kpod_loss(model, fused_linear=True)
-    ids, mask, labels, weights, starts = _batch()
+    ids, mask, labels, weights, starts = _batch(device=device)
     model.train()
     ref.train()
     out = model(input_ids=ids, attention_mask=mask, labels=labels, token_weights=weights, loss_start=starts)
@@ -143,14 +149,15 @@ def test_loss_and_gradients_match_the_models_own_logits(family, via):
     _assert_grads_close(model, ref)
 
 
+@on_devices
 @pytest.mark.parametrize("family", ["gemma2", "granite", "mixtral", "phi3"])
-def test_plain_batches_and_eval_match_the_models_own_forward(family):
+def test_plain_batches_and_eval_match_the_models_own_forward(family, device):
     """Without KPOD fields the patched loss is the model's own loss (router loss included); in eval mode the
     logits are the model's own (soft-capped / scaled)."""
-    model = _model(family, seed=1)
+    model = _model(family, seed=1, device=device)
     ref = copy.deepcopy(model)
     patch_linear_loss(model)
-    ids, mask, labels, _, _ = _batch(1)
+    ids, mask, labels, _, _ = _batch(1, device=device)
     model.train()
     ref.train()
     got = model(input_ids=ids, attention_mask=mask, labels=labels).loss
@@ -164,13 +171,14 @@ def test_plain_batches_and_eval_match_the_models_own_forward(family):
     torch.testing.assert_close(ev.loss, want.loss, rtol=RTOL, atol=0.0)
 
 
+@on_devices
 @pytest.mark.parametrize("family", ["mixtral", "qwen3_moe"])
-def test_router_loss_follows_output_router_logits(family):
+def test_router_loss_follows_output_router_logits(family, device):
     """The router loss is added exactly when the model's own forward adds it: the argument, else the config."""
-    model = _model(family, seed=2, output_router_logits=False)
+    model = _model(family, seed=2, device=device, output_router_logits=False)
     ref = copy.deepcopy(model)
     apply_kpod_loss(model, fused_linear=True)
-    ids, mask, labels, weights, starts = _batch(2)
+    ids, mask, labels, weights, starts = _batch(2, device=device)
     kpod = dict(labels=labels, token_weights=weights, loss_start=starts)
     base = keypoint_cross_entropy(ref(input_ids=ids, attention_mask=mask).logits, labels, weights, starts, shift=True,
                                   impl="reference")
@@ -228,13 +236,15 @@ def test_plain_head_support_for_losses_from_the_head_alone():
 
 
 # ------------------------------------------------------------------ the soft-cap inside the fused linear loss
+@on_devices
 @settings(max_examples=15)
 @given(
     n_chunks=st.integers(1, 4), cap=st.sampled_from([0.5, 3.0, 30.0]), reduction=st.sampled_from(["mean", "sum", "none"]),
     with_weights=st.booleans(), weights_grad=st.booleans(), bias=st.booleans(), smoothing=st.sampled_from([0.0, 0.1]),
     seed=st.integers(0, 2**16),
 )
-def test_softcap_matches_the_reference(n_chunks, cap, reduction, with_weights, weights_grad, bias, smoothing, seed):
+def test_softcap_matches_the_reference(device, n_chunks, cap, reduction, with_weights, weights_grad, bias, smoothing,
+                                       seed):
     """Loss and gradients (hidden, weight, bias, token weights) of ``logit_softcap`` equal the reference, which
     soft-caps the full logits and lets autograd differentiate tanh (float64: the comparison is exact to 1e-10)."""
     g = torch.Generator().manual_seed(seed)
@@ -248,6 +258,8 @@ def test_softcap_matches_the_reference(n_chunks, cap, reduction, with_weights, w
     if weights is not None:
         weights[1, 3] = 0.0
     starts = torch.tensor([1, 3])
+    hidden, weight, b, labels, weights, starts = (None if t is None else t.to(device)
+                                                  for t in (hidden, weight, b, labels, weights, starts))
     results = []
     for fn in (keypoint_linear_cross_entropy, keypoint_linear_cross_entropy_reference):
         args = [t.clone().requires_grad_() if t is not None else None for t in (hidden, weight, b)]
@@ -256,24 +268,25 @@ def test_softcap_matches_the_reference(n_chunks, cap, reduction, with_weights, w
         if fn is keypoint_linear_cross_entropy:
             kw.update(chunk_size=max(1, (B * T) // n_chunks), impl="fused")
         loss = fn(args[0], args[1], labels, w, starts, args[2], **kw)
-        scale = torch.arange(1.0, loss.numel() + 1, dtype=loss.dtype).reshape(loss.shape)
+        scale = torch.arange(1.0, loss.numel() + 1, dtype=loss.dtype, device=device).reshape(loss.shape)
         (loss * scale).sum().backward()
         results.append([loss.detach()] + [t.grad for t in (*args, w) if isinstance(t, torch.Tensor) and t.requires_grad])
     for got, want in zip(*results, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-def test_softcap_ops_pass_opcheck_and_refuse_bad_caps():
+@on_devices
+def test_softcap_ops_pass_opcheck_and_refuse_bad_caps(device):
     g = torch.Generator().manual_seed(0)
-    h, W, b = (torch.randn(*s, generator=g) for s in ((6, 4), (11, 4), (11,)))
-    target = torch.randint(0, 11, (6,), generator=g)
-    use = torch.tensor([True, True, False, True, True, True])
-    scale = torch.rand(6, generator=g)
+    h, W, b = (torch.randn(*s, generator=g).to(device) for s in ((6, 4), (11, 4), (11,)))
+    target = torch.randint(0, 11, (6,), generator=g).to(device)
+    use = torch.tensor([True, True, False, True, True, True], device=device)
+    scale = torch.rand(6, generator=g).to(device)
     grads = [t.clone().requires_grad_() for t in (h, W, b)]
     torch.library.opcheck(linear_ops.nll, (*grads, target, use, 0.0, 4, [], 2.0))
     torch.library.opcheck(linear_ops.forward_backward, (h, W, b, target, use, scale, 0.0, 4, [], [True, True, True], 2.0))
     torch.library.opcheck(linear_ops.backward, (h, W, b, target, use, scale, 0.0, 4, [True, True, True], 2.0))
-    labels = torch.randint(0, 11, (6,), generator=g)
+    labels = torch.randint(0, 11, (6,), generator=g).to(device)
     for bad in (0, -1.0, float("inf"), float("nan"), True, "3"):
         with pytest.raises(KPODInputError, match="logit_softcap"):
             keypoint_linear_cross_entropy(h, W, labels, logit_softcap=bad)
