@@ -199,5 +199,8 @@ def test_a_deep_copy_of_a_patched_model_runs_its_own_weights(fused_linear):
     assert expected != pytest.approx(alone(model, first), rel=1e-4)
     assert copied(**first).loss.item() == pytest.approx(expected, rel=1e-5)
     assert model(**first).loss.item() == pytest.approx(alone(model, first), rel=1e-5)
+    with torch.no_grad():  # no labels (evaluation, generation): the copy's logits come from the copy's weights
+        ids = first["input_ids"]
+        assert torch.allclose(copied(input_ids=ids).logits, reference(input_ids=ids).logits, atol=1e-6)
     revert_kpod_loss(copied)
     assert not is_patched(copied) and is_patched(model) and "forward" not in copied.__dict__

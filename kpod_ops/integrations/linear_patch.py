@@ -339,9 +339,11 @@ def _make_forward(patch: _LinearPatch, original: Any, family: Family, router_los
         if labels is None:
             if token_weights is not None or loss_start is not None:
                 raise bad_input("labels", "a tensor when token_weights or loss_start is given", None)
-            return original(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
-                            logits_to_keep=logits_to_keep, **kwargs)
+            # the model this forward runs on (a deep copy's own weights), not the one the patch captured
+            run = original.__func__.__get__(self) if getattr(original, "__self__", None) is not None else original
+            return run(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                       past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                       logits_to_keep=logits_to_keep, **kwargs)
         if kwargs.get("shift_labels") is not None:
             raise KPODInputError(
                 "shift_labels: expected None (unshifted labels), got pre-shifted labels (context / sequence parallelism "
