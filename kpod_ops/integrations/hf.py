@@ -851,7 +851,7 @@ class _KPODTrainerMixin:
         return data_collator, callbacks
 
     def _kpod_check_args(self) -> None:
-        check_trainer_sharding(self)  # FSDP2 trains; FSDP1 and DeepSpeed are refused (kpod_ops.integrations.fsdp)
+        check_trainer_sharding(self)  # FSDP2 and DeepSpeed ZeRO train; FSDP1 and autotp are refused (integrations.fsdp)
         if self.args.n_gpu > 1:
             raise bad_input("args", "one device per process (torchrun / accelerate launch), not DataParallel",
                             f"n_gpu={self.args.n_gpu}")
@@ -998,7 +998,8 @@ class KPODTrainer(_KPODTrainerMixin, Trainer):
 
     The model is patched with :func:`apply_kpod_loss` if it is not already. Works with
     ``remove_unused_columns`` True or False, with DDP (``torchrun``) and FSDP2
-    (``fsdp_config={"fsdp_version": 2}``); refuses DataParallel, FSDP1 and DeepSpeed.
+    (``fsdp_config={"fsdp_version": 2}``) and DeepSpeed ZeRO 1–3 (``args.deepspeed``); refuses DataParallel,
+    FSDP1 and DeepSpeed's tensor parallelism.
     """
 
     def __init__(self, model: Any = None, args: Any = None, data_collator: Any = None, *rest: Any,
