@@ -65,6 +65,26 @@ def test_paper_method_fixes_the_papers_settings():
     assert resolve_method(preset_config("quick")) == preset_config("quick")  # kpod: the preset's own
 
 
+def test_runs_of_a_seed_that_do_not_share_their_warm_up_are_flagged(tmp_path):
+    from kpod_ops.pipeline.compare import unpaired_seeds
+
+    def report(seed, method, prints):
+        (tmp_path / f"seed{seed}" / method).mkdir(parents=True)
+        (tmp_path / f"seed{seed}" / method / "report.json").write_text(json.dumps({"shared_fingerprints": prints}))
+
+    same = {"warmup": "aa", "weights": "bb"}
+    report(1, "kpod", same), report(1, "standard", {"warmup": "aa", "weights": None})  # paired
+    report(2, "kpod", same), report(2, "standard", {"warmup": "cc", "weights": None})  # another warm-up
+    report(3, "kpod", same), report(3, "no-weights", {"warmup": "aa", "weights": "dd"})  # other token weights
+    report(4, "kpod", same), report(4, "standard", None)  # a report from before the fingerprints
+    report(5, "kpod", None), report(5, "standard", None)  # nothing to check against
+    got = unpaired_seeds(tmp_path, [1, 2, 3, 4, 5, 6], ["kpod", "standard", "no-weights"])
+    assert set(got) == {2, 3, 4}
+    assert got[2] == "different warmed-up students: kpod vs standard"
+    assert got[3] == "different token weights: kpod vs no-weights"
+    assert got[4].startswith("standard reused from reports without fingerprints")
+
+
 @pytest.mark.slow
 def test_jobs_give_the_same_runs_as_one_after_another_and_a_rerun_reuses_them(tmp_path, capsys):
     data, config = tmp_path / "data.jsonl", tmp_path / "tiny.json"
@@ -90,3 +110,5 @@ def test_jobs_give_the_same_runs_as_one_after_another_and_a_rerun_reuses_them(tm
     summary = json.loads((tmp_path / "par" / "compare.json").read_text())
     assert summary["seeds"] == [5, 6] and set(summary["rows"][0]["accuracies"]) == {"5", "6"}
     assert summary["rows"] == json.loads((tmp_path / "seq" / "compare.json").read_text())["rows"]
+    assert "not paired" not in said and summary["unpaired_seeds"] == {}
+    assert json.loads((kpod / "report.json").read_text())["shared_fingerprints"]["warmup"] is not None

@@ -109,6 +109,39 @@ def _finished(run: Path, cfg: DistillConfig) -> float | None:
     return report["test_accuracy"] if report.get("config") == resolve_method(cfg).to_dict() else None
 
 
+def unpaired_seeds(out: Path, seeds: Sequence[int], methods: Sequence[str]) -> dict[int, str]:
+    """Seeds whose runs did not share their warm-up or token weights, with what differs.
+
+    Each run's ``report.json`` records ``shared_fingerprints`` (hashes of the warmed-up student and the
+    token weights in the seed's shared folder when it finished). A finished run is reused through its report, while a shared stage whose
+    files are gone (a copy without the models, another machine) is run again: the new runs of that seed
+    then start from another student, and the seed's differences mix the method with that change.
+    Reports written before the fingerprints existed cannot be checked, and say so.
+    """
+    found: dict[int, str] = {}
+    for seed in seeds:
+        prints: dict[str, dict] = {}
+        for method in methods:
+            try:
+                prints[method] = read_json(out / f"seed{seed}" / method / "report.json").get("shared_fingerprints")
+            except (OSError, ValueError):
+                continue
+        unknown = sorted(m for m, p in prints.items() if p is None)
+        known = {m: p for m, p in prints.items() if p is not None}
+        for key, what in (("warmup", "warmed-up students"), ("weights", "token weights")):
+            values = {m: p.get(key) for m, p in known.items() if p.get(key) is not None}
+            if len(set(values.values())) > 1:
+                groups: dict[str, list[str]] = {}
+                for m, v in values.items():
+                    groups.setdefault(v, []).append(m)
+                found[seed] = f"different {what}: " + " vs ".join(",".join(sorted(g)) for g in groups.values())
+                break
+        if seed not in found and unknown and known:
+            found[seed] = (f"{', '.join(unknown)} reused from reports without fingerprints (written before they existed): "
+                           "cannot check that they share the warm-up and token weights of the new runs")
+    return found
+
+
 def _run_seed(config: DistillConfig, methods: Sequence[str], seed: int, out: Path, threads: int | None,
               progress: bool, log: bool) -> dict[str, float]:
     """Every method on one seed, one after another (they share the seed's stages); test accuracy per method."""
@@ -186,12 +219,16 @@ def compare(config: DistillConfig, methods: Sequence[str], seeds: int | str | Se
                 record(futures[future], future.result())
     for method in methods:  # in the order of the seeds asked for
         results[method] = {s: results[method][s] for s in seed_list}
+    unpaired = unpaired_seeds(out, seed_list, methods)
+    for seed, why in unpaired.items():
+        say(f"=== compare: WARNING: seed {seed} is not paired: {why} ===")
     rows = table(results)
     if not distributed.is_main():
         return rows
     text = format_table(rows)
     write_json(out / "compare.json", {"preset": config.preset, "seeds": seed_list, "methods": list(methods), "rows": rows,
-                                      "machine": machine(), "threads_per_run": threads})
+                                      "machine": machine(), "threads_per_run": threads,
+                                      "unpaired_seeds": {str(k): v for k, v in unpaired.items()}})
     plot_accuracy([(r["method"], r["mean"]) for r in rows], out / "accuracy.png",
                   title=f"held-out accuracy, {len(seed_list)} seed(s)")
     (out / "compare.md").write_text(f"# kpod compare — preset `{config.preset}`, seeds {_seed_text(seed_list)}\n\n{text}\n\n"

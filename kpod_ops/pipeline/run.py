@@ -132,6 +132,28 @@ def _student_and_warmup(config: DistillConfig, shared: Path, hashes: dict[str, s
     return load_student_dir(model_dir, argument="warm-up student")  # what later stages and runs reload
 
 
+def shared_fingerprints(shared: str | os.PathLike) -> dict[str, str | None]:
+    """SHA-256 (16 hex digits) of the warmed-up student's weights and of the token weights in a run's
+    shared folder (None where a stage left no file). Runs of one seed are paired only if these agree:
+    ``kpod compare`` checks them, since a stage re-run on another machine (or after its files were
+    left out of a copy) gives other weights under the same configuration hash."""
+    import hashlib
+
+    def digest(files: list[Path]) -> str | None:
+        if not files:
+            return None
+        h = hashlib.sha256()
+        for f in files:
+            with f.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        return h.hexdigest()[:16]
+
+    root = Path(shared)
+    return {"warmup": digest(sorted((root / "warmup" / "model").glob("*.safetensors"))),
+            "weights": digest(sorted((root / "weights").glob("*.npz")))}
+
+
 def _warm_up(model, tok, config: DistillConfig, progress: bool, say: Say) -> list[float]:
     """Language-model pre-training of ``model`` on the ``arith-text`` corpus; the loss per step."""
     from ..data.builtin import load_builtin
@@ -159,6 +181,7 @@ class _Prepared:
     hashes: dict[str, str]  # stage_hashes
     timings: dict[str, dict] = field(default_factory=dict)
     data_info: dict[str, Any] | None = None  # describe_data: disagreeing answers, out-of-vocabulary words
+    fingerprints: dict[str, str | None] = field(default_factory=dict)  # shared_fingerprints of the files used
 
 
 def _silent(message: str) -> None:
@@ -268,7 +291,7 @@ def _prepare(config: DistillConfig, method: dict[str, Any], splits: Splits, out:
         loss_weights = weights_for_loss(weights, config.weights.floor, renormalize=config.weights.renormalize,
                                         allow_degenerate=config.allow_degenerate)
     return _Prepared(splits, student, tok, tokenized, len(splits.train) - len(tokenized), before, weights_info, loss_weights,
-                     schedule, hashes, timings, data_info)
+                     schedule, hashes, timings, data_info, shared_fingerprints(shared))
 
 
 def _tokenize(config: DistillConfig, splits: Splits, tok, say: Say) -> tuple[list, list]:
@@ -429,6 +452,7 @@ def _evaluate_and_report(config: DistillConfig, method: dict[str, Any], prep: _P
         "method_settings": {**method, "normalisation": normalisation, "beta": beta},
         "data": prep.data_info, "weights": prep.weights_info, "timings": timings, "total_seconds": round(time.perf_counter() - t_start, 2),
         "config": config.to_dict(), "versions": versions(), "machine": machine(),
+        "shared_fingerprints": prep.fingerprints,
     }
     write_report(out, report, plots)
     say(f"[report] {out / 'report.md'}: test accuracy {after['accuracy']:.1%} (before distillation {before['accuracy']:.1%})")
