@@ -145,6 +145,9 @@ def test_core_dependencies_are_torch_and_numpy_only():
     assert sorted(_name(d) for d in deps) == ["numpy", "torch"]
 
 
+UNLOCKED = {"deepspeed"}  # extras CI does not install (see the test below and pyproject.toml)
+
+
 def test_extras_have_tested_lower_bounds_that_the_lock_file_meets_and_all_covers_them():
     """Extras are ranges (``name>=V``); requirements.txt, the lock file, pins each package at V: the
     lower bound is the version CI installs and tests."""
@@ -153,7 +156,9 @@ def test_extras_have_tested_lower_bounds_that_the_lock_file_meets_and_all_covers
     from kpod_ops._optional import EXTRAS
 
     extras = _pyproject()["project"]["optional-dependencies"]
-    assert set(EXTRAS) | {"test", "docs"} == set(extras)  # test and docs: for developers, not features
+    # test and docs: for developers, not features; deepspeed: an integration Trainer imports itself (no require()),
+    # installed only where it is used (an sdist that takes minutes to build), so neither locked nor in `all`
+    assert set(EXTRAS) | {"test", "docs"} | set(UNLOCKED) == set(extras)
     pins = _pins()
     for extra, reqs in extras.items():
         for req in reqs:
@@ -161,6 +166,9 @@ def test_extras_have_tested_lower_bounds_that_the_lock_file_meets_and_all_covers
                 continue
             spec = Requirement(req).specifier
             assert [s.operator for s in spec] == [">="], f"extra [{extra}]: {req!r} is not a lower bound"
+            if extra in UNLOCKED:
+                assert _name(req) not in pins, f"extra [{extra}]: {req!r} is locked, yet listed as unlocked"
+                continue
             pinned = pins.get(_name(req))
             assert pinned is not None, f"extra [{extra}]: {req!r} is not locked in requirements.txt"
             assert pinned.split("==")[1] == next(iter(spec)).version, f"extra [{extra}]: {req!r} vs requirements.txt {pinned!r}"
