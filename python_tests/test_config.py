@@ -200,6 +200,23 @@ def test_the_configuration_is_frozen_and_round_trips_through_its_serialised_form
         DistillConfig.from_dict({k: v for k, v in config.to_dict().items() if k != "seed"})
 
 
+def test_the_wording_of_arith_cot_is_written_only_when_varied():
+    from kpod_ops.pipeline.data import make_splits
+
+    quick = preset_config("quick")
+    assert "wording" not in quick.to_dict()["data"]  # the presets' configurations (and stage hashes) stay as they were
+    varied = merge(quick, {"data": {"wording": "varied"}})
+    assert varied.to_dict()["data"]["wording"] == "varied" and DistillConfig.from_dict(varied.to_dict()) == varied
+    with pytest.raises(KPODInputError, match="data.wording: expected .plain. or .varied., got .fancy."):
+        merge(quick, {"data": {"wording": "fancy"}})
+    section = varied.to_dict()["data"] | {"n_train": 20, "n_val": 5, "n_test": 10}
+    splits = make_splits(section)
+    assert " on a " in splits.train[0].rationale or " at the " in splits.train[0].rationale
+    assert make_splits(section | {"wording": "plain"}).train[0] != splits.train[0]
+    with pytest.raises(KPODInputError, match="settings of the arith-cot data only"):
+        make_splits(section | {"source": "gsm-symbolic"})
+
+
 def test_a_config_file_cannot_set_what_the_command_line_sets(tmp_path):
     for key, value in (("seed", 3), ("method", "paper"), ("preset", "quick")):
         file = tmp_path / f"{key}.json"

@@ -18,6 +18,7 @@ from kpod_ops.data import (
     read_jsonl,
     write_jsonl,
 )
+from kpod_ops.data.arith import load_arith_cot
 from kpod_ops.data.jsonl import generated_id
 from kpod_ops.errors import KPODInputError
 from kpod_ops.steps import split_steps
@@ -203,6 +204,58 @@ def test_arith_cot():
         question_numbers = [int(x) for x in re.findall(r"\d+", ex.question)]
         assert sorted(question_numbers) == sorted([ex.metadata["start"], *ex.metadata["operands"], *ex.metadata["distractors"]])
         assert 1 <= len(ex.metadata["distractors"]) <= 2
+
+
+def _digest(examples) -> str:
+    import hashlib
+
+    return hashlib.sha256(repr([(e.id, e.question, e.rationale, e.answer, e.metadata) for e in examples]).encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize(("kwargs", "split", "digest"), [
+    ({}, "train", "c96cde5aa69b13cb"), ({}, "test", "0ca9f0af32955961"),
+    ({"max_steps": 3, "max_distractors": 1}, "train", "870f3a7b119b4825"),  # the quick preset's data
+    ({"max_steps": 3, "max_distractors": 1}, "test", "5a6dd98c29c1bc58"),
+    ({"max_steps": 5, "max_distractors": 3}, "train", "dc014f288ce4ad79"),
+])
+def test_arith_cot_plain_problems_never_change(kwargs, split, digest):
+    # every finished run and study of the built-in data depends on these problems: a change to the generator
+    # (a new option's random draws included) must leave them as they were
+    assert _digest(load_arith_cot(split, 300, seed=7, **kwargs)) == digest
+
+
+def test_arith_cot_varied_wording():
+    from kpod_ops.models import tiny_tokenizer
+
+    train = load_arith_cot("train", 200, seed=1, max_steps=4, max_distractors=2, wording="varied")
+    test = load_arith_cot("test", 200, seed=1, max_steps=4, max_distractors=2, wording="varied")
+    assert not {e.question for e in train} & {e.question for e in test}
+    assert load_arith_cot("train", 200, seed=1, max_steps=4, max_distractors=2, wording="varied") == train
+    plain = load_arith_cot("train", 200, seed=1, max_steps=4, max_distractors=2)
+    tok = tiny_tokenizer()
+    words = set()
+    for ex in train:
+        lines = ex.rationale.split("\n")
+        assert 2 <= len(lines) <= 4 and split_steps(ex.rationale) == [lines[0]] + ["\n" + s for s in lines[1:]]
+        cur = ex.metadata["start"]
+        for line, result in zip(lines, ex.metadata["step_results"]):
+            a, op, b, c = re.search(r"(\d+) ([-+*/]) (\d+) = (\d+)", line).groups()
+            assert int(a) == cur and eval(f"{a} {op} {b}") == int(c) == result
+            cur = int(c)
+            # the step's place and time come from the question: the student can copy them, and they never decide the answer
+            context = re.match(r"[A-Za-z ]+, ((?:at|on) [a-z ]+?), ", line).group(1)
+            assert context in ex.question or context.capitalize() in ex.question
+        assert str(cur) == ex.answer
+        question_numbers = [int(x) for x in re.findall(r"\d+", ex.question)]
+        assert sorted(question_numbers) == sorted([ex.metadata["start"], *ex.metadata["operands"], *ex.metadata["distractors"]])
+        words |= set(re.findall(r"[A-Za-z]+", ex.question + " " + ex.rationale))
+    # every word is one token of the tiny student (no word spelt out letter by letter)
+    assert all(len(tok(" " + w, add_special_tokens=False)["input_ids"]) == 1 for w in words)
+    # about twice the words per step around the same keypoints
+    n_words = lambda exs: sum(len(re.findall(r"[A-Za-z]+", e.rationale)) for e in exs) / sum(e.rationale.count("\n") + 1 for e in exs)  # noqa: E731
+    assert n_words(train) > 1.6 * n_words(plain)
+    with pytest.raises(KPODInputError, match="wording: expected one of"):
+        load_arith_cot("train", 5, wording="fancy")
 
 
 def test_arith_text_is_warm_up_text_without_worked_solutions():

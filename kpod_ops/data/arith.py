@@ -4,7 +4,9 @@ Small enough for a tiny student to learn on a 2-core CPU within minutes: operand
 results below 1000, 2–5 steps (one per line, each step's result feeding the next), filler words
 around the keypoint numbers and operations, and 1–2 distractor numbers in the question that do not
 affect the answer (listed in ``metadata["distractors"]``). Splits are decided by a hash of the
-question: test and train are disjoint. The ``arith-text`` warm-up corpus (``load_arith_text``)
+question: test and train are disjoint. ``wording="varied"`` sets each operation in a place and a
+time of day that the rationale restates (words that cost a student loss but never decide the answer,
+so keypoints become a minority of the rationale's tokens). The ``arith-text`` warm-up corpus (``load_arith_text``)
 teaches the language and the arithmetic around these problems but holds no problem or rationale.
 """
 
@@ -30,6 +32,10 @@ NAMES = (
 ITEMS = ("apple", "pencil", "marble", "sticker", "cookie", "book", "card", "stone")
 FRIENDS = ("Leo", "Zoe", "Kai", "Ivy")
 FILLERS = ("Then", "Next", "After that", "Later")
+WORDINGS = ("plain", "varied")
+# wording="varied": where and when each operation happens (only words of the tiny student's vocabulary)
+PLACES = ("market", "park", "shop", "school", "library", "farm", "garden", "beach")
+WEATHER = ("sunny", "rainy", "cloudy", "windy", "cold", "warm")
 _TEST, _TRAIN = range(0, 20), range(40, 100)  # buckets 20..39 are unused (kept so splits stay stable)
 
 
@@ -79,9 +85,37 @@ def _sentences(op: str, x: int, cur: int, new: int, who: str, pron: str, item: s
     )
 
 
-def make_problem(rng: random.Random, max_steps: int = 5, max_distractors: int = 2) -> tuple[str, str, str, dict[str, Any]]:
+def _context(rng: random.Random) -> str:
+    """Where and when an operation happens (``wording="varied"``): "at the park on a rainy day"."""
+    place, weather = rng.choice(PLACES), rng.choice(WEATHER)
+    return rng.choice((f"at the {place}", f"on a {weather} day", f"at the {place} on a {weather} day",
+                       f"on a {weather} day at the {place}"))
+
+
+def _varied_sentences(op: str, x: int, cur: int, new: int, pron: str, item: str, friend: str, filler: str,
+                      context: str) -> tuple[str, str]:
+    """(question sentence, rationale step) for one operation set in ``context``, which both restate."""
+    p = pron.capitalize()
+    his = "his" if pron == "he" else "her"
+    if op == "add":
+        return (f"{context.capitalize()}, {pron} buys {x} more {item}s.",
+                f"{filler}, {context}, {pron} buys {x} more {item}s, so now {pron} has {cur} + {x} = {new} {item}s in total.")
+    if op == "sub":
+        return (f"{p} gives {x} {item}s to {friend} {context}.",
+                f"{filler}, {context}, {pron} gives {x} of {his} {item}s away to {friend}, so {pron} still has "
+                f"{cur} - {x} = {new} {item}s left.")
+    if op == "mul":
+        return (f"{context.capitalize()}, {pron} gets {x} times as many {item}s as {pron} has.",
+                f"{filler}, {context}, {pron} gets {x} times as many {item}s as before, so now {pron} has "
+                f"{cur} * {x} = {new} {item}s.")
+    return (f"{p} splits the {item}s into {x} equal bags {context} and keeps one bag.",
+            f"{filler}, {context}, {pron} splits all {his} {item}s into {x} equal bags and keeps one bag, so now "
+            f"{pron} has {cur} / {x} = {new} {item}s.")
+
+
+def make_problem(rng: random.Random, max_steps: int = 5, max_distractors: int = 2, wording: str = "plain") -> tuple[str, str, str, dict[str, Any]]:
     """One problem: (question, rationale, answer, metadata) with 2..max_steps steps and
-    min(1, max_distractors)..max_distractors distractor numbers."""
+    min(1, max_distractors)..max_distractors distractor numbers, in ``wording`` (one of ``WORDINGS``)."""
     who, pron = rng.choice(NAMES)
     item = rng.choice(ITEMS)
     other = rng.choice([i for i in ITEMS if i != item])
@@ -93,7 +127,10 @@ def make_problem(rng: random.Random, max_steps: int = 5, max_distractors: int = 
     for k in range(n_steps):
         op, x, new = _op(rng, cur)  # cur >= 1 always, so "add" is always possible
         filler = "First" if k == 0 else rng.choice(FILLERS)
-        q, s = _sentences(op, x, cur, new, who, pron, item, friend, filler)
+        if wording == "plain":
+            q, s = _sentences(op, x, cur, new, who, pron, item, friend, filler)
+        else:
+            q, s = _varied_sentences(op, x, cur, new, pron, item, friend, filler, _context(rng))
         q_parts.append(q)
         steps.append(s)
         ops.append(op)
@@ -122,15 +159,16 @@ def make_problem(rng: random.Random, max_steps: int = 5, max_distractors: int = 
     return question, "\n".join(steps), str(cur), metadata
 
 
-def _generate(pool: range, n: int, seed: int, split_name: str, max_steps: int = 5, max_distractors: int = 2) -> list[tuple[str, str, str, dict[str, Any]]]:
-    rng = random.Random(f"arith-cot/{seed}")
+def _generate(pool: range, n: int, seed: int, split_name: str, max_steps: int = 5, max_distractors: int = 2,
+              wording: str = "plain") -> list[tuple[str, str, str, dict[str, Any]]]:
+    rng = random.Random(f"arith-cot/{seed}" if wording == "plain" else f"arith-cot/{wording}/{seed}")
     out, seen = [], set()
     tries = 0
     while len(out) < n:
         tries += 1
         if tries > 200 * n + 10_000:
             raise RuntimeError(f"arith-cot: could not draw {n} distinct {split_name} problems")
-        problem = make_problem(rng, max_steps, max_distractors)
+        problem = make_problem(rng, max_steps, max_distractors, wording)
         question = problem[0]
         if question in seen or bucket(question, "arith-cot") not in pool:
             continue
@@ -139,11 +177,14 @@ def _generate(pool: range, n: int, seed: int, split_name: str, max_steps: int = 
     return out
 
 
-def load_arith_cot(split: str = "train", n: int = 1000, seed: int = 0, *, max_steps: int = 5, max_distractors: int = 2) -> list[CoTExample]:
+def load_arith_cot(split: str = "train", n: int = 1000, seed: int = 0, *, max_steps: int = 5, max_distractors: int = 2,
+                   wording: str = "plain") -> list[CoTExample]:
     """``n`` arith-cot examples of ``split``; deterministic by ``seed`` (a larger ``n`` extends a smaller one).
 
     ``max_steps`` (2..5) and ``max_distractors`` (0..3) make an easier variant (shorter problems
-    for a smaller student); the defaults are the standard set.
+    for a smaller student); the defaults are the standard set. ``wording="varied"`` sets every
+    operation at a place and time that the rationale restates: the same numbers and answers' kind,
+    with about twice the words per step around them.
     """
     check_split(split)
     check_count(n)
@@ -151,7 +192,9 @@ def load_arith_cot(split: str = "train", n: int = 1000, seed: int = 0, *, max_st
         raise bad_input("max_steps", "an int in [2, 5]", repr(max_steps))
     if isinstance(max_distractors, bool) or max_distractors not in range(0, 4):
         raise bad_input("max_distractors", "an int in [0, 3]", repr(max_distractors))
-    problems = _generate(_pools(split), n, seed, split, max_steps, max_distractors)
+    if wording not in WORDINGS:
+        raise bad_input("wording", f"one of {WORDINGS}", repr(wording))
+    problems = _generate(_pools(split), n, seed, split, max_steps, max_distractors, wording)
     return [CoTExample(f"arith-cot-{split}-{seed}-{i}", q, r, a, m) for i, (q, r, a, m) in enumerate(problems)]
 
 

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 from ..curriculum.difficulty import NORMALISATIONS
 from ..curriculum.solvers import SOLVERS
+from ..data.arith import WORDINGS
 from ..errors import KPODInputError, bad_input
 from ..steps import RULES
 from ..weighting.config import MaskLearnerConfig
@@ -155,7 +156,7 @@ class DataConfig(_Section):
     """``data``: where the examples come from and how they are split and cut."""
 
     KEY: ClassVar[str] = "data"
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("filter_wrong_answers", "strip_calculator")
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("filter_wrong_answers", "strip_calculator", "wording")
 
     source: str = _key("a built-in data set name (`arith-cot`, `gsm-symbolic`, ...) or a JSONL file (`--data`)",
                        _Check("a built-in name or a JSONL path", lambda v: isinstance(v, str) and v != ""))
@@ -170,6 +171,9 @@ class DataConfig(_Section):
     step_rule: str = _key("how a rationale is split into steps (`auto` picks per rationale)", _one_of(*RULES))
     max_steps: int | None = _key("`arith-cot` only: at most this many steps (an easier variant)", _int(2, null="any"))
     max_distractors: int | None = _key("`arith-cot` only: at most this many distractor numbers", _int(0, null="any"))
+    wording: str = _key("`arith-cot` only: `plain`, or `varied` (each operation set at a place and time the rationale "
+                        "restates: keypoints a minority of the tokens; written to the configuration only when not plain)",
+                        _one_of(*WORDINGS), default="plain")
     filter_wrong_answers: bool = _key("leave out examples whose rationale reaches another answer than their `answer` "
                                       "(`--filter-wrong-answers`; written to the configuration only when true)", _BOOL,
                                       default=False)

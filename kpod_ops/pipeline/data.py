@@ -74,8 +74,10 @@ def make_splits(section: dict[str, Any]) -> Splits:
     source = section["source"]
     n_train, n_val, n_test = section["n_train"], section["n_val"], section["n_test"]
     variant = {k: section.get(k) for k in ("max_steps", "max_distractors") if section.get(k) is not None}
+    if section.get("wording", "plain") != "plain":
+        variant["wording"] = section["wording"]
     if variant and source != "arith-cot":
-        raise bad_input("data.max_steps/max_distractors", "settings of the arith-cot data only", f"source {source!r}")
+        raise bad_input("data.max_steps/max_distractors/wording", "settings of the arith-cot data only", f"source {source!r}")
     # set by --filter-wrong-answers only (absent from the presets, so the runs' configurations and hashes stay as they were)
     filter_wrong = section.get("filter_wrong_answers", False)
     strip_calc = section.get("strip_calculator", False)
