@@ -256,6 +256,12 @@ def test_arith_cot_varied_wording():
     assert n_words(train) > 1.6 * n_words(plain)
     with pytest.raises(KPODInputError, match="wording: expected one of"):
         load_arith_cot("train", 5, wording="fancy")
+    # load_builtin is the public way to the variants
+    assert load_builtin("arith-cot", "train", n=200, seed=1, max_steps=4, max_distractors=2, wording="varied") == train
+    with pytest.raises(KPODInputError, match="wording: expected options of 'arith-cot' only"):
+        load_builtin("gsm-symbolic", n=5, wording="varied")
+    with pytest.raises(KPODInputError, match="steps: expected arith-cot's options"):
+        load_builtin("arith-cot", n=5, steps=3)
 
 
 def test_arith_text_is_warm_up_text_without_worked_solutions():

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data.arith import load_arith_cot
 from ..data.builtin import BUILTIN_NAMES, load_builtin
 from ..data.example import CoTExample
 from ..data.jsonl import ReadResult, has_calculator_annotations, read_jsonl, write_jsonl
@@ -93,12 +92,8 @@ def make_splits(section: dict[str, Any]) -> Splits:
                             "a --data file (the built-in data has no calculator annotations)", f"source {source!r}")
         if source == "arith-text":
             raise bad_input("data.source", "a dataset of questions with rationales", "'arith-text' (warm-up texts)")
-        if variant:
-            pool = load_arith_cot("train", n_train + n_val, DATA_SEED, **variant)
-            test = load_arith_cot("test", n_test, DATA_SEED, **variant)
-        else:
-            pool = load_builtin(source, "train", n=n_train + n_val, seed=DATA_SEED)
-            test = load_builtin(source, "test", n=n_test, seed=DATA_SEED)
+        pool = load_builtin(source, "train", n=n_train + n_val, seed=DATA_SEED, **variant)
+        test = load_builtin(source, "test", n=n_test, seed=DATA_SEED, **variant)
         return Splits(pool[:n_train], pool[n_train:], test)
     path = Path(source)
     if not path.is_file():
