@@ -316,3 +316,31 @@ def test_example_script_trains_from_the_command_line(tmp_path):
     metrics = json.loads(done.stdout.strip().splitlines()[-1])
     assert np.isfinite(metrics["eval_loss"]) and 0 <= metrics["answer_accuracy"] <= 1
     assert {"eval_entropy", "eval_mean_token_accuracy", "eval_kpod_active_share"} <= set(metrics)
+
+
+# ------------------------------------------------------------------------------------------ MoE students
+def tiny_mixtral(tok, coef=0.001):
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(0)
+    return MixtralForCausalLM(MixtralConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id, bos_token_id=None, num_local_experts=4, num_experts_per_tok=2,
+        output_router_logits=True, router_aux_loss_coef=coef))
+
+
+@pytest.mark.parametrize("fused_linear", [False, True])
+def test_router_aux_loss_coef_of_the_sft_config_is_honoured(tmp_path, fused_linear):
+    """SFTConfig(router_aux_loss_coef=...) weighs the MoE student's router loss, as in TRL (it was the model's own
+    coefficient, silently)."""
+    tok, tokenized, weights = tiny_data(4)
+    args = sft_args(tmp_path, per_device_train_batch_size=4, max_steps=1, router_aux_loss_coef=5.0)
+    trainer = KPODSFTTrainer(tiny_mixtral(tok), args, train_dataset=[to_record(te) for te in tokenized],
+                             processing_class=tok, token_weights=weights, fused_linear=fused_linear)
+    batch = next(iter(trainer.get_train_dataloader()))
+    with torch.no_grad():
+        loss, outputs = trainer.compute_loss(trainer.model, dict(batch), return_outputs=True)
+        kpod = trainer.model(**batch, output_router_logits=False).loss
+    assert outputs.aux_loss is not None and float(outputs.aux_loss) > 0.1
+    assert float(loss) == pytest.approx(float(kpod) + 5.0 * float(outputs.aux_loss), rel=1e-5)

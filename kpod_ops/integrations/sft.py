@@ -295,6 +295,12 @@ class KPODSFTTrainer(_KPODTrainerMixin, SFTTrainer):
         finally:
             for key, value in saved.items():
                 setattr(args, key, value)
+        # TRL resolved the router loss's weight (args.router_aux_loss_coef, else the model's) into its config; the
+        # KPOD loss comes from the model's forward, which reads the weight from the model itself: give it TRL's
+        base = _unwrap(self.model)
+        coef = getattr(self, "router_aux_loss_coef", None)
+        if coef is not None and hasattr(base, "router_aux_loss_coef"):
+            base.router_aux_loss_coef = coef
         self._kpod_check_args()
 
     # -- set-up ----------------------------------------------------------------------------------
