@@ -344,3 +344,16 @@ def test_router_aux_loss_coef_of_the_sft_config_is_honoured(tmp_path, fused_line
         kpod = trainer.model(**batch, output_router_logits=False).loss
     assert outputs.aux_loss is not None and float(outputs.aux_loss) > 0.1
     assert float(loss) == pytest.approx(float(kpod) + 5.0 * float(outputs.aux_loss), rel=1e-5)
+
+
+def test_router_aux_loss_is_logged_as_trl_logs_it(tmp_path):
+    """TRL logs an MoE student's router loss as ``aux_loss`` next to its other metrics; so does KPODSFTTrainer."""
+    tok, tokenized, weights = tiny_data(4)
+    args = sft_args(tmp_path, per_device_train_batch_size=4, max_steps=1, learning_rate=1e-9)
+    trainer = KPODSFTTrainer(tiny_mixtral(tok), args, train_dataset=[to_record(te) for te in tokenized],
+                             processing_class=tok, token_weights=weights, fused_linear=True)
+    batch = next(iter(trainer.get_train_dataloader()))
+    with torch.no_grad():
+        aux = float(trainer.model(**batch).aux_loss)
+    trainer.train()
+    assert trainer.state.log_history[0]["aux_loss"] == pytest.approx(aux, rel=1e-4)

@@ -357,7 +357,7 @@ class KPODSFTTrainer(_KPODTrainerMixin, SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The patched model's KPOD loss (Trainer's loss path, not TRL's fused LM head), with TRL's metrics:
         ``entropy`` and ``mean_token_accuracy`` over the tokens the KPOD loss counts, ``num_tokens`` (attended
-        tokens seen in training); and KPOD's (see ``KPODTrainer``)."""
+        tokens seen in training), ``aux_loss`` (an MoE student's router loss); and KPOD's (see ``KPODTrainer``)."""
         mode = "train" if self.model.training else "eval"
         inputs = self._kpod_inputs(inputs)
         self._kpod_record(inputs)
@@ -378,6 +378,9 @@ class KPODSFTTrainer(_KPODTrainerMixin, SFTTrainer):
             entropy, correct, active = (float(v) for v in self.accelerator.gather_for_metrics(local.reshape(1, 3)).sum(0))
             self._metrics[mode]["entropy"].append(entropy / active if active else 0.0)
             self._metrics[mode]["mean_token_accuracy"].append(correct / active if active else 0.0)
+        if self.aux_loss_enabled and getattr(outputs, "aux_loss", None) is not None:  # as TRL logs it
+            aux = self.accelerator.gather_for_metrics(outputs.aux_loss.detach().reshape(1)).mean()
+            self._metrics[mode]["aux_loss"].append(float(aux))
         if mode == "train" and "attention_mask" in inputs:
             self._total_train_tokens += int(self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum())
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
