@@ -569,18 +569,20 @@ def apply_kpod_loss(model: Any, *, fused_linear: bool | str = "auto", impl: str 
 
 def _patch_attributes(model: Any, base: Any, backbone: Any, patch: _Patch) -> None:
     """What :func:`apply_kpod_loss` changes, the fewest attributes that keep every check: the model's ``forward``
-    (batch fields and checks; with ``fused_linear``, around the linear patch's forward, which
-    ``linear_patch.patch_linear_loss`` installs first, with its marker), its ``loss_function`` (the KPOD loss, for
-    any code that calls it with the batch), ``accepts_loss_kwargs`` (Trainer passes ``num_items_in_batch``), the
-    backbone's ``forward`` (see :func:`_make_backbone_guard`), and ``_kpod_patch``."""
+    (one function: batch fields and checks, around the family's forward or, with ``fused_linear``, around the
+    linear loss's forward, :func:`~kpod_ops.integrations.linear_patch.linear_forward`, which is not installed on its
+    own), its ``loss_function`` (the KPOD loss, for any code that calls it with the batch), ``accepts_loss_kwargs``
+    (Trainer passes ``num_items_in_batch``), the backbone's ``forward`` (see :func:`_make_backbone_guard`), and
+    ``_kpod_patch``."""
+    inner = base.forward
     if patch.fused_linear is not False:
-        _apply_fused_linear(model, patch, patch.fused_linear)
-    named = inspect.signature(base.forward).parameters.values()
+        inner = _fused_linear_forward(model, patch, patch.fused_linear) or inner
+    named = inspect.signature(inner).parameters.values()
     patch.known_keys = frozenset(
         [p.name for p in named if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
         + [*_BATCH_KEYS, "num_items_in_batch"]
     )
-    base.forward = MethodType(_make_forward(patch, base.forward, base), base)
+    base.forward = MethodType(_make_forward(patch, inner, base), base)
     base.loss_function = _make_loss(patch)
     base.accepts_loss_kwargs = True  # so Trainer passes num_items_in_batch
     if backbone is not None:
@@ -588,11 +590,11 @@ def _patch_attributes(model: Any, base: Any, backbone: Any, patch: _Patch) -> No
     base._kpod_patch = patch
 
 
-def _apply_fused_linear(model: Any, patch: _Patch, fused_linear: bool | str) -> None:
-    """Patch the forward so the training loss comes from the hidden states (no ``[B, T, V]`` logits):
-    always with ``True`` (an unsupported model is an error), where supported with ``"auto"`` (with a
-    warning that names the reason otherwise)."""
-    from .linear_patch import patch_linear_loss, supports
+def _fused_linear_forward(model: Any, patch: _Patch, fused_linear: bool | str) -> Any:
+    """The forward whose training loss comes from the hidden states (no ``[B, T, V]`` logits), for the patched
+    forward to wrap: always with ``True`` (an unsupported model is an error), where supported with ``"auto"``
+    (None otherwise, with a warning that names the reason)."""
+    from .linear_patch import linear_forward, supports
 
     ok, why = supports(model)
     if ok and fused_linear is True:
@@ -608,15 +610,16 @@ def _apply_fused_linear(model: Any, patch: _Patch, fused_linear: bool | str) -> 
         if fused_linear is True:
             raise bad_input("fused_linear", "a model the fused linear loss supports (or fused_linear=False/'auto')", why)
         warnings.warn(f"apply_kpod_loss(fused_linear='auto'): {why}; the loss is computed from the logits", stacklevel=3)
-        return
-    patch_linear_loss(model, loss_fn=_make_linear_loss(patch))
+        return None
+    forward = linear_forward(model, _make_linear_loss(patch))
     patch.linear = True
+    return forward
 
 
 def revert_kpod_loss(model: Any) -> Any:
     """Undo :func:`apply_kpod_loss`; returns ``model``. Every attribute it set (the model's forward, loss function
-    and flag, the linear patch's forward and marker, the backbone's forward, ``_kpod_patch``) gets back the value it
-    had before, or is removed if it had none."""
+    and flag, the backbone's forward, ``_kpod_patch``) gets back the value it had before, or is removed if it had
+    none."""
     base = _unwrap(model)
     patch = getattr(base, "_kpod_patch", None)
     if not isinstance(patch, _Patch):

@@ -51,8 +51,10 @@ Contract (what :func:`kpod_ops.integrations.hf.apply_kpod_loss` relies on):
   active tokens, or ``Σ ÷ num_items_in_batch``) with the KPOD weights and truncation; an
   integration may pass its own ``loss_fn`` (e.g. one that reads the batch fields it captured
   elsewhere).
-* ``unpatch_linear_loss(model)`` restores the forward that was in place before the patch (an
-  integration that wrapped the patched forward must restore its own wrapper first).
+* ``unpatch_linear_loss(model)`` restores the forward that was in place before the patch.
+  ``linear_forward(model, loss_fn)`` builds the same forward without installing it, for an
+  integration that wraps it in its own and installs that one alone (``apply_kpod_loss`` does: the
+  model then carries one forward).
 * What it returns: a **token mean**, ``Σ ω·ℓ`` over the active positions divided by
   ``num_items_in_batch`` (Trainer's token count) or, called directly, by the batch's active tokens
   (Hugging Face's causal-LM convention; a sum per sequence is that times the active tokens per
@@ -384,31 +386,39 @@ def _make_forward(patch: _LinearPatch, original: Any, family: Family, router_los
     return forward
 
 
+def linear_forward(model: Any, loss_fn: LossFn) -> Any:
+    """The forward :func:`patch_linear_loss` installs, bound to the unwrapped base model but not installed: for an
+    integration that wraps it in a forward of its own and installs that one alone (``apply_kpod_loss`` does).
+    Raises :class:`KPODInputError` with the reason from :func:`supports` when the model cannot be patched."""
+    ok, why = supports(model)
+    if not ok:
+        raise bad_input("model", "a model supported by the fused linear loss patch", why)
+    base = _unwrap(model)
+    family = FAMILIES[base.config.model_type]
+    if family.softcap is not None and _config_number(base.config, family.softcap) is not None \
+            and not _accepts_keyword(loss_fn, "logit_softcap"):
+        raise bad_input("loss_fn", f"a loss function with a logit_softcap keyword ({type(base).__name__} soft-caps "
+                        "its logits inside the loss)", getattr(loss_fn, "__name__", repr(loss_fn)))
+    router_loss = _family_module(base).load_balancing_loss_func if family.router_aux else None  # supports checked it
+    return _make_forward(_LinearPatch(base, loss_fn), base.forward, family, router_loss).__get__(base)
+
+
 def patch_linear_loss(model: Any, loss_fn: LossFn | None = None) -> Any:
     """Make ``model``'s loss the fused linear keypoint loss (no logits in training); returns ``model``.
 
     See the module docstring for the contract. Raises :class:`KPODInputError` with the reason
     from :func:`supports` when the model cannot be patched.
     """
-    ok, why = supports(model)
-    if not ok:
-        raise bad_input("model", "a model supported by the fused linear loss patch", why)
     base = _unwrap(model)
     loss_fn = linear_causal_lm_loss if loss_fn is None else loss_fn
-    family = FAMILIES[base.config.model_type]
-    if family.softcap is not None and _config_number(base.config, family.softcap) is not None \
-            and not _accepts_keyword(loss_fn, "logit_softcap"):
-        raise bad_input("loss_fn", f"a loss function with a logit_softcap keyword ({type(base).__name__} soft-caps "
-                        "its logits inside the loss)", getattr(loss_fn, "__name__", repr(loss_fn)))
     existing = getattr(base, _ATTR, None)
     if isinstance(existing, _LinearPatch):
         if existing.loss_fn is not loss_fn:
             raise KPODInputError("model: already patched with another loss_fn; call unpatch_linear_loss(model) first")
         return model
+    forward = linear_forward(model, loss_fn)
     patch = _LinearPatch(base, loss_fn)
-    original = base.forward
-    router_loss = _family_module(base).load_balancing_loss_func if family.router_aux else None  # supports checked it
-    base.forward = _make_forward(patch, original, family, router_loss).__get__(base)
+    base.forward = forward
     setattr(base, _ATTR, patch)
     return model
 
