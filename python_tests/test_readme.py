@@ -107,7 +107,12 @@ def test_skip_markers_give_a_reason_and_stand_before_a_python_block():
                     f"{where}: a skip marker must be the line right before a ```python fence")
 
 
-@pytest.mark.parametrize("block", PYTHON, ids=[b.name for b in PYTHON])
+# The README's blocks run in the fast tier (the front door); the docs pages' blocks, each a fresh interpreter that
+# imports the Hugging Face stack, in the slow tier (`--runslow`, as CI runs them): the fast tier stays under 3 minutes.
+@pytest.mark.parametrize(
+    "block",
+    [pytest.param(b, marks=() if b.page == "README.md" else pytest.mark.slow, id=b.name) for b in PYTHON],
+)
 def test_python_block_runs_alone(block: Block, tmp_path: Path):
     if block.skip is not None:
         pytest.skip(f"{block.page}:{block.line} is marked: {block.skip}")

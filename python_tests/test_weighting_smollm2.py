@@ -40,6 +40,7 @@ def _example(tok, i: int, q: str, steps: list[str], answer: str) -> TokenizedExa
     return TokenizedExample(f"s{i}", tuple(ids), spans[0][0], tuple(spans), start)
 
 
+@pytest.mark.slow  # loading SmolLM2-135M takes about 25 s: the slow tier, with the other SmolLM2 tests
 def test_smollm2_frozen_predictor_forward_backward_and_weights(smollm2):
     tok, model = smollm2
     exs = [
