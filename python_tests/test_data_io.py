@@ -188,21 +188,28 @@ def _check_disjoint_and_deterministic(name, n):
     return train
 
 
+def _check_arith_problem(ex, max_steps: int) -> list[str]:
+    """An arith-cot problem is consistent: one step per line, each step's result feeding the next, the answer the
+    last result, every number of the question a start, an operand or a distractor. Returns the rationale's lines."""
+    lines = ex.rationale.split("\n")
+    assert 2 <= len(lines) <= max_steps and split_steps(ex.rationale) == [lines[0]] + ["\n" + s for s in lines[1:]]
+    cur = ex.metadata["start"]
+    for line, result in zip(lines, ex.metadata["step_results"]):
+        a, op, b, c = re.search(r"(\d+) ([-+*/]) (\d+) = (\d+)", line).groups()
+        assert int(a) == cur and eval(f"{a} {op} {b}") == int(c) == result  # each step feeds the next
+        assert int(b) < 100 and int(c) < 1000
+        cur = int(c)
+    assert str(cur) == ex.answer
+    question_numbers = [int(x) for x in re.findall(r"\d+", ex.question)]
+    assert sorted(question_numbers) == sorted([ex.metadata["start"], *ex.metadata["operands"], *ex.metadata["distractors"]])
+    return lines
+
+
 def test_arith_cot():
     train = _check_disjoint_and_deterministic("arith-cot", 300)
     assert load_builtin("arith-cot", "train", n=50, seed=1) == train[:50]  # a larger n extends a smaller one
     for ex in train:
-        lines = ex.rationale.split("\n")
-        assert 2 <= len(lines) <= 5 and split_steps(ex.rationale) == [lines[0]] + ["\n" + s for s in lines[1:]]
-        cur = ex.metadata["start"]
-        for line, result in zip(lines, ex.metadata["step_results"]):
-            a, op, b, c = re.search(r"(\d+) ([-+*/]) (\d+) = (\d+)", line).groups()
-            assert int(a) == cur and eval(f"{a} {op} {b}") == int(c) == result  # each step feeds the next
-            assert int(b) < 100 and int(c) < 1000
-            cur = int(c)
-        assert str(cur) == ex.answer
-        question_numbers = [int(x) for x in re.findall(r"\d+", ex.question)]
-        assert sorted(question_numbers) == sorted([ex.metadata["start"], *ex.metadata["operands"], *ex.metadata["distractors"]])
+        _check_arith_problem(ex, max_steps=5)
         assert 1 <= len(ex.metadata["distractors"]) <= 2
 
 
@@ -235,19 +242,10 @@ def test_arith_cot_varied_wording():
     tok = tiny_tokenizer()
     words = set()
     for ex in train:
-        lines = ex.rationale.split("\n")
-        assert 2 <= len(lines) <= 4 and split_steps(ex.rationale) == [lines[0]] + ["\n" + s for s in lines[1:]]
-        cur = ex.metadata["start"]
-        for line, result in zip(lines, ex.metadata["step_results"]):
-            a, op, b, c = re.search(r"(\d+) ([-+*/]) (\d+) = (\d+)", line).groups()
-            assert int(a) == cur and eval(f"{a} {op} {b}") == int(c) == result
-            cur = int(c)
+        for line in _check_arith_problem(ex, max_steps=4):
             # the step's place and time come from the question: the student can copy them, and they never decide the answer
             context = re.match(r"[A-Za-z ]+, ((?:at|on) [a-z ]+?), ", line).group(1)
             assert context in ex.question or context.capitalize() in ex.question
-        assert str(cur) == ex.answer
-        question_numbers = [int(x) for x in re.findall(r"\d+", ex.question)]
-        assert sorted(question_numbers) == sorted([ex.metadata["start"], *ex.metadata["operands"], *ex.metadata["distractors"]])
         words |= set(re.findall(r"[A-Za-z]+", ex.question + " " + ex.rationale))
     # every word is one token of the tiny student (no word spelt out letter by letter)
     assert all(len(tok(" " + w, add_special_tokens=False)["input_ids"]) == 1 for w in words)
