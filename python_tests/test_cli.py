@@ -185,6 +185,21 @@ def test_degenerate_weights_stop_the_run_unless_allowed(inputs, tmp_path, capsys
     assert not (out / "weights" / "stage.json").exists() and not (out / "report.json").exists()
 
 
+@pytest.mark.slow  # a whole kpod distill run
+def test_mask_learner_restarts_are_reported_and_the_kept_one_is_used(inputs, tmp_path):
+    folder, data, _ = inputs
+    config = tmp_path / "restarts.json"
+    config.write_text(json.dumps({**TINY, "weights": {**TINY["weights"], "restarts": 2}}))
+    out = tmp_path / "restarts"
+    assert main(_args(data, config, out)) == 0
+    report = json.loads((out / "report.json").read_text())
+    restarts = report["weights"]["restarts"]
+    assert [r["seed"] for r in restarts] == [0, 100_003] and sum(r["chosen"] for r in restarts) == 1
+    assert all({"val_objective", "keypoint_auc", "degenerate"} <= set(r) for r in restarts)
+    assert "mask learner restarts (the lowest validation objective kept)" in (out / "report.md").read_text()
+    assert len(json.loads((out / "weights" / "restarts.json").read_text())) == 2  # each restart's history
+
+
 def test_help_lists_every_option_with_its_default(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["distill", "--help"])

@@ -193,6 +193,44 @@ def test_stage_hashes_follow_what_a_stage_depends_on():
     assert stage_hash(config, "train") != stage_hash(floored, "train")
 
 
+def test_weights_restarts_is_optional_in_the_configuration_and_moves_only_the_weights_stage():
+    config = preset_config("quick")
+    assert "restarts" not in config.to_dict()["weights"]  # left at 1: written nowhere, every hash as before
+    three = merge(config, {"weights": {"restarts": 3}})
+    assert three.to_dict()["weights"]["restarts"] == 3
+    assert stage_hash(config, "weights") != stage_hash(three, "weights")
+    assert stage_hash(config, "warmup") == stage_hash(three, "warmup") and stage_hash(config, "train") == stage_hash(three, "train")
+    for bad in (0, 1.5, True):
+        with pytest.raises(KPODInputError, match="weights.restarts"):
+            merge(config, {"weights": {"restarts": bad}})
+
+
+def test_learn_weights_restarts_keep_the_lowest_validation_objective():
+    from kpod_ops.pipeline.weights import learn_weights
+    from kpod_ops.weighting import MaskLearnerConfig
+
+    examples = list(_examples(12))
+    train, val = examples[:8], examples[8:]
+    config = MaskLearnerConfig(epochs=2, batch_size=4, num_prefixes=2, seed=5)
+    torch.manual_seed(0)  # the learner's initialisation draws from the global generator, as in a run
+    one = learn_weights(_student(1), train, val, examples, config, allow_degenerate=True, progress=False)
+    torch.manual_seed(0)
+    three = learn_weights(_student(1), train, val, examples, config, restarts=3, allow_degenerate=True, progress=False)
+    assert one.restarts == [] and [r["seed"] for r in three.restarts] == [5, 100_008, 200_011]
+    chosen = [r for r in three.restarts if r["chosen"]]
+    assert len(chosen) == 1
+    eligible = [r for r in three.restarts if r["degenerate"] is None] or three.restarts
+    assert chosen[0]["val_objective"] == min(r["val_objective"] for r in eligible)
+    for key, w in chosen[0]["weights"].items():
+        np.testing.assert_array_equal(three.weights[key], w)
+    first = three.restarts[0]["weights"]  # restart 0 is the single run: same seed, same weights
+    for key, w in one.weights.items():
+        np.testing.assert_array_equal(first[key], w)
+    assert len({float(r["val_objective"]) for r in three.restarts}) > 1  # the restarts differ
+    with pytest.raises(KPODInputError, match="restarts"):
+        learn_weights(_student(1), train, val, examples, config, restarts=0)
+
+
 def test_weight_floor_keeps_every_token_trained_and_the_mean_at_one():
     from kpod_ops.pipeline.weights import with_floor
 

@@ -368,6 +368,29 @@ def test_predictor_lr_zero_keeps_the_predictor_fixed():
         MaskLearnerConfig(predictor_lr=-1.0)
 
 
+def test_fixed_mask_embedding_stays_the_mean_embedding_and_keeps_the_reading_gain():
+    """With the predictor held fixed after the warm-up, a learned mask vector can be tuned to stand in for the hidden
+    tokens (the reading gain falls, so hiding them costs less); ``mask_embedding="fixed"`` holds it at the mean
+    input embedding, so once the warm-up is over the reading gain cannot move."""
+    moved = {}
+    for kind in ("learned", "fixed"):
+        model = tiny_llama(seed=1)
+        cfg = MaskLearnerConfig(epochs=3, batch_size=4, seed=3, num_prefixes=2, lr=5e-2, predictor_warmup=0.34, reading_gain=None,
+                                train_predictor_after_warmup=False, mask_embedding=kind)
+        learner = MaskLearner(model, model, cfg)
+        start = learner.mask_embedding.detach().clone()
+        hist = learner.fit(random_examples(12, seed=4), random_examples(4, seed=5), progress=False)
+        moved[kind] = float((learner.mask_embedding.detach() - start).abs().max())
+        assert ("mask_embedding" in learner.trainable_state()) == (kind == "learned")
+        after = [h["val_reading_gain"] for h in hist if h["warmup_end_step"] is not None]
+        if kind == "fixed":
+            torch.testing.assert_close(start, learner.weighter.embedding.weight.mean(0), rtol=0, atol=0)
+            assert len(after) >= 2 and max(after) - min(after) == 0.0
+    assert moved["fixed"] == 0.0 and moved["learned"] > 0.0
+    with pytest.raises(KPODInputError, match="^mask_embedding: expected one of"):
+        MaskLearnerConfig(mask_embedding="zero")
+
+
 def test_bad_input_is_reported():
     model = tiny_llama()
     with pytest.raises(KPODInputError, match="predictor_training"):

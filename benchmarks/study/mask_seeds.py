@@ -37,7 +37,8 @@ def main() -> None:
         info = prep.weights_info or {}
         rank = info.get("keypoint_ranking") or {}
         print(json.dumps({"seed": seed, "degenerate": info.get("degenerate"), "kept_ratio": info.get("kept_ratio"),
-                          "auc": rank.get("auc"), "mean_keypoint": rank.get("mean_keypoint"), "mean_word": rank.get("mean_word")}),
+                          "auc": rank.get("auc"), "mean_keypoint": rank.get("mean_keypoint"), "mean_word": rank.get("mean_word"),
+                          "restarts": info.get("restarts")}),
               flush=True)
 
 

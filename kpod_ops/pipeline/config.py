@@ -229,6 +229,7 @@ class WeightsConfig(_Section):
     """``weights``: the mask learner's token weights and how they enter the loss."""
 
     KEY: ClassVar[str] = "weights"
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("restarts",)
 
     n_examples: int = _key("mask-learner training examples (the first of the training split)", _int(1))
     renormalize: bool = _key("loss weights scaled to mean 1 per rationale (see docs/method.md)", _BOOL)
@@ -237,6 +238,9 @@ class WeightsConfig(_Section):
     learner: Mapping[str, Any] = _key("`MaskLearnerConfig` settings that differ from its defaults (every one of its fields "
                                       "but `seed`, which is `--seed`; see [the mask learner](mask-learner.md))",
                                       _Check("a mapping of MaskLearnerConfig fields", _is_mapping))
+    restarts: int = _key("mask learners trained, each from its own seed (the first from `--seed`); the one with the lowest "
+                         "validation objective is kept, every one is reported (written to the configuration only when not 1)",
+                         _int(1), default=1)
 
     def _check_together(self) -> None:
         names = _learner_fields()
@@ -418,7 +422,7 @@ _PRESETS = {"quick": _QUICK, "smollm2-gsm": _SMOLLM2}
 STAGE_SECTIONS = {
     "data": ("data",),
     "warmup": ("student", "warmup", "precision"),
-    "weights": ("weights.n_examples", "weights.learner", "allow_degenerate"),
+    "weights": ("weights.n_examples", "weights.learner", "weights.restarts", "allow_degenerate"),
     "difficulty": ("curriculum.normalisation",),
     "clusters": ("curriculum.n_clusters",),
     "schedule": ("curriculum", "train.epochs"),
@@ -507,9 +511,15 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+_ABSENT = object()
+
+
 def _section(config: dict[str, Any], dotted: str) -> Any:
+    """The value at ``dotted`` in the serialised ``config``; ``_ABSENT`` for an optional key left at its default."""
     value: Any = config
     for part in dotted.split("."):
+        if part not in value:
+            return _ABSENT
         value = value[part]
     return value
 
@@ -517,7 +527,8 @@ def _section(config: dict[str, Any], dotted: str) -> Any:
 def stage_hash(config: DistillConfig, stage: str, upstream: tuple[str, ...] = ()) -> str:
     """SHA-256 (16 hex digits) of what ``stage`` depends on: its sections, the seed and ``upstream`` hashes."""
     plain = config.to_dict()
-    payload = {s: _section(plain, s) for s in STAGE_SECTIONS[stage]}
+    # an optional key at its default is left out, so adding one keeps the hashes of the stages already run
+    payload = {s: v for s in STAGE_SECTIONS[stage] if (v := _section(plain, s)) is not _ABSENT}
     payload["seed"] = plain["seed"] if stage != "data" else None
     payload["upstream"] = list(upstream)
     text = json.dumps(payload, sort_keys=True, default=str)

@@ -116,6 +116,12 @@ def markdown(report: dict[str, Any], plots: Sequence[str]) -> str:
             found = "rank them above words" if rank["auc"] >= KEYPOINT_AUC else "do **not** rank them above words"
             lines.append(f"- keypoints (numbers and operators vs words): ROC-AUC {rank['auc']:.2f}, mean weight "
                          f"{rank['mean_keypoint']:.2f} vs {rank['mean_word']:.2f}: the weights {found}")
+        if w.get("restarts"):
+            tried = "; ".join(f"seed {x['seed']}: objective {x['val_objective']:.4f}"
+                              + (f", ROC-AUC {x['keypoint_auc']:.2f}" if x.get("keypoint_auc") is not None else "")
+                              + (" (degenerate)" if x.get("degenerate") else "") + (" **kept**" if x.get("chosen") else "")
+                              for x in w["restarts"])
+            lines.append(f"- mask learner restarts (the lowest validation objective kept): {tried}")
     data = r.get("data") or {}
     if data.get("read") and data["read"]["n_disagreements"]:
         read = data["read"]

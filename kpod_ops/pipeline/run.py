@@ -315,10 +315,20 @@ def _weights_stage(config: DistillConfig, method: dict[str, Any], student, tok, 
 
     def compute(folder: Path) -> dict[str, Any]:
         w = config.weights
-        say(f"[weights] training the mask learner on {min(w.n_examples, len(tokenized))} examples")
+        say(f"[weights] training the mask learner on {min(w.n_examples, len(tokenized))} examples"
+            + (f", {w.restarts} restarts" if w.restarts > 1 else ""))
         learned = learn_weights(student, tokenized[: w.n_examples], val_tok[:200] or None, tokenized,
-                                learner_config(dict(w.learner), config.seed), allow_degenerate=config.allow_degenerate,
-                                progress=progress)
+                                learner_config(dict(w.learner), config.seed), restarts=w.restarts,
+                                allow_degenerate=config.allow_degenerate, progress=progress)
+        restarts = []
+        for run in learned.restarts:  # what each restart found; the kept one is ``chosen``
+            rank = keypoint_ranking(run.pop("weights"), tokenized, tok)
+            restarts.append({**{k: v for k, v in run.items() if k != "history"}, "keypoint_auc": rank["auc"] if rank else None})
+            say(f"[weights] restart seed {run['seed']}: validation objective {run['val_objective']:.4f}"
+                + (f", numbers and operators vs words ROC-AUC {rank['auc']:.2f}" if rank else "")
+                + (f", degenerate ({run['degenerate']})" if run["degenerate"] else "") + (" (kept)" if run["chosen"] else ""))
+        if restarts:
+            write_json(folder / "restarts.json", [{**r, "history": run["history"]} for r, run in zip(restarts, learned.restarts)])
         if learned.degenerate:
             say(f"[weights] WARNING: degenerate token weights ({learned.degenerate}); continuing because they were allowed")
         save_token_weights(folder / "token_weights.npz", learned.weights, tokenized, tokenizer=tok)
@@ -330,7 +340,8 @@ def _weights_stage(config: DistillConfig, method: dict[str, Any], student, tok, 
             say(f"[weights] numbers and operators vs words: ROC-AUC {ranking['auc']:.2f} (mean weight "
                 f"{ranking['mean_keypoint']:.2f} vs {ranking['mean_word']:.2f})")
         return {"degenerate": learned.degenerate, "mean": stats.mean, "std": stats.std, "kept_ratio": stats.kept_ratio,
-                "top_tokens": stats.top_tokens[:10], "bottom_tokens": stats.bottom_tokens[:10], "keypoint_ranking": ranking}
+                "top_tokens": stats.top_tokens[:10], "bottom_tokens": stats.bottom_tokens[:10], "keypoint_ranking": ranking,
+                **({"restarts": restarts} if restarts else {})}
 
     rec = _cached(stage, compute, timings)
     if rec.get("degenerate") and not config.allow_degenerate:  # learn_weights refuses them; a finished stage may hold them
@@ -347,7 +358,8 @@ def _weights_info(config: DistillConfig, method: dict[str, Any], rec: dict[str, 
         in_loss = f"floor {floor}: {floor} + {1 - floor:g} * w" if floor else "w"
         in_loss += ", renormalised to mean 1 per rationale" if config.weights.renormalize else ""
     return {"degenerate": rec.get("degenerate"), "mean": rec.get("mean"), "kept_ratio": rec.get("kept_ratio"),
-            "keypoint_ranking": rec.get("keypoint_ranking"), "in_loss": in_loss, "pictures": str(folder / "pictures")}
+            "keypoint_ranking": rec.get("keypoint_ranking"), "in_loss": in_loss, "pictures": str(folder / "pictures"),
+            **({"restarts": rec["restarts"]} if rec.get("restarts") else {})}
 
 
 def _curriculum_stages(config: DistillConfig, method: dict[str, Any], student, tokenized: list,

@@ -8,8 +8,9 @@ caller allows them; either way the verdict is returned for the report.
 from __future__ import annotations
 
 import copy
+import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from ..data.tokenized import TokenizedExample
 from ..errors import KPODInputError
 from ..weighting import MaskLearner, MaskLearnerConfig, degeneracy, renormalize_mean_one
+from ..weighting.training import evaluate
 from .config import check_floor
 
 
@@ -25,11 +27,18 @@ class DegenerateWeightsError(KPODInputError):
     """The mask learner collapsed: its weights carry no keypoint information."""
 
 
+# restart k of the mask learner is seeded with seed + k * _RESTART_SEED_STRIDE (restart 0: the run's seed)
+_RESTART_SEED_STRIDE = 100_003
+_SCORE_SEED_OFFSET = 7919  # the noise and prefixes every restart is scored with: seed + this
+
+
 @dataclass
 class LearnedWeights:
     weights: dict[str, np.ndarray]  # raw w in (0, 1) per rationale token, by example id
     degenerate: str | None  # why they are degenerate, or None
     history: list[dict] = field(default_factory=list)
+    # one record per restart (seed, validation objective and terms, degenerate, chosen, and its ``weights``)
+    restarts: list[dict] = field(default_factory=list)
 
 
 def learner_config(settings: dict[str, Any], seed: int) -> MaskLearnerConfig:
@@ -48,27 +57,48 @@ def learn_weights(
     weigh: Sequence[TokenizedExample],
     config: MaskLearnerConfig,
     *,
+    restarts: int = 1,
     allow_degenerate: bool = False,
     progress: bool = True,
 ) -> LearnedWeights:
     """Fit a mask learner on ``train`` (early stopping on ``val``) and weight the examples of ``weigh``.
 
-    Raises :class:`DegenerateWeightsError` when the weights are degenerate, unless ``allow_degenerate``.
+    With ``restarts`` > 1, that many learners are fitted, restart ``k`` seeded with ``config.seed + k * 100003``,
+    and the one with the lowest objective on ``val`` (``train`` if None; the same noise and prefixes for every
+    restart) is kept, non-degenerate ones first: the learner's fit is not convex, and which keypoints a restart
+    finds depends on its predictor's warm-up. Raises :class:`DegenerateWeightsError` when the kept weights are
+    degenerate, unless ``allow_degenerate``.
     """
+    if isinstance(restarts, bool) or not isinstance(restarts, numbers.Integral) or restarts < 1:
+        raise KPODInputError(f"restarts: expected an integer >= 1, got {restarts!r}")
     embedding = student.get_input_embeddings().weight.detach().clone()
-    predictor = copy.deepcopy(student)
-    predictor.train()
-    learner = MaskLearner(embedding, predictor, config).to(next(student.parameters()).device)
-    history = learner.fit(list(train), list(val) if val else None, progress=progress)
-    weights = learner.token_weights(list(weigh))
-    reason = degeneracy(weights)
+    scored_on = list(val) if val else list(train)
+    runs: list[dict] = []
+    for k in range(int(restarts)):
+        c = replace(config, seed=config.seed + k * _RESTART_SEED_STRIDE)
+        predictor = copy.deepcopy(student)
+        predictor.train()
+        learner = MaskLearner(embedding, predictor, c).to(next(student.parameters()).device)
+        history = learner.fit(list(train), list(val) if val else None, progress=progress)
+        scored = evaluate(learner, scored_on, seed=config.seed + _SCORE_SEED_OFFSET) if restarts > 1 else {}
+        weights = learner.token_weights(list(weigh))
+        runs.append({"seed": c.seed, **{f"val_{key}": scored[key] for key in ("objective", "answer_loss", "kept")
+                                       if key in scored}, "degenerate": degeneracy(weights), "history": history,
+                     "weights": weights})
+        del learner, predictor
+    best = min(range(len(runs)), key=lambda i: (runs[i]["degenerate"] is not None, runs[i].get("val_objective", 0.0)))
+    for i, run in enumerate(runs):
+        run["chosen"] = i == best
+    kept = runs[best]
+    reason = kept["degenerate"]
     if reason is not None and not allow_degenerate:
         raise DegenerateWeightsError(
-            f"token weights: expected informative keypoint weights, got degenerate ones: {reason}. "
-            "Change weights.learner (e.g. alpha, epochs, predictor_warmup, tau_final) in --config, "
+            f"token weights: expected informative keypoint weights, got degenerate ones: {reason}"
+            f"{f' (all {restarts} restarts)' if restarts > 1 else ''}. "
+            "Change weights.learner (e.g. alpha, epochs, predictor_warmup, tau_final) in --config, raise weights.restarts, "
             "or pass --allow-degenerate to train with them anyway (the report records it)."
         )
-    return LearnedWeights(weights, reason, history)
+    return LearnedWeights(kept["weights"], reason, kept["history"], runs if restarts > 1 else [])
 
 
 def with_floor(weights: dict[str, np.ndarray], floor: float) -> dict[str, np.ndarray]:

@@ -55,7 +55,10 @@ class MaskLearnerConfig:
     answer NLL at its value with the prefix masked, so a prefix that misleads a predictor which
     copies the last number it sees neither rewards nor punishes keeping tokens (``"auto"``: for a
     LoRA or frozen predictor, one held fixed after the warm-up, or ``predictor_lr=0``).
-    ``mask_loss``: the sampled keep indicators (paper) or the keep probabilities.
+    ``mask_loss``: the sampled keep indicators (paper) or the keep probabilities. ``mask_embedding``: what a hidden
+    token reads as, a vector learned with the weights (``"learned"``, starting at the mean input embedding) or that
+    mean held fixed (``"fixed"``; with a predictor held fixed, a learned vector can be tuned to stand in for the
+    hidden tokens, which lowers the reading gain and makes hiding them cheaper).
 
     Answer predictor: trained fully (``"full"``), through ``"lora"`` adapters, or ``"frozen"``;
     ``projection`` maps the student's embedding size to the predictor's; a copy is trained unless
@@ -93,6 +96,7 @@ class MaskLearnerConfig:
     cap_at_blank: bool | str = "auto"
     mask_loss: str = "sampled"
     mask_norm: str | None = None
+    mask_embedding: str = "learned"
     # answer predictor
     predictor_training: str = "full"
     projection: str = "auto"
@@ -125,6 +129,7 @@ class MaskLearnerConfig:
             ("projection", ("auto", "linear", "identity")),
             ("position", ("relative", "rotary", "none")),
             ("prefix_mean", _PREFIX_MEAN),
+            ("mask_embedding", ("learned", "fixed")),
         ):
             if getattr(self, name) not in allowed:
                 raise bad_input(name, f"one of {allowed}", repr(getattr(self, name)))

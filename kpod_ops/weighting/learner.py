@@ -46,7 +46,8 @@ class MaskLearner(nn.Module):
         self.weighter = TokenWeighter(
             emb, num_heads=c.num_heads, mlp_hidden=c.mlp_hidden, position=c.position, init_keep_logit=c.init_keep_logit
         )
-        self.mask_embedding = nn.Parameter(self.weighter.embedding.weight.mean(0).clone())
+        # what a hidden token reads as: the mean input embedding, learned with the weights or held fixed
+        self.mask_embedding = nn.Parameter(self.weighter.embedding.weight.mean(0).clone(), requires_grad=c.mask_embedding == "learned")
         self.predictor = AnswerPredictor(
             predictor,
             self.weighter.dim,
