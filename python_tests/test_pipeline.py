@@ -212,9 +212,8 @@ def test_learn_weights_restarts_keep_the_lowest_validation_objective():
     examples = list(_examples(12))
     train, val = examples[:8], examples[8:]
     config = MaskLearnerConfig(epochs=2, batch_size=4, num_prefixes=2, seed=5)
-    torch.manual_seed(0)  # the learner's initialisation draws from the global generator, as in a run
     one = learn_weights(_student(1), train, val, examples, config, allow_degenerate=True, progress=False)
-    torch.manual_seed(0)
+    torch.rand(7)  # whatever ran before (a stage computed rather than reused): the learner starts from its seed alone
     three = learn_weights(_student(1), train, val, examples, config, restarts=3, allow_degenerate=True, progress=False)
     assert one.restarts == [] and [r["seed"] for r in three.restarts] == [5, 100_008, 200_011]
     chosen = [r for r in three.restarts if r["chosen"]]

@@ -78,6 +78,9 @@ def learn_weights(
         c = replace(config, seed=config.seed + k * _RESTART_SEED_STRIDE)
         predictor = copy.deepcopy(student)
         predictor.train()
+        # the learner's initialisation draws from torch's global generator: seeded here, the weights depend on the
+        # run's seed alone, not on which earlier stages this process computed or reused
+        torch.manual_seed(c.seed)
         learner = MaskLearner(embedding, predictor, c).to(next(student.parameters()).device)
         history = learner.fit(list(train), list(val) if val else None, progress=progress)
         scored = evaluate(learner, scored_on, seed=config.seed + _SCORE_SEED_OFFSET) if restarts > 1 else {}
