@@ -75,7 +75,10 @@ def check_invariants(s: ProgressiveSchedule, table: StepTable) -> None:
 def test_c1_to_c6(seed, cfg):
     d, labels = random_difficulties(seed)
     s = ProgressiveSchedule.build(d, labels, **cfg)
-    check_invariants(s, StepTable.from_rows(d))
+    table = StepTable.from_rows(d)
+    if table.total() == 0.0:  # every difficulty 0: the schedule gives every step difficulty 1 instead (and warns)
+        table = StepTable(table.ids, table.n_steps, np.ones_like(table.values))
+    check_invariants(s, table)
     again = ProgressiveSchedule.build(d, labels, **cfg)  # C6
     for t in range(s.n_stages + 1):
         assert np.array_equal(s.stage_given_steps(t), again.stage_given_steps(t))
