@@ -19,7 +19,7 @@ import torch
 from ..data.tokenized import TokenizedExample
 from ..errors import KPODInputError
 from ..weighting import MaskLearner, MaskLearnerConfig, degeneracy, renormalize_mean_one
-from ..weighting.training import evaluate
+from ..weighting.training import _EVAL_SEED_OFFSET, evaluate
 from .config import check_floor
 
 
@@ -29,7 +29,6 @@ class DegenerateWeightsError(KPODInputError):
 
 # restart k of the mask learner is seeded with seed + k * _RESTART_SEED_STRIDE (restart 0: the run's seed)
 _RESTART_SEED_STRIDE = 100_003
-_SCORE_SEED_OFFSET = 7919  # the noise and prefixes every restart is scored with: seed + this
 
 
 @dataclass
@@ -83,7 +82,7 @@ def learn_weights(
         torch.manual_seed(c.seed)
         learner = MaskLearner(embedding, predictor, c).to(next(student.parameters()).device)
         history = learner.fit(list(train), list(val) if val else None, progress=progress)
-        scored = evaluate(learner, scored_on, seed=config.seed + _SCORE_SEED_OFFSET) if restarts > 1 else {}
+        scored = evaluate(learner, scored_on, seed=config.seed + _EVAL_SEED_OFFSET)  # one draw of noise for all if restarts > 1 else {}
         weights = learner.token_weights(list(weigh))
         runs.append({"seed": c.seed, **{f"val_{key}": scored[key] for key in ("objective", "answer_loss", "kept")
                                        if key in scored}, "degenerate": degeneracy(weights), "history": history,
