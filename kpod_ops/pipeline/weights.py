@@ -82,7 +82,8 @@ def learn_weights(
         torch.manual_seed(c.seed)
         learner = MaskLearner(embedding, predictor, c).to(next(student.parameters()).device)
         history = learner.fit(list(train), list(val) if val else None, progress=progress)
-        scored = evaluate(learner, scored_on, seed=config.seed + _EVAL_SEED_OFFSET)  # one draw of noise for all if restarts > 1 else {}
+        # every restart scored on one draw of noise and prefixes
+        scored = evaluate(learner, scored_on, seed=config.seed + _EVAL_SEED_OFFSET) if restarts > 1 else {}
         weights = learner.token_weights(list(weigh))
         runs.append({"seed": c.seed, **{f"val_{key}": scored[key] for key in ("objective", "answer_loss", "kept")
                                        if key in scored}, "degenerate": degeneracy(weights), "history": history,
