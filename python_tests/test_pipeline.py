@@ -230,60 +230,6 @@ def test_learn_weights_restarts_keep_the_lowest_validation_objective():
         learn_weights(_student(1), train, val, examples, config, restarts=0)
 
 
-def test_weights_select_is_optional_needs_three_restarts_and_moves_only_the_weights_stage():
-    config = preset_config("quick")
-    assert "select" not in config.to_dict()["weights"]  # left at "objective": written nowhere, every hash as before
-    three = merge(config, {"weights": {"restarts": 3}})
-    agree = merge(config, {"weights": {"restarts": 3, "select": "agreement"}})
-    assert agree.to_dict()["weights"]["select"] == "agreement"
-    assert stage_hash(three, "weights") != stage_hash(agree, "weights")
-    assert stage_hash(three, "train") == stage_hash(agree, "train")
-    with pytest.raises(KPODInputError, match="'agreement' expected weights.restarts >= 3.*got restarts=2"):
-        merge(config, {"weights": {"restarts": 2, "select": "agreement"}})
-    with pytest.raises(KPODInputError, match="weights.select"):
-        merge(config, {"weights": {"restarts": 3, "select": "lowest"}})
-
-
-def test_agreement_is_the_mean_correlation_with_the_other_restarts():
-    from kpod_ops.pipeline.weights import agreement
-
-    keypoints = np.array([1.0, 0.0, 1.0, 0.0, 1.0, 0.0])
-    good_a = {"x": keypoints[:4], "y": keypoints[4:]}
-    good_b = {"x": 0.9 * keypoints[:4] + 0.05, "y": 0.9 * keypoints[4:] + 0.05}  # the same ranking, rescaled
-    words = {"x": 1.0 - keypoints[:4], "y": 1.0 - keypoints[4:]}  # the opposite ranking
-    scores = agreement([good_a, good_b, words])
-    assert scores == pytest.approx([0.0, 0.0, -1.0])  # each good one: (+1 - 1) / 2; the odd one out: -1
-    flat = {"x": np.full(4, 0.5), "y": np.full(2, 0.5)}  # no spread: correlates 0
-    assert agreement([good_a, good_b, flat]) == pytest.approx([0.5, 0.5, 0.0])
-    rng = np.random.default_rng(0)
-    a, b = rng.random(50), rng.random(50)
-    assert agreement([{"x": a}, {"x": b}])[0] == pytest.approx(np.corrcoef(a, b)[0, 1])
-    with pytest.raises(KPODInputError, match="at least 2"):
-        agreement([good_a])
-    with pytest.raises(KPODInputError, match="same examples"):
-        agreement([good_a, {"x": keypoints[:4]}])
-
-
-def test_learn_weights_select_agreement_keeps_the_restart_that_agrees_most():
-    from kpod_ops.pipeline.weights import agreement, learn_weights
-    from kpod_ops.weighting import MaskLearnerConfig
-
-    examples = list(_examples(12))
-    train, val = examples[:8], examples[8:]
-    config = MaskLearnerConfig(epochs=2, batch_size=4, num_prefixes=2, seed=5)
-    three = learn_weights(_student(1), train, val, examples, config, restarts=3, select="agreement",
-                          allow_degenerate=True, progress=False)
-    scores = agreement([r["weights"] for r in three.restarts])
-    assert [r["agreement"] for r in three.restarts] == pytest.approx(scores)
-    eligible = [i for i, r in enumerate(three.restarts) if r["degenerate"] is None] or range(3)
-    best = max(eligible, key=lambda i: scores[i])
-    assert [r["chosen"] for r in three.restarts] == [i == best for i in range(3)]
-    for key, w in three.restarts[best]["weights"].items():
-        np.testing.assert_array_equal(three.weights[key], w)
-    with pytest.raises(KPODInputError, match="restarts >= 3"):
-        learn_weights(_student(1), train, val, examples, config, restarts=2, select="agreement")
-
-
 def test_weight_floor_keeps_every_token_trained_and_the_mean_at_one():
     from kpod_ops.pipeline.weights import with_floor
 

@@ -224,24 +224,12 @@ def _is_mapping(v: Any) -> bool:
     return isinstance(v, Mapping)
 
 
-SELECT_RULES = ("objective", "agreement")
-
-
-def check_select(select: str, restarts: int) -> None:
-    """``select`` names a rule, and ``agreement`` has at least 3 restarts to arbitrate between."""
-    if select not in SELECT_RULES:
-        raise KPODInputError(f"weights.select: expected one of {SELECT_RULES}, got {select!r}")
-    if select == "agreement" and restarts < 3:
-        raise KPODInputError(f"weights.select: 'agreement' expected weights.restarts >= 3 (with 2 restarts the two agree "
-                             f"equally with each other), got restarts={restarts}; raise weights.restarts or select 'objective'")
-
-
 @dataclass(frozen=True, kw_only=True)
 class WeightsConfig(_Section):
     """``weights``: the mask learner's token weights and how they enter the loss."""
 
     KEY: ClassVar[str] = "weights"
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("restarts", "select")
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("restarts",)
 
     n_examples: int = _key("mask-learner training examples (the first of the training split)", _int(1))
     renormalize: bool = _key("loss weights scaled to mean 1 per rationale (see docs/method.md)", _BOOL)
@@ -250,17 +238,12 @@ class WeightsConfig(_Section):
     learner: Mapping[str, Any] = _key("`MaskLearnerConfig` settings that differ from its defaults (every one of its fields "
                                       "but `seed`, which is `--seed`; see [the mask learner](mask-learner.md))",
                                       _Check("a mapping of MaskLearnerConfig fields", _is_mapping))
-    restarts: int = _key("mask learners trained, each from its own seed (the first from `--seed`); `weights.select` says "
-                         "which one is kept, every one is reported (written to the configuration only when not 1)",
+    restarts: int = _key("mask learners trained, each from its own seed (the first from `--seed`); the one with the lowest "
+                         "validation objective is kept (it favours sparse weights: [results](results.md)), every one is "
+                         "reported (written to the configuration only when not 1)",
                          _int(1), default=1)
-    select: str = _key("which restart's weights are kept: `objective` (the lowest validation objective; it favours sparse "
-                       "weights: [results](results.md)) or `agreement` "
-                       "(the one whose token weights correlate most with the other restarts'; a learner that missed the "
-                       "keypoints disagrees with the rest); written to the configuration only when not `objective`",
-                       _one_of(*SELECT_RULES), default="objective")
 
     def _check_together(self) -> None:
-        check_select(self.select, self.restarts)
         names = _learner_fields()
         for key in self.learner:
             if key == "seed":
@@ -440,7 +423,7 @@ _PRESETS = {"quick": _QUICK, "smollm2-gsm": _SMOLLM2}
 STAGE_SECTIONS = {
     "data": ("data",),
     "warmup": ("student", "warmup", "precision"),
-    "weights": ("weights.n_examples", "weights.learner", "weights.restarts", "weights.select", "allow_degenerate"),
+    "weights": ("weights.n_examples", "weights.learner", "weights.restarts", "allow_degenerate"),
     "difficulty": ("curriculum.normalisation",),
     "clusters": ("curriculum.n_clusters",),
     "schedule": ("curriculum", "train.epochs"),

@@ -118,12 +118,10 @@ def markdown(report: dict[str, Any], plots: Sequence[str]) -> str:
                          f"{rank['mean_keypoint']:.2f} vs {rank['mean_word']:.2f}: the weights {found}")
         if w.get("restarts"):
             tried = "; ".join(f"seed {x['seed']}: objective {x['val_objective']:.4f}"
-                              + (f", agreement {x['agreement']:.3f}" if x.get("agreement") is not None else "")
                               + (f", ROC-AUC {x['keypoint_auc']:.2f}" if x.get("keypoint_auc") is not None else "")
                               + (" (degenerate)" if x.get("degenerate") else "") + (" **kept**" if x.get("chosen") else "")
                               for x in w["restarts"])
-            rule = "the highest agreement" if any("agreement" in x for x in w["restarts"]) else "the lowest validation objective"
-            lines.append(f"- mask learner restarts ({rule} kept): {tried}")
+            lines.append(f"- mask learner restarts (the lowest validation objective kept): {tried}")
     data = r.get("data") or {}
     if data.get("read") and data["read"]["n_disagreements"]:
         read = data["read"]

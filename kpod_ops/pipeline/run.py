@@ -316,16 +316,15 @@ def _weights_stage(config: DistillConfig, method: dict[str, Any], student, tok, 
     def compute(folder: Path) -> dict[str, Any]:
         w = config.weights
         say(f"[weights] training the mask learner on {min(w.n_examples, len(tokenized))} examples"
-            + (f", {w.restarts} restarts (kept by {w.select})" if w.restarts > 1 else ""))
+            + (f", {w.restarts} restarts" if w.restarts > 1 else ""))
         learned = learn_weights(student, tokenized[: w.n_examples], val_tok[:200] or None, tokenized,
                                 learner_config(dict(w.learner), config.seed), restarts=w.restarts,
-                                select=w.select, allow_degenerate=config.allow_degenerate, progress=progress)
+                                allow_degenerate=config.allow_degenerate, progress=progress)
         restarts = []
         for run in learned.restarts:  # what each restart found; the kept one is ``chosen``
             rank = keypoint_ranking(run.pop("weights"), tokenized, tok)
             restarts.append({**{k: v for k, v in run.items() if k != "history"}, "keypoint_auc": rank["auc"] if rank else None})
             say(f"[weights] restart seed {run['seed']}: validation objective {run['val_objective']:.4f}"
-                + (f", agreement {run['agreement']:.3f}" if "agreement" in run else "")
                 + (f", numbers and operators vs words ROC-AUC {rank['auc']:.2f}" if rank else "")
                 + (f", degenerate ({run['degenerate']})" if run["degenerate"] else "") + (" (kept)" if run["chosen"] else ""))
         if restarts:

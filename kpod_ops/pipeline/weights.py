@@ -20,7 +20,7 @@ from ..data.tokenized import TokenizedExample
 from ..errors import KPODInputError
 from ..weighting import MaskLearner, MaskLearnerConfig, degeneracy, renormalize_mean_one
 from ..weighting.training import _EVAL_SEED_OFFSET, evaluate
-from .config import check_floor, check_select
+from .config import check_floor
 
 
 class DegenerateWeightsError(KPODInputError):
@@ -29,31 +29,6 @@ class DegenerateWeightsError(KPODInputError):
 
 # restart k of the mask learner is seeded with seed + k * _RESTART_SEED_STRIDE (restart 0: the run's seed)
 _RESTART_SEED_STRIDE = 100_003
-
-
-def agreement(weights: Sequence[dict[str, np.ndarray]]) -> list[float]:
-    """Per set of token weights, its mean Pearson correlation with each other set over every token of
-    every example (examples in id order). A set with no spread correlates 0 with the others.
-
-    Restarts that found the keypoints agree with each other; one that missed them (ranked words above
-    numbers, or kept a few arbitrary tokens) disagrees with the rest, so the highest agreement picks a
-    good restart whenever most of them are good, without knowing which tokens are keypoints.
-    """
-    if len(weights) < 2:
-        raise KPODInputError(f"agreement: expected at least 2 sets of token weights, got {len(weights)}")
-    ids = sorted(weights[0])
-    for i, w in enumerate(weights[1:], 1):
-        if sorted(w) != ids:
-            raise KPODInputError(f"agreement: expected every set to weigh the same examples, set {i} weighs others")
-    flat = np.stack([np.concatenate([np.asarray(w[k], dtype=np.float64).ravel() for k in ids]) for w in weights])
-    centred = flat - flat.mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(centred, axis=1)
-    safe = np.where(norms > 0, norms, 1.0)
-    corr = (centred @ centred.T) / np.outer(safe, safe)
-    corr[norms == 0, :] = 0.0
-    corr[:, norms == 0] = 0.0
-    n = len(weights)
-    return [float((corr[i].sum() - corr[i, i]) / (n - 1)) for i in range(n)]
 
 
 @dataclass
@@ -82,22 +57,19 @@ def learn_weights(
     config: MaskLearnerConfig,
     *,
     restarts: int = 1,
-    select: str = "objective",
     allow_degenerate: bool = False,
     progress: bool = True,
 ) -> LearnedWeights:
     """Fit a mask learner on ``train`` (early stopping on ``val``) and weight the examples of ``weigh``.
 
-    With ``restarts`` > 1, that many learners are fitted, restart ``k`` seeded with ``config.seed + k * 100003``:
-    the learner's fit is not convex, and which keypoints a restart finds depends on its draw. Non-degenerate
-    restarts come first; among them ``select="objective"`` keeps the lowest objective on ``val`` (``train`` if
-    None; the same noise and prefixes for every restart), ``select="agreement"`` (3 restarts or more) the one
-    whose weights correlate most with the others' (:func:`agreement`). Raises :class:`DegenerateWeightsError`
-    when the kept weights are degenerate, unless ``allow_degenerate``.
+    With ``restarts`` > 1, that many learners are fitted, restart ``k`` seeded with ``config.seed + k * 100003``,
+    and the one with the lowest objective on ``val`` (``train`` if None; the same noise and prefixes for every
+    restart) is kept, non-degenerate ones first: the learner's fit is not convex, and which keypoints a restart
+    finds depends on its predictor's warm-up. Raises :class:`DegenerateWeightsError` when the kept weights are
+    degenerate, unless ``allow_degenerate``.
     """
     if isinstance(restarts, bool) or not isinstance(restarts, numbers.Integral) or restarts < 1:
         raise KPODInputError(f"restarts: expected an integer >= 1, got {restarts!r}")
-    check_select(select, restarts)
     embedding = student.get_input_embeddings().weight.detach().clone()
     scored_on = list(val) if val else list(train)
     runs: list[dict] = []
@@ -117,12 +89,7 @@ def learn_weights(
                                        if key in scored}, "degenerate": degeneracy(weights), "history": history,
                      "weights": weights})
         del learner, predictor
-    if select == "agreement":
-        for run, score in zip(runs, agreement([run["weights"] for run in runs])):
-            run["agreement"] = score
-        best = min(range(len(runs)), key=lambda i: (runs[i]["degenerate"] is not None, -runs[i]["agreement"]))
-    else:
-        best = min(range(len(runs)), key=lambda i: (runs[i]["degenerate"] is not None, runs[i].get("val_objective", 0.0)))
+    best = min(range(len(runs)), key=lambda i: (runs[i]["degenerate"] is not None, runs[i].get("val_objective", 0.0)))
     for i, run in enumerate(runs):
         run["chosen"] = i == best
     kept = runs[best]
