@@ -47,12 +47,15 @@ def _parser() -> argparse.ArgumentParser:
 
     fmt = _DefaultsFormatter
     parser = argparse.ArgumentParser(prog="kpod", description="Keypoint-based progressive chain-of-thought distillation.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{distill,eval,compare,teach,weights,schedule,bench}")
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--preset", default="auto", help=_PRESET_HELP + "; auto: smollm2-gsm where a CUDA GPU is present, "
                        "quick otherwise")  # checked by preset_config: one clear message
-        p.add_argument("--config", metavar="FILE", help="YAML or JSON file overriding preset values, e.g. {train: {epochs: 8}} or {train: {fused_linear: false}} (default auto: the loss from the hidden states, no logits, for Llama-style students)")
+        p.add_argument("--config", metavar="FILE", help="YAML or JSON file overriding preset values, e.g. {train: {epochs: 8}}, or {train: {fused_linear: false}} "
+                       "to compute the loss from logits (train.fused_linear's default, auto, computes it from the hidden "
+                       "states for Llama-style students); every key in docs/cli.md")
         p.add_argument("--student", metavar="DIR", help="a Hugging Face causal-LM folder to distil into instead of the preset's student")
         p.add_argument("--data", metavar="FILE.jsonl", help="your own JSONL (question, rationale, answer) instead of the preset's data; "
                        "test split fixed by a hash of each question")
@@ -88,7 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true", help="no progress bars")
 
     c = sub.add_parser("compare", help="several methods over paired seeds: mean ± std and the paired difference to standard",
-                       formatter_class=fmt)
+                       formatter_class=fmt,
+                       description="Run `kpod distill` for every method on every seed (same data and steps per seed) and "
+                       "compare each method with standard over the paired seeds: mean difference, paired t 95 % interval, "
+                       "exact sign-flip p-value, paired SD and the smallest difference detectable at 80 % power, written "
+                       "to compare.json and compare.md in --out.")
     common(c)
     c.add_argument("--methods", default="kpod,standard", help=f"comma-separated, from {', '.join(METHODS)}")
     c.add_argument("--seeds", default="3", help="paired seeds: a count N (0..N-1), a range such as 100-111, or a list such as 100,105,107")
@@ -102,6 +109,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.epilog = (f"presets: {', '.join(PRESETS)}, and auto (the default: smollm2-gsm where a CUDA GPU is present, "
                      "quick otherwise). Run `kpod distill --help` for the options.")
     return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def default_preset() -> str:

@@ -213,6 +213,18 @@ def test_help_lists_every_option_with_its_default(capsys):
     assert text.count("default: the preset's, fp32") == 1 and text.count("default: torch's choice") == 1
 
 
+def test_version_and_compare_help_say_what_they_do(capsys):
+    import kpod_ops
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"kpod {kpod_ops.__version__}"
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "paired t 95 % interval" in text and "sign-flip" in text and "compare.json" in text
+
+
 def test_eval_help_states_the_threads_default_once(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
