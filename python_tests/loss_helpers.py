@@ -5,6 +5,7 @@ measured against an fp64 reference, plus a small absolute floor)."""
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import pytest
@@ -67,21 +68,59 @@ def reference(*a, **k):
 
 
 def assert_flash_close(name, got, ref_lowp, ref64, floor, rel=0.0):
-    """|got - ref64| ≤ 2·|ref_lowp - ref64| + floor + rel·|ref64|, elementwise (NaN/inf must match)."""
+    """|got - ref64| ≤ 2·|ref_lowp - ref64| + floor + rel·|ref64|, elementwise (NaN/inf must match);
+    ``floor`` a number or a tensor of ``ref64``'s shape."""
     got = got.double()
     ref_lowp = ref_lowp.double()
     ref64 = ref64.double()
+    floor = torch.as_tensor(floor, dtype=torch.float64, device=ref64.device).expand_as(ref64)
     finite = torch.isfinite(ref64)
     assert torch.equal(torch.isfinite(got), finite), f"{name}: non-finite pattern differs"
     if not finite.all():
         assert torch.equal(torch.isnan(got), torch.isnan(ref64)), f"{name}: NaN pattern differs"
     err = (got - ref64).abs()[finite]
-    bound = (2 * (ref_lowp - ref64).abs() + floor + rel * ref64.abs())[finite]
+    floor = floor[finite]
+    bound = (2 * (ref_lowp - ref64).abs())[finite] + floor + (rel * ref64.abs())[finite]
     if err.numel():
         worst = (err - bound).argmax()
         assert bool((err <= bound).all()), (
-            f"{name}: error {err[worst].item():.3e} exceeds bound {bound[worst].item():.3e} (floor {floor:.1e})"
+            f"{name}: error {err[worst].item():.3e} exceeds bound {bound[worst].item():.3e} (floor {floor[worst].item():.1e})"
         )
+
+
+_EPS32 = torch.finfo(torch.float32).eps
+
+
+def weighted_mean_rounding(ell: torch.Tensor, weights: torch.Tensor, weight_sum: float, factor: float = 16.0):
+    """Elementwise allowance for d/dω_i = (ℓ_i − L)/S under ``weighted_mean`` without ``num_items_in_batch``.
+
+    When one row carries most of the active weight S, ℓ_i ≈ L and the two nearly cancel: a kernel that
+    holds ℓ_i and L in fp32 is then off by about eps32·(|ℓ_i| + |L|)/S however exact the rest is (found:
+    4.7e-5 with ℓ ≈ 20 and S = 0.08). ``ell``: fp64 per-position losses, 0 where inactive; ``weights``
+    the token weights; ``weight_sum`` S, the sum of the active ones. ``factor`` allows that many roundings.
+    """
+    if weight_sum == 0:
+        return torch.zeros_like(ell)
+    mean = float((weights.double() * ell).sum()) / weight_sum
+    return factor * _EPS32 * (ell.abs() + abs(mean)) / abs(weight_sum)
+
+
+def weight_grad_rounding(logits, labels, weights, loss_start=None, **kw):
+    """:func:`weighted_mean_rounding` for the loss on ``logits`` (0 for other reductions, where d/dω_i is
+    ℓ_i over a fixed divisor and nothing cancels)."""
+    if weights is None or kw.get("reduction") != "weighted_mean" or kw.get("num_items_in_batch") is not None:
+        return 0.0
+    V = logits.shape[-1]
+    if V < 2:  # every ℓ is 0
+        return 0.0
+    common = {"shift": kw.get("shift", False), "label_smoothing": kw.get("label_smoothing", 0.0)}
+    w = weights.detach().double()
+    ell = reference(logits.detach().double(), labels, torch.ones_like(w), loss_start, reduction="none", **common)
+    ell = torch.nan_to_num(ell, nan=0.0, posinf=0.0, neginf=0.0)
+    # S from uniform logits, where every active row's loss is log V (label smoothing or not)
+    uniform = torch.zeros(logits.shape, dtype=torch.float64, device=logits.device)
+    weight_sum = float(reference(uniform, labels, w, loss_start, reduction="sum", **common)) / math.log(V)
+    return weighted_mean_rounding(ell, w, weight_sum)
 
 
 def check_against_reference(logits, labels, weights=None, loss_start=None, floor_scale=1.0, **kw):
@@ -101,7 +140,8 @@ def check_against_reference(logits, labels, weights=None, loss_start=None, floor
     assert_flash_close("grad_logits", got[1], low[1], ref[1], floor_grad, rel_grad)
     if weights is not None:
         assert got[2] is not None and ref[2] is not None
-        assert_flash_close("grad_weights", got[2], low[2], ref[2], floor_loss, rel)
+        slack = weight_grad_rounding(logits, labels, weights, loss_start, **kw)
+        assert_flash_close("grad_weights", got[2], low[2], ref[2], floor_loss + slack, rel)
     return got
 
 
