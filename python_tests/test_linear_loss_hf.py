@@ -132,6 +132,45 @@ def test_peft_wrapped_model_is_patched_through_the_wrapper(device):
         patch_linear_loss(lm)
 
 
+def test_a_head_wrapped_after_the_patch_trains_what_its_forward_computes_or_is_refused():
+    """Patch first, wrap with PEFT after: a modules_to_save copy of the head is what the loss uses (its forward
+    runs that copy); a LoRA-adapted head is refused (the weight alone would leave the adapter out of the loss)."""
+    peft = pytest.importorskip("peft")
+    ids, labels, weights, starts = _batch(4)
+    model = _tiny_llama(4, tie_word_embeddings=False)
+    patch_linear_loss(model)
+    saved = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["lm_head"]))
+    with torch.no_grad():
+        for name, p in saved.named_parameters():
+            if "modules_to_save" in name and "lm_head" in name:
+                p.add_(torch.randn_like(p))  # the trainable copy now differs from the original head
+    saved.train()
+    out = saved(input_ids=ids, labels=labels, token_weights=weights, loss_start=starts)
+    saved.eval()
+    with torch.no_grad():
+        logits = saved(input_ids=ids).logits
+    torch.testing.assert_close(out.loss, keypoint_cross_entropy(logits, labels, weights, starts, shift=True),
+                               rtol=1e-5, atol=1e-6)
+    out.loss.backward()
+    copy_grads = [p.grad for n, p in saved.named_parameters() if "modules_to_save" in n and "lm_head" in n]
+    assert copy_grads and all(g is not None and bool(g.abs().sum() > 0) for g in copy_grads)
+    saved.train()
+    with saved.disable_adapter():  # the original head again, in the forward and in the loss
+        out = saved(input_ids=ids, labels=labels, token_weights=weights, loss_start=starts)
+        saved.eval()
+        with torch.no_grad():
+            logits = saved(input_ids=ids).logits
+    torch.testing.assert_close(out.loss, keypoint_cross_entropy(logits, labels, weights, starts, shift=True),
+                               rtol=1e-5, atol=1e-6)
+
+    model = _tiny_llama(4, tie_word_embeddings=False)
+    patch_linear_loss(model)
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj", "lm_head"], init_lora_weights=False))
+    lora.train()
+    with pytest.raises(KPODInputError, match=r"lm_head: .*peft\.tuners\.lora.*fused_linear=False"):
+        lora(input_ids=ids, labels=labels, token_weights=weights, loss_start=starts)
+
+
 def test_unsupported_models_are_refused_with_a_reason():
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=V, n_embd=16, n_layer=1, n_head=2))
     ok, why = supports(gpt2)

@@ -282,6 +282,32 @@ class _LinearPatch:
         self.saved_forward = base.__dict__.get("forward")  # None: the class's forward
 
 
+def _effective_head(head: torch.nn.Module) -> torch.nn.Module:
+    """The ``nn.Linear`` whose ``hidden @ weightᵀ + bias`` ``head``'s forward computes at this call.
+
+    The patch checked a plain head, but the head can be wrapped afterwards: a PEFT ``modules_to_save``
+    copy (its forward runs the active adapter's copy, or the original with adapters disabled: that one is
+    returned) works; a LoRA-adapted head adds ``B·A·h`` that the weight alone misses, so it is refused
+    rather than trained without its adapter.
+    """
+    if type(head) is torch.nn.Linear or unwrapped_class(head) is torch.nn.Linear:
+        return head
+    if hasattr(head, "modules_to_save") and hasattr(head, "original_module"):  # peft's ModulesToSaveWrapper
+        active = list(getattr(head, "active_adapters", []) or [])
+        inner = (head.original_module if getattr(head, "disable_adapters", False) or not active
+                 or active[0] not in head.modules_to_save else head.modules_to_save[active[0]])
+        if type(inner) is torch.nn.Linear or unwrapped_class(inner) is torch.nn.Linear:
+            return inner
+        head = inner
+    raise KPODInputError(
+        f"lm_head: expected the plain nn.Linear the loss from hidden states was patched for, got "
+        f"{type(head).__module__}.{type(head).__qualname__} "
+        "(an adapter put on the LM head after apply_kpod_loss, e.g. PEFT LoRA with lm_head in target_modules), whose "
+        "output the head's weight alone does not give: its adapter would be left out of the loss. Keep lm_head out of "
+        "the adapter's target modules (modules_to_save is fine), or patch with apply_kpod_loss(model, fused_linear=False)"
+    )
+
+
 def _head_inputs(
     hidden: torch.Tensor, head: torch.nn.Linear, divide_by: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -346,6 +372,7 @@ def _make_forward(patch: _LinearPatch, original: Any, family: Family, router_los
             return run(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                        past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
                        logits_to_keep=logits_to_keep, **kwargs)
+        head = _effective_head(self.lm_head)  # the Linear whose weight the head's forward uses now
         if kwargs.get("shift_labels") is not None:
             raise KPODInputError(
                 "shift_labels: expected None (unshifted labels), got pre-shifted labels (context / sequence parallelism "
@@ -365,7 +392,7 @@ def _make_forward(patch: _LinearPatch, original: Any, family: Family, router_los
         extra = {} if softcap is None else {"logit_softcap": softcap}
 
         def head_loss(hidden_in):  # with the LM head's weight whole (an FSDP2 unit or ZeRO-3: inside its call)
-            h, weight, bias = _head_inputs(hidden_in, self.lm_head, divide_by)
+            h, weight, bias = _head_inputs(hidden_in, head, divide_by)
             return patch.loss_fn(h, weight, labels, bias=bias, token_weights=token_weights, loss_start=loss_start,
                                  num_items_in_batch=num_items_in_batch, ignore_index=-100, **extra)
 
