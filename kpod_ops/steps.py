@@ -233,17 +233,25 @@ def split_answer(text: str, markers: Sequence[str] = DEFAULT_ANSWER_MARKERS) -> 
     return found.rationale, found.answer
 
 
-def assign_tokens(offsets: Sequence[tuple[int, int]], segment_starts: Sequence[int]) -> list[int]:
+def assign_tokens(offsets: Sequence[tuple[int, int]], segment_starts: Sequence[int], *,
+                  claim_straddling: int | None = None) -> list[int]:
     """Segment index of every token: the segment that contains the token's first character.
 
     ``segment_starts`` are the sorted character offsets where segments begin (the first is 0).
     Tokens without characters (special tokens, offsets ``(s, s)``) take their start; the result is
     made non-decreasing so segments stay contiguous even if a tokenizer reports odd offsets.
+    ``claim_straddling``: the index of a segment that also takes a token which starts before it and
+    ends inside it. For the prompt/rationale boundary: with a prompt that ends in a space, a
+    tokenizer that puts spaces in front of words gives ``' First'`` the prompt's last character, yet
+    it is the rationale's first word (TRL, too, starts a completion where the prompt's tokens end).
     """
     out: list[int] = []
     last = 0
-    for start, _end in offsets:
+    claim_at = None if claim_straddling is None else segment_starts[claim_straddling]
+    for start, end in offsets:
         seg = max(bisect.bisect_right(segment_starts, start) - 1, 0)
+        if claim_at is not None and start < claim_at < end:
+            seg = max(seg, claim_straddling)
         last = max(last, seg)
         out.append(last)
     return out

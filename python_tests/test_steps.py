@@ -87,6 +87,12 @@ def test_assign_tokens_and_spans():
     seg = assign_tokens(offsets, starts)
     assert seg == [0, 0, 1, 1, 2, 2, 2]
     assert spans_from_assignment(seg, 1, 2) == [(2, 4), (4, 7)]
+    # "A: " + "First": the token " First" starts on the prompt's last character and is the rationale's
+    offsets = [(0, 1), (1, 2), (2, 8), (8, 10)]  # "A", ":", " First", ","; the rationale starts at 3
+    assert assign_tokens(offsets, [0, 3, 8]) == [0, 0, 0, 2]
+    assert assign_tokens(offsets, [0, 3, 8], claim_straddling=1) == [0, 0, 1, 2]
+    lone = [(0, 1), (1, 2), (2, 3), (3, 8)]  # a tokenizer with a token for the space: it stays the prompt's
+    assert assign_tokens(lone, [0, 3, 8], claim_straddling=1) == [0, 0, 0, 1]
 
 
 # Tricky GSM8K-style prose: each entry is the expected steps under the period rule.

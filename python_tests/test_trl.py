@@ -14,7 +14,7 @@ import torch
 from test_hf import SequentialMixin, given, step_losses, tiny_data, tiny_llama, tiny_schedule, train_args
 
 from kpod_ops import KPODInputError, keypoint_cross_entropy
-from kpod_ops.data import KPODCollator, load_builtin, to_record, unguard
+from kpod_ops.data import KPODCollator, load_builtin, to_record, tokenize_examples, unguard
 from kpod_ops.integrations.hf import KPODTrainer, _KPODTrainerMixin, apply_kpod_loss
 
 trl = pytest.importorskip("trl")
@@ -66,6 +66,26 @@ def test_prompt_rows_tokenise_as_kpod_does(kind):
             (te.id, te.input_ids, te.prompt_len, te.answer_start)
         assert [tuple(s) for s in record["step_spans"]] == list(te.step_spans)
     assert records[0].get("answer") == (rows(1)[0]["answer"] if kind == "rationale" else None)
+
+
+def test_a_prompt_that_ends_in_a_space_leaves_the_first_rationale_word_in_the_rationale():
+    """With the tiny tokenizer a word carries its leading space, so "A: " + "First" gives one token " First" that
+    starts on the prompt's last character; it is the rationale's first token (trained), as TRL splits the row,
+    and the row tokenises as kpod's own template ending in a space does."""
+    from kpod_ops.models import tiny_tokenizer
+
+    tok = tiny_tokenizer()  # words carry their leading space: "A: First" is "A", ":", " First"
+    e = load_builtin("arith-cot", "train", n=1, seed=0)[0]
+    completion = f"{e.rationale}\nTherefore, the answer is {e.answer}."
+    spaced = prepare_dataset([{"prompt": f"Q: {e.question}\nA: ", "completion": completion}], tok)[0]
+    joined = prepare_dataset([{"prompt": f"Q: {e.question}\nA:", "completion": " " + completion}], tok)[0]
+    assert tuple(spaced["input_ids"]) == tuple(joined["input_ids"])
+    assert (spaced["prompt_len"], [tuple(s) for s in spaced["step_spans"]]) == \
+        (joined["prompt_len"], [tuple(s) for s in joined["step_spans"]])
+    first = spaced["input_ids"][spaced["prompt_len"]]
+    assert e.rationale.startswith(tok.decode([first]).strip())
+    own = tokenize_examples([e], tok, template="Q: {question}\nA: ")[0]
+    assert own.prompt_len == spaced["prompt_len"] and list(own.step_spans) == [tuple(s) for s in spaced["step_spans"]]
 
 
 def test_conversational_rows_place_prompt_steps_and_answer():

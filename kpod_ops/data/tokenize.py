@@ -192,7 +192,8 @@ def tokenize_examples(
             starts = [0, len(prompt)]
             for s in steps:
                 starts.append(starts[-1] + len(s))
-            out.append(_build(ex.id, prefix, list(ids), assign_tokens(offsets, starts), steps, eos, architecture))
+            segments = assign_tokens(offsets, starts, claim_straddling=1)  # a word begun in the prompt's last space
+            out.append(_build(ex.id, prefix, list(ids), segments, steps, eos, architecture))
     else:
         pieces = [piece for p, s, a in rendered for piece in (p, *s, a)]
         enc = tokenizer(pieces, add_special_tokens=False)["input_ids"]

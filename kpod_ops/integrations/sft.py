@@ -139,7 +139,8 @@ def _tokenized_row(row: Mapping[str, Any], tokenizer: Any, step_rule: str, answe
     # rationale joins the first step); the answer segment starts after the rationale
     starts = [0, start, *(at + sum(len(s) for s in steps[:k]) for k in range(1, len(steps))), at + len(rationale)]
     enc = tokenizer(full, add_special_tokens=not chat, return_offsets_mapping=True)
-    ids, segments = list(enc["input_ids"]), assign_tokens(enc["offset_mapping"], starts)
+    # a word begun in the prompt's last space is the completion's (as TRL splits prompt and completion)
+    ids, segments = list(enc["input_ids"]), assign_tokens(enc["offset_mapping"], starts, claim_straddling=1)
     n = len(steps)
     counts = [segments.count(k) for k in range(n + 2)]
     ex_id = str(row["id"]) if row.get("id") is not None else generated_id(full[:start], rationale)
