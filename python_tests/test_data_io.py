@@ -49,6 +49,34 @@ def test_read_raw_gsm8k_with_field_mapping(tmp_path):
     assert (ex.id, ex.rationale, ex.answer) == (generated_id("Q?", "Half is 48/2=<<48/2=24>>24.\n#### 24"), "Half is 48/2=24.", "24")
     # the rationale's key is the answer key: the answer is the number after its marker, not the whole text
     assert read_jsonl(path, fields={"rationale": "answer"}, strip_calculator=True) == [ex]
+    # GSM8K's own layout needs no mapping (what `kpod distill --data` reads): no rationale key, and an answer
+    # that holds the rationale and ends with a marker
+    assert read_jsonl(path, strip_calculator=True) == [ex]
+
+
+def test_read_jsonl_names_the_cause_of_common_file_shapes(tmp_path):
+    import gzip
+
+    other = _write(tmp_path, [{"input": "Q?", "output": "2 + 2 = 4.\n#### 4"}])
+    with pytest.raises(KPODInputError, match=r"field 'question'.*the record's keys are \['input', 'output'\].*GSM8K"):
+        read_jsonl(other)
+    pretty = tmp_path / "pretty.json"
+    pretty.write_text(json.dumps([GOOD], indent=2))
+    with pytest.raises(KPODInputError, match=r"pretty.json:1: .*one whole object per line"):
+        read_jsonl(pretty)
+    packed = tmp_path / "data.jsonl.gz"
+    with gzip.open(packed, "wt") as handle:
+        handle.write(json.dumps(GOOD) + "\n")
+    with pytest.raises(KPODInputError, match=r"gzip file \(decompress it first"):
+        read_jsonl(packed)
+    nan = tmp_path / "nan.jsonl"
+    nan.write_text('{"question": "q", "rationale": "1 + 1 = 2.", "answer": NaN}\n')
+    with pytest.raises(KPODInputError, match=r"nan.jsonl:1: field 'answer': expected a string or a number, got nan"):
+        read_jsonl(nan)
+    renamed = _write(tmp_path, [{"question": "q", "rationale": "1 + 1 = 2.\n#### 2", "final_answer": "2"}])
+    with pytest.raises(KPODInputError, match=r"fields: expected keys that the records of .* have, got \['final'\], in no record"):
+        read_jsonl(renamed, fields={"answer": "final"})
+    assert read_jsonl(renamed, fields={"answer": "final_answer"})[0].answer == "2"
 
 
 # A user's file as it comes: CRLF line ends, a blank line, ids on some records only, GSM8K-style

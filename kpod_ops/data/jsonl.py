@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -80,9 +81,15 @@ def _field(record: Mapping, key: str, name: str, where: str, numbers: bool = Fal
     label = _label(key, name)
     what = "a string or a number" if numbers else "a string"
     if key not in record:
-        raise KPODInputError(f"{where}: {label}: expected {what}, got nothing (missing)")
+        raise KPODInputError(
+            f"{where}: {label}: expected {what}, got nothing (missing; the record's keys are {sorted(record)[:12]}). "
+            "Records need question and rationale (answer and id optional), or GSM8K's layout (question, and answer "
+            "holding the rationale and '#### 72'); read_jsonl(fields=...) maps other keys"
+        )
     value = record[key]
     if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise KPODInputError(f"{where}: {label}: expected {what}, got {value!r}")
         return str(value)
     if not isinstance(value, str):
         raise KPODInputError(f"{where}: {label}: expected {what}, got {type(value).__name__} {value!r:.60}")
@@ -97,9 +104,21 @@ def generated_id(question: str, rationale: str) -> str:
     return f"ex-{digest[:12]}"
 
 
+def _gsm8k_layout(record: dict, keys: Mapping[str, str | None], markers) -> bool:
+    """Whether ``record`` is GSM8K's own layout read with the default keys: no ``rationale``, and an
+    ``answer`` that holds the rationale and ends with an answer marker (``... #### 72``)."""
+    if keys["rationale"] != "rationale" or keys["answer"] != "answer" or "rationale" in record:
+        return False
+    answer = record.get("answer")
+    return isinstance(answer, str) and find_answer(answer, markers).answer is not None
+
+
 def _parse_record(record: object, where: str, keys: Mapping[str, str | None], markers, strip_calc: bool):
     if not isinstance(record, dict):
-        raise KPODInputError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        hint = " (a JSON array or pretty-printed JSON: write one object per line)" if isinstance(record, list) else ""
+        raise KPODInputError(f"{where}: expected a JSON object, got {type(record).__name__}{hint}")
+    if _gsm8k_layout(record, keys, markers):  # the rationale and '#### 72' in `answer`: the answer after the marker
+        keys = {**keys, "rationale": "answer", "answer": None}
     question = _field(record, keys["question"], "question", where)
     written = _field(record, keys["rationale"], "rationale", where)
     if keys["id"] is None or keys["id"] not in record:
@@ -184,7 +203,12 @@ def read_jsonl(
         raise bad_input("path", "an existing JSONL file", str(file))
     result = ReadResult()
     seen: dict[str, int] = {}
+    named = {key for name, key in (fields or {}).items() if key is not None and key != name}  # renamed keys
+    found: set[str] = set()
     with file.open("rb") as handle:
+        if handle.read(2) == b"\x1f\x8b":
+            raise KPODInputError(f"{file}: expected JSONL text, got a gzip file (decompress it first: gunzip {file.name})")
+        handle.seek(0)
         for lineno, raw in enumerate(handle, start=1):
             where = f"{file}:{lineno}"
             try:
@@ -194,9 +218,13 @@ def read_jsonl(
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
+                    multi = " (JSONL holds one whole object per line; a pretty-printed file spans lines)" \
+                        if line.strip() in ("[", "{") else ""
                     raise KPODInputError(
-                        f"{where}: expected a JSON object, got invalid JSON ({exc.msg} at column {exc.colno})"
+                        f"{where}: expected a JSON object, got invalid JSON ({exc.msg} at column {exc.colno}){multi}"
                     ) from None
+                if isinstance(record, dict):
+                    found.update(named.intersection(record))
                 example, claimed, ambiguous = _parse_record(record, where, keys, markers, strip_calculator)
                 if example.id in seen:
                     generated = keys["id"] is None or keys["id"] not in record
@@ -218,6 +246,9 @@ def read_jsonl(
                     result.filtered.append(example.id)
                     continue
             result.append(example)
+    missing = sorted(named - found)
+    if missing and (result or result.skipped):
+        raise bad_input("fields", f"keys that the records of {file} have", f"{missing}, in no record")
     return result
 
 
