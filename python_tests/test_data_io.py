@@ -203,6 +203,11 @@ def test_answers():
     assert answers_match("1,234", "1234.0") and answers_match(" 72 ", 72) and not answers_match("71", "72")
     assert not answers_match(None, "1") and answers_match("yes", "Yes")
     assert parse_number("$1,000.50") == 1000.5 and parse_number("abc") is None and parse_number(True) is None
+    # a fraction is one number (it used to read as its numerator), a Unicode minus a minus
+    assert extract_answer("#### 3/4") == "3/4" and extract_answer("So the answer is 3/4.") == "3/4"
+    assert extract_answer("So the answer is \u22123.") == "-3" and extract_answer("48/2 = 24") == "24"
+    assert parse_number("3/4") == 0.75 and parse_number("-1/2") == -0.5 and parse_number("1/0") is None
+    assert answers_match("0.75", "3/4") and answers_match("6/8", "3/4") and not answers_match("3", "3/4")
 
 
 def _check_disjoint_and_deterministic(name, n):

@@ -8,12 +8,15 @@ from collections.abc import Sequence
 
 from ..steps import DEFAULT_ANSWER_MARKERS
 
-# A minus sign counts only when it is not a subtraction ("10-5" is 10 and 5, "is -5" is -5).
-_NUMBER = re.compile(r"(?:(?<![\w).])-)?\$?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)")
+# A minus sign (ASCII or U+2212) counts only when it is not a subtraction ("10-5" is 10 and 5, "is -5" is -5);
+# a fraction "3/4" is one number (not 3), kept as written and compared by its value.
+_NUMBER = re.compile(r"(?:(?<![\w).])[-\u2212])?\$?(?:\d+/\d+(?!\.\d)|(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)")
 
 
 def _clean_number(raw: str) -> str:
-    s = raw.replace("$", "").replace(",", "").replace(" ", "")
+    s = raw.replace("$", "").replace(",", "").replace(" ", "").replace("\u2212", "-")
+    if "/" in s:
+        return s
     if s.startswith("-."):
         s = "-0" + s[1:]
     elif s.startswith("."):
@@ -24,7 +27,8 @@ def _clean_number(raw: str) -> str:
 
 
 def extract_answer(text: str, markers: Sequence[str] = DEFAULT_ANSWER_MARKERS) -> str | None:
-    """The final numeric answer in ``text`` as a normalised string ("1,234.50" -> "1234.5").
+    """The final numeric answer in ``text`` as a normalised string ("1,234.50" -> "1234.5"; a fraction
+    stays a fraction: "3/4").
 
     Looks after the last answer marker (``####``, "the answer is", ...) first, and falls back to the
     last number in the text; None when there is no number at all.
@@ -52,8 +56,12 @@ def parse_number(text: object) -> float | None:
     m = _NUMBER.fullmatch(text.strip().rstrip("."))
     if m is None:
         return None
+    cleaned = _clean_number(m.group(0))
     try:
-        return float(_clean_number(m.group(0)))
+        if "/" in cleaned:
+            top, bottom = cleaned.split("/")
+            return float(top) / float(bottom) if float(bottom) != 0 else None
+        return float(cleaned)
     except ValueError:
         return None
 
