@@ -88,6 +88,28 @@ def test_a_prompt_that_ends_in_a_space_leaves_the_first_rationale_word_in_the_ra
     assert own.prompt_len == spaced["prompt_len"] and list(own.step_spans) == [tuple(s) for s in spaced["step_spans"]]
 
 
+def test_rows_as_people_write_them_read_as_read_jsonl_reads_them_or_fail_naming_the_row():
+    from kpod_ops.models import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    prompt = "Q: Tom has 6 bags of 7 apples. How many apples?\nA:"
+    # a GSM8K marker left in the rationale is split off (not a step that says the answer twice); a number answer reads
+    (record,) = prepare_dataset([{"prompt": prompt, "rationale": " 6 * 7 = 42.\n#### 42", "answer": 42}], tok)
+    assert tok.decode(record["input_ids"][record["prompt_len"]:]) == " 6 * 7 = 42. Therefore, the answer is 42.<eos>"
+    assert record["answer"] == "42" and len(record["step_spans"]) == 1
+    # an id on later rows only is kept (datasets' from_list reads the first row's keys alone)
+    rows = [{"prompt": prompt, "rationale": " 6 * 7 = 42.", "answer": "42"},
+            {"prompt": prompt + " ", "rationale": "6 * 7 = 42.", "answer": "42", "id": 7}]
+    assert prepare_dataset(rows, tok)["id"][1] == "7"
+    # duplicate ids (given, or made from identical rows) would share token weights and curriculum steps
+    with pytest.raises(KPODInputError, match=r"train_dataset row 1: id: expected a unique example id.*'x' again"):
+        prepare_dataset([{**rows[0], "id": "x"}, {**rows[1], "id": "x"}], tok)
+    with pytest.raises(KPODInputError, match=r"row 1: id: .*again \(first on row 0\)"):
+        prepare_dataset([rows[0], rows[0]], tok)
+    with pytest.raises(KPODInputError, match=r"train_dataset row 1: rationale: expected a 'rationale' field"):
+        prepare_dataset([rows[0], {"prompt": prompt, "completion": " 6 * 7 = 42. So 42 apples."}], tok)
+
+
 def test_conversational_rows_place_prompt_steps_and_answer():
     tok, _, _ = tiny_data(2)
     tok.chat_template = CHAT

@@ -65,6 +65,20 @@ def _text(value: Any, where: str) -> str:
     return value
 
 
+def _scalar_text(value: Any) -> Any:
+    """An id or answer written as a JSON number, as text (``42`` -> ``"42"``), as ``read_jsonl`` reads them."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and (isinstance(value, int) or value == value):
+        return str(value)
+    return value
+
+
+def _rationale(value: Any) -> str:
+    """A row's ``rationale`` with a final answer marker left in it (``... #### 42``) split off, as ``read_jsonl``
+    does: the answer sentence follows it, and the marker would be a step that says the answer twice."""
+    text = _text(value, "rationale")
+    return split_answer(text)[0] or text
+
+
 def _messages(value: Any, where: str) -> list[dict]:
     if not isinstance(value, Sequence) or isinstance(value, str) or not value or \
             not all(isinstance(m, Mapping) and "role" in m and "content" in m for m in value):
@@ -85,9 +99,10 @@ def _row_parts(row: Mapping[str, Any], tokenizer: Any, answer_template: str) -> 
         if "completion" in row and row["completion"] is not None:
             completion = row["completion"]
         elif row.get("rationale") is not None and row.get("answer") is not None:
-            rationale = _text(row["rationale"], "rationale")
+            rationale = _rationale(row["rationale"])
             sep = "\n" if resolve_rule(rationale) in ("newline", "paragraph") else " "
-            completion = rationale + answer_template.format(answer=_text(row["answer"], "answer"), sep=sep)
+            answer = _text(_scalar_text(row["answer"]), "answer")
+            completion = rationale + answer_template.format(answer=answer, sep=sep)
             if not isinstance(prompt, str):
                 completion = [{"role": "assistant", "content": completion}]
         else:
@@ -124,7 +139,7 @@ def _row_parts(row: Mapping[str, Any], tokenizer: Any, answer_template: str) -> 
 def _tokenized_row(row: Mapping[str, Any], tokenizer: Any, step_rule: str, answer_template: str) -> TokenizedExample:
     full, _, start, chat, assistant = _row_parts(row, tokenizer, answer_template)
     if row.get("rationale") is not None:
-        rationale = _text(row["rationale"], "rationale")
+        rationale = _rationale(row["rationale"])
     else:
         rationale, answer_part = split_answer(assistant)
         if answer_part is None:
@@ -169,7 +184,14 @@ def prepare_dataset(dataset: Any, tokenizer: Any, *, max_length: int | None = No
         raise bad_input(name, "a datasets.Dataset or a list (KPOD keys token weights and the schedule by example id, "
                         "so it needs every example up front)", "an IterableDataset")
     if isinstance(dataset, Sequence) and not isinstance(dataset, Dataset):
-        dataset = Dataset.from_list([to_record(x) if isinstance(x, TokenizedExample) else dict(x) for x in dataset])
+        rows = [to_record(x) if isinstance(x, TokenizedExample) else
+                {k: _scalar_text(v) if k in ("id", "answer") else v for k, v in dict(x).items()} for x in dataset]
+        columns = list(dict.fromkeys(k for row in rows for k in row))  # from_list reads the first row's keys only
+        try:
+            dataset = Dataset.from_list([{k: row.get(k) for k in columns} for row in rows])
+        except (TypeError, ValueError) as exc:  # pyarrow's ArrowInvalid / ArrowTypeError derive from these
+            raise bad_input(name, "rows whose fields keep one type across rows (each a string, or each a list of "
+                            "messages)", f"{type(exc).__name__}: {str(exc)[:120]}") from None
     if not isinstance(dataset, Dataset):
         raise bad_input(name, "a datasets.Dataset or a list of rows", type(dataset).__name__)
     if len(dataset) == 0:
@@ -181,16 +203,26 @@ def prepare_dataset(dataset: Any, tokenizer: Any, *, max_length: int | None = No
     if not all(k in columns for k in RECORD_KEYS if k != "architecture"):
         keep = [c for c in ("answer",) if c in columns]
 
-        def convert(row: dict) -> dict:
-            record = to_record(_tokenized_row(row, tokenizer, step_rule, answer_template))
+        def convert(row: dict, index: int) -> dict:
+            try:
+                record = to_record(_tokenized_row(row, tokenizer, step_rule, answer_template))
+            except KPODInputError as exc:
+                raise KPODInputError(f"{name} row {index}: {exc}") from None
             for c in keep:
-                record[c] = row[c]
+                record[c] = _scalar_text(row[c])
             return record
 
-        dataset = dataset.map(convert, remove_columns=dataset.column_names, num_proc=num_proc,
+        dataset = dataset.map(convert, with_indices=True, remove_columns=dataset.column_names, num_proc=num_proc,
                               desc=f"KPOD: tokenising {name}")
     else:
         as_tokenized(dataset[0], name)  # records: the first one checked here, every one by the collator
+    first: dict[str, int] = {}
+    for index, ex_id in enumerate(dataset["id"]):  # token weights and the schedule are keyed by id
+        if ex_id in first:
+            raise bad_input(f"{name} row {index}: id", "a unique example id (token weights and the schedule are keyed "
+                            "by id; an id made from the content repeats when a row does)",
+                            f"{ex_id!r} again (first on row {first[ex_id]})")
+        first[ex_id] = index
     if max_length is not None:
         lengths = [len(ids) for ids in dataset["input_ids"]]
         long = [i for i, n in enumerate(lengths) if n > max_length]
