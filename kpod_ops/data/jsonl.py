@@ -169,7 +169,9 @@ def read_jsonl(
     """Read ``CoTExample``s from a JSONL file, one JSON object per line (blank lines allowed).
 
     ``fields`` maps our names (id, question, rationale, answer) to the file's keys, e.g.
-    ``{"rationale": "answer"}`` for raw GSM8K. ``id`` and ``answer`` are optional in every record:
+    ``{"question": "input", "rationale": "output"}``; a key it names must be in some record. Raw GSM8K
+    (a record without ``rationale`` whose ``answer`` ends with an answer marker, ``... #### 72``) needs
+    none: its rationale is read from ``answer``, as ``{"rationale": "answer"}`` would. ``id`` and ``answer`` are optional in every record:
     without an id (or with ``fields={"id": None}``) it is :func:`generated_id` of the question and
     rationale; without an answer (or with ``fields={"answer": None}``) it is the number after the
     answer marker that ends the rationale (``#### 72``, "So the answer is 72."), as
