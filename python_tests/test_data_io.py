@@ -77,6 +77,10 @@ def test_read_jsonl_names_the_cause_of_common_file_shapes(tmp_path):
     with pytest.raises(KPODInputError, match=r"fields: expected keys that the records of .* have, got \['final'\], in no record"):
         read_jsonl(renamed, fields={"answer": "final"})
     assert read_jsonl(renamed, fields={"answer": "final_answer"})[0].answer == "2"
+    crlf = _write(tmp_path, [{"question": "Q?\r\nHow many?", "rationale": "1 + 1 = 2.\r\n2 * 3 = 6.\r\n#### 6"}])
+    (ex,) = read_jsonl(crlf)
+    assert (ex.question, ex.rationale, ex.answer) == ("Q?\nHow many?", "1 + 1 = 2.\n2 * 3 = 6.", "6")
+    assert ex.id == generated_id("Q?\r\nHow many?", "1 + 1 = 2.\r\n2 * 3 = 6.\r\n#### 6")  # from the text as written
 
 
 # A user's file as it comes: CRLF line ends, a blank line, ids on some records only, GSM8K-style

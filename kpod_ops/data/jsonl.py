@@ -126,6 +126,9 @@ def _parse_record(record: object, where: str, keys: Mapping[str, str | None], ma
     else:
         ex_id = _field(record, keys["id"], "id", where, numbers=True)
     raw = strip_calculator_annotations(written) if strip_calc else written
+    # Windows line ends inside the strings (the id above is made from the text as written): a "\r" is no step
+    # boundary and, with a word-level tokenizer, an unknown token
+    question, raw = question.replace("\r\n", "\n"), raw.replace("\r\n", "\n")
     rationale, answer_part, ambiguous = find_answer(raw, markers)
     # the rationale's own final answer: after its final marker, else its last number
     claimed = extract_answer(answer_part) if answer_part is not None else extract_answer(rationale, markers=())
