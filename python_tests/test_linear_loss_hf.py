@@ -144,24 +144,23 @@ def test_a_head_wrapped_after_the_patch_trains_what_its_forward_computes_or_is_r
         for name, p in saved.named_parameters():
             if "modules_to_save" in name and "lm_head" in name:
                 p.add_(torch.randn_like(p))  # the trainable copy now differs from the original head
-    saved.train()
-    out = saved(input_ids=ids, labels=labels, token_weights=weights, loss_start=starts)
-    saved.eval()
-    with torch.no_grad():
-        logits = saved(input_ids=ids).logits
-    torch.testing.assert_close(out.loss, keypoint_cross_entropy(logits, labels, weights, starts, shift=True),
-                               rtol=1e-5, atol=1e-6)
-    out.loss.backward()
-    copy_grads = [p.grad for n, p in saved.named_parameters() if "modules_to_save" in n and "lm_head" in n]
-    assert copy_grads and all(g is not None and bool(g.abs().sum() > 0) for g in copy_grads)
-    saved.train()
-    with saved.disable_adapter():  # the original head again, in the forward and in the loss
+
+    def training_loss_matches_the_logits():
+        """The patched training loss against the KPOD loss on the model's own eval logits; returns the loss."""
+        saved.train()
         out = saved(input_ids=ids, labels=labels, token_weights=weights, loss_start=starts)
         saved.eval()
         with torch.no_grad():
             logits = saved(input_ids=ids).logits
-    torch.testing.assert_close(out.loss, keypoint_cross_entropy(logits, labels, weights, starts, shift=True),
-                               rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out.loss, keypoint_cross_entropy(logits, labels, weights, starts, shift=True),
+                                   rtol=1e-5, atol=1e-6)
+        return out.loss
+
+    training_loss_matches_the_logits().backward()
+    copy_grads = [p.grad for n, p in saved.named_parameters() if "modules_to_save" in n and "lm_head" in n]
+    assert copy_grads and all(g is not None and bool(g.abs().sum() > 0) for g in copy_grads)
+    with saved.disable_adapter():  # the original head again, in the forward and in the loss
+        training_loss_matches_the_logits()
 
     model = _tiny_llama(4, tie_word_embeddings=False)
     patch_linear_loss(model)

@@ -196,7 +196,7 @@ def supports(model: Any) -> tuple[bool, str]:
             "(a subclass, remote code or another kernel patch): the patch would bypass it"
         )
     head = getattr(base, "lm_head", None)
-    if unwrapped_class(head) is not torch.nn.Linear:
+    if not _plain_linear(head):
         return False, (
             f"lm_head is a {type(head).__name__}, not a plain nn.Linear (a LoRA-adapted or modules_to_save head "
             "does not compute hidden @ weight.T); keep the LM head out of the adapter's target modules"
@@ -282,6 +282,12 @@ class _LinearPatch:
         self.saved_forward = base.__dict__.get("forward")  # None: the class's forward
 
 
+def _plain_linear(module: Any) -> bool:
+    """Whether ``module`` is an ``nn.Linear`` (FSDP2's subclass of one included); the cheap check first, as
+    this runs in every patched forward."""
+    return type(module) is torch.nn.Linear or unwrapped_class(module) is torch.nn.Linear
+
+
 def _effective_head(head: torch.nn.Module) -> torch.nn.Module:
     """The ``nn.Linear`` whose ``hidden @ weightᵀ + bias`` ``head``'s forward computes at this call.
 
@@ -290,13 +296,13 @@ def _effective_head(head: torch.nn.Module) -> torch.nn.Module:
     returned) works; a LoRA-adapted head adds ``B·A·h`` that the weight alone misses, so it is refused
     rather than trained without its adapter.
     """
-    if type(head) is torch.nn.Linear or unwrapped_class(head) is torch.nn.Linear:
+    if _plain_linear(head):
         return head
     if hasattr(head, "modules_to_save") and hasattr(head, "original_module"):  # peft's ModulesToSaveWrapper
         active = list(getattr(head, "active_adapters", []) or [])
         inner = (head.original_module if getattr(head, "disable_adapters", False) or not active
                  or active[0] not in head.modules_to_save else head.modules_to_save[active[0]])
-        if type(inner) is torch.nn.Linear or unwrapped_class(inner) is torch.nn.Linear:
+        if _plain_linear(inner):
             return inner
         head = inner
     raise KPODInputError(
