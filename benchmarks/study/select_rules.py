@@ -1,0 +1,86 @@
+"""Which rule, choosing one of a data seed's mask-learner restarts, keeps a learner that found the keypoints?
+
+    python benchmarks/study/select_rules.py RESULTS.jsonl [RESULTS.jsonl ...] [--min-auc 0.7] [--first R]
+
+Reads the lines that ``benchmarks/study/mask_seeds.py`` prints with ``weights.restarts`` > 1 (one line per
+data seed, each restart's validation objective, answer loss, keep probability and keypoint ROC-AUC) and
+prints, per rule, on how many data seeds the restart it keeps ranks numbers and operators above words at
+ROC-AUC ≥ ``--min-auc``. No rule sees the ROC-AUC; it only scores the choice. ``--first R`` uses each
+seed's first R restarts (what ``weights.restarts: R`` would have run).
+
+Rules: ``objective`` (the lowest validation objective: what ``weights.restarts`` keeps), ``answer`` (the
+lowest validation answer loss: the objective without its sparsity term), ``densest`` (the highest
+validation keep probability), ``first`` (restart 0 alone: ``weights.restarts: 1``). As
+``weights.restarts`` does, a rule chooses among the restarts whose weights are not degenerate where there are any.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _usable(restarts: list[dict]) -> list[dict]:
+    """The restarts with non-degenerate weights, or every restart if none has them (as ``weights.restarts``)."""
+    return [r for r in restarts if r.get("degenerate") is None] or restarts
+
+
+RULES: dict[str, Callable[[list[dict]], dict]] = {
+    "objective": lambda restarts: min(_usable(restarts), key=lambda r: r["val_objective"]),
+    "answer": lambda restarts: min(_usable(restarts), key=lambda r: r["val_answer_loss"]),
+    "densest": lambda restarts: max(_usable(restarts), key=lambda r: r["val_kept"]),
+    "first": lambda restarts: restarts[0],  # weights.restarts: 1 keeps it, degenerate or not
+}
+
+
+def load(paths: list[Path]) -> dict[int, list[dict]]:
+    """``{data seed: restarts}`` from mask_seeds.py's lines (a later line for a seed replaces an earlier one)."""
+    out: dict[int, list[dict]] = {}
+    for path in paths:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            restarts = record.get("restarts")
+            if not restarts:
+                raise ValueError(f"{path}:{n}: seed {record.get('seed')} has no restarts (run with weights.restarts > 1)")
+            out[int(record["seed"])] = restarts
+    return out
+
+
+def score(seeds: dict[int, list[dict]], min_auc: float = 0.7, first: int | None = None) -> dict[str, dict]:
+    """Per rule: the data seeds whose kept restart is at ROC-AUC ≥ ``min_auc``, those below, and each kept AUC."""
+    out: dict[str, dict] = {}
+    for name, rule in RULES.items():
+        kept = {seed: rule(restarts[:first] if first else restarts)["keypoint_auc"] for seed, restarts in sorted(seeds.items())}
+        missed = [seed for seed, auc in kept.items() if auc is None or auc < min_auc]  # no AUC: no keypoints ranked
+        out[name] = {"found": len(kept) - len(missed), "n_seeds": len(kept), "missed": missed, "auc": kept}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("results", nargs="+", type=Path)
+    parser.add_argument("--min-auc", type=float, default=0.7)
+    parser.add_argument("--first", type=int, default=None, help="use each seed's first R restarts")
+    parser.add_argument("--json", type=Path, help="write the scores here as JSON")
+    args = parser.parse_args()
+    seeds = load(args.results)
+    n_restarts = sorted({len(r) for r in seeds.values()})
+    learners = [r for restarts in seeds.values() for r in (restarts[:args.first] if args.first else restarts)]
+    failed = sum(r["keypoint_auc"] is None or r["keypoint_auc"] < args.min_auc for r in learners)
+    print(f"{len(seeds)} data seeds, {n_restarts} restarts each"
+          + (f" (the first {args.first} used)" if args.first else "")
+          + f"; {failed} of {len(learners)} learners below ROC-AUC {args.min_auc}")
+    scores = score(seeds, args.min_auc, args.first)
+    for name, s in scores.items():
+        missed = ", ".join(str(x) for x in s["missed"]) or "none"
+        print(f"{name:>9}: {s['found']} of {s['n_seeds']} seeds at ROC-AUC >= {args.min_auc} (missed: {missed})")
+    if args.json:
+        args.json.write_text(json.dumps(scores, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

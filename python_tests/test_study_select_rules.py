@@ -1,0 +1,46 @@
+"""benchmarks/study/select_rules.py: which restart each rule keeps, scored by the keypoint ROC-AUC it never sees."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks" / "study"))
+
+import select_rules  # noqa: E402
+
+
+def _restart(objective, answer, kept, auc, degenerate=None):
+    return {"val_objective": objective, "val_answer_loss": answer, "val_kept": kept, "keypoint_auc": auc,
+            "degenerate": degenerate}
+
+
+SEEDS = {
+    # the sparse learner has the lowest objective and missed the keypoints; the others found them
+    1: [_restart(0.9, 0.85, 0.40, 0.90), _restart(0.5, 0.49, 0.08, 0.30), _restart(0.8, 0.60, 0.50, 0.95)],
+    # the first learner missed; the densest one is degenerate (every token kept) and is passed over
+    2: [_restart(0.7, 0.69, 0.10, 0.20), _restart(0.6, 0.50, 0.45, 0.85), _restart(0.9, 0.40, 0.99, None, "kept all")],
+}
+
+
+def test_each_rule_keeps_its_restart_and_is_scored_by_the_auc(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps({"seed": s, "restarts": r}) + "\n" for s, r in SEEDS.items()))
+    scores = select_rules.score(select_rules.load([path]), 0.7)
+    assert scores["objective"]["auc"] == {1: 0.30, 2: 0.85} and scores["objective"]["missed"] == [1]
+    assert scores["answer"]["auc"] == {1: 0.30, 2: 0.85}  # the degenerate restart's lower answer loss is passed over
+    assert scores["densest"]["auc"] == {1: 0.95, 2: 0.85} and scores["densest"]["found"] == 2
+    assert scores["first"]["auc"] == {1: 0.90, 2: 0.20} and scores["first"]["missed"] == [2]
+    first_two = select_rules.score(select_rules.load([path]), 0.7, first=2)
+    assert first_two["densest"]["auc"] == {1: 0.90, 2: 0.85}
+
+
+def test_a_line_without_restarts_is_refused(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps({"seed": 5, "auc": 0.9}) + "\n")
+    with pytest.raises(ValueError, match="seed 5 has no restarts"):
+        select_rules.load([path])
