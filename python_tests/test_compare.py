@@ -109,6 +109,7 @@ def test_jobs_give_the_same_runs_as_one_after_another_and_a_rerun_reuses_them(tm
     assert "method kpod, seed 6" not in said  # only the missing run ran
     summary = json.loads((tmp_path / "par" / "compare.json").read_text())
     assert summary["seeds"] == [5, 6] and set(summary["rows"][0]["accuracies"]) == {"5", "6"}
+    assert summary["threads_per_run"] == 1  # --jobs 2 without --threads: one thread per run, recorded as such
     assert summary["rows"] == json.loads((tmp_path / "seq" / "compare.json").read_text())["rows"]
     assert "not paired" not in said and summary["unpaired_seeds"] == {}
     assert json.loads((kpod / "report.json").read_text())["shared_fingerprints"]["warmup"] is not None

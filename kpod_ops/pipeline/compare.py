@@ -226,6 +226,10 @@ def compare(config: DistillConfig, methods: Sequence[str], seeds: int | str | Se
     if not distributed.is_main():
         return rows
     text = format_table(rows)
+    if threads is None:  # what the runs this call started used: one thread each side by side, else torch's default
+        import torch
+
+        threads = 1 if jobs > 1 else torch.get_num_threads()
     write_json(out / "compare.json", {"preset": config.preset, "seeds": seed_list, "methods": list(methods), "rows": rows,
                                       "machine": machine(), "threads_per_run": threads,
                                       "unpaired_seeds": {str(k): v for k, v in unpaired.items()}})
