@@ -29,7 +29,8 @@ SEEDS = {
 
 def test_each_rule_keeps_its_restart_and_is_scored_by_the_auc(tmp_path):
     path = tmp_path / "r.jsonl"
-    path.write_text("".join(json.dumps({"seed": s, "restarts": r}) + "\n" for s, r in SEEDS.items()))
+    path.write_text("[WARNING] a library's log line on stdout\n"
+                    + "".join(json.dumps({"seed": s, "restarts": r}) + "\n" for s, r in SEEDS.items()))
     scores = select_rules.score(select_rules.load([path]), 0.7)
     assert scores["objective"]["auc"] == {1: 0.30, 2: 0.85} and scores["objective"]["missed"] == [1]
     assert scores["answer"]["auc"] == {1: 0.30, 2: 0.85}  # the degenerate restart's lower answer loss is passed over

@@ -40,7 +40,7 @@ def load(paths: list[Path]) -> dict[int, list[dict]]:
     out: dict[int, list[dict]] = {}
     for path in paths:
         for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
+            if not line.lstrip().startswith("{"):  # blank, or a library's log line printed to stdout
                 continue
             record = json.loads(line)
             restarts = record.get("restarts")
