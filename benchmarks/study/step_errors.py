@@ -1,0 +1,82 @@
+"""Where two arms of a study differ inside the chains: accuracy by chain length, per-step correctness and the
+first wrong step, paired over seeds, from each run's test generations (``arith-cot`` data).
+
+    python benchmarks/study/step_errors.py STUDY_OUT [--methods kpod,standard] [--json OUT.json]
+
+A generated step counts as correct when its equation (``a op b = c``, the i-th in the generation) is the gold
+rationale's i-th equation. Reads ``seed<N>/<method>/eval/generations.jsonl`` and the gold rationales and
+metadata of ``seed<N>/<method>/data/test.jsonl``, which ``kpod compare`` keeps in each run folder; the
+repository's copies of the study folders leave both out (their size), and keep this script's ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+EQUATION = re.compile(r"(\d+)\s*([-+*/×÷x])\s*(\d+)\s*=\s*(\d+)")
+
+
+def step_marks(generation: str, rationale: str) -> list[bool]:
+    """For each equation of the gold ``rationale``: is the generation's equation at that place the same?"""
+    gold, made = EQUATION.findall(rationale), EQUATION.findall(generation)
+    return [i < len(made) and made[i] == g for i, g in enumerate(gold)]
+
+
+def run_summary(run: Path) -> dict:
+    """One run: accuracy by number of operations, mean per-step correctness, counts of the first wrong step."""
+    gold = {}
+    for line in (run / "data" / "test.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        gold[record["id"]] = (record["rationale"], len(record["metadata"]["operations"]))
+    by_length: dict[int, list[bool]] = defaultdict(list)
+    per_step, first_wrong = [], Counter()
+    for line in (run / "eval" / "generations.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        rationale, n_ops = gold[record["id"]]
+        marks = step_marks(record["generation"], rationale)
+        by_length[n_ops].append(bool(record["correct"]))
+        per_step.append(float(np.mean(marks)) if marks else 0.0)
+        first_wrong[next((i for i, ok in enumerate(marks) if not ok), None)] += 1
+    return {"accuracy_by_ops": {n: float(np.mean(v)) for n, v in by_length.items()},
+            "step_correct": float(np.mean(per_step)), "first_wrong": first_wrong, "n": len(per_step)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--methods", default="kpod,standard", help="two methods, a,b: differences are a − b")
+    parser.add_argument("--json", type=Path, help="write every run's summary here")
+    args = parser.parse_args()
+    a, b = args.methods.split(",")
+    seeds = sorted(int(p.name[4:]) for p in args.folder.glob("seed*")
+                   if all((p / m / "eval" / "generations.jsonl").exists() for m in (a, b)))
+    if not seeds:
+        raise SystemExit(f"{args.folder}: no seed with test generations of both {a} and {b}")
+    runs = {m: {s: run_summary(args.folder / f"seed{s}" / m) for s in seeds} for m in (a, b)}
+    print(f"{a} − {b} over {len(seeds)} seeds ({seeds[0]}–{seeds[-1]}); points, mean [SD over seeds]")
+    for n in sorted(runs[a][seeds[0]]["accuracy_by_ops"]):
+        d = [100 * (runs[a][s]["accuracy_by_ops"][n] - runs[b][s]["accuracy_by_ops"][n]) for s in seeds]
+        acc = {m: 100 * np.mean([runs[m][s]["accuracy_by_ops"][n] for s in seeds]) for m in (a, b)}
+        print(f"  {n} operations: {a} {acc[a]:.1f} %, {b} {acc[b]:.1f} %, difference {np.mean(d):+.1f} [{np.std(d, ddof=1):.1f}]")
+    d = [100 * (runs[a][s]["step_correct"] - runs[b][s]["step_correct"]) for s in seeds]
+    acc = {m: 100 * np.mean([runs[m][s]["step_correct"] for s in seeds]) for m in (a, b)}
+    print(f"  steps correct: {a} {acc[a]:.1f} %, {b} {acc[b]:.1f} %, difference {np.mean(d):+.1f} [{np.std(d, ddof=1):.1f}],"
+          f" {a} higher on {sum(x > 0 for x in d)} of {len(d)} seeds")
+    for m in (a, b):
+        counts = sum((runs[m][s]["first_wrong"] for s in seeds), Counter())
+        total = sum(counts.values())
+        cells = ", ".join(f"step {i + 1}: {100 * counts[i] / total:.1f} %" for i in sorted(k for k in counts if k is not None))
+        print(f"  {m}: first wrong step (share of all answers) {cells}; every step right {100 * counts[None] / total:.1f} %")
+    if args.json:
+        args.json.write_text(json.dumps({m: {str(s): {**r, "first_wrong": {str(k): v for k, v in r["first_wrong"].items()}}
+                                             for s, r in runs[m].items()} for m in runs}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
