@@ -302,6 +302,18 @@ def test_keypoint_ranking_scores_numbers_and_operators_against_words():
     assert keypoint_ranking(right, examples, tok)["auc"] == 1.0 and keypoint_ranking(wrong, examples, tok)["auc"] == 0.0
     ranking = keypoint_ranking(flat, examples, tok)
     assert ranking["auc"] == 0.5 and ranking["n_keypoint"] > 0 and ranking["n_word"] > ranking["n_keypoint"]
+    assert ranking["kept_keypoint_share"] is None  # nothing above 0.5 is kept
+    assert keypoint_ranking(right, examples, tok)["kept_keypoint_share"] == 1.0
+    assert keypoint_ranking(wrong, examples, tok)["kept_keypoint_share"] == 0.0
+    share = ranking["n_keypoint"] / (ranking["n_keypoint"] + ranking["n_word"])
+    assert ranking["keypoint_share"] == pytest.approx(share)
+    # the same kept tokens with the near-zero rest ordered the other way: the AUC moves, the kept share does not
+    rng = np.random.default_rng(0)
+    low = {i: np.where(r == "keypoint", 0.9 * (rng.random(len(r)) < 0.3), 0.0) + 0.01 * (r == "word")
+           for i, r in role.items()}
+    high = {i: np.where(r == "keypoint", 0.9 * (rng.random(len(r)) < 0.3), 0.0) for i, r in role.items()}
+    a, b = keypoint_ranking(low, examples, tok), keypoint_ranking(high, examples, tok)
+    assert a["auc"] < b["auc"] - 0.2 and a["kept_keypoint_share"] == b["kept_keypoint_share"] == 1.0
 
 
 def test_weights_for_loss_fix_the_keypoint_contrast_and_check_the_learned_weights():

@@ -14,9 +14,9 @@ sys.path.insert(0, str(ROOT / "benchmarks" / "study"))
 import select_rules  # noqa: E402
 
 
-def _restart(objective, answer, kept, auc, degenerate=None):
+def _restart(objective, answer, kept, auc, degenerate=None):  # kept share: the AUC minus 0.1, as a stand-in
     return {"val_objective": objective, "val_answer_loss": answer, "val_kept": kept, "keypoint_auc": auc,
-            "degenerate": degenerate}
+            "kept_keypoint_share": None if auc is None else auc - 0.1, "degenerate": degenerate}
 
 
 SEEDS = {
@@ -31,13 +31,16 @@ def test_each_rule_keeps_its_restart_and_is_scored_by_the_auc(tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text("[WARNING] a library's log line on stdout\n"
                     + "".join(json.dumps({"seed": s, "restarts": r}) + "\n" for s, r in SEEDS.items()))
-    scores = select_rules.score(select_rules.load([path]), 0.7)
+    scores = select_rules.score(select_rules.load([path]), 0.7, measure="auc")
     assert scores["objective"]["auc"] == {1: 0.30, 2: 0.85} and scores["objective"]["missed"] == [1]
     assert scores["answer"]["auc"] == {1: 0.30, 2: 0.85}  # the degenerate restart's lower answer loss is passed over
     assert scores["densest"]["auc"] == {1: 0.95, 2: 0.85} and scores["densest"]["found"] == 2
     assert scores["first"]["auc"] == {1: 0.90, 2: 0.20} and scores["first"]["missed"] == [2]
-    first_two = select_rules.score(select_rules.load([path]), 0.7, first=2)
+    first_two = select_rules.score(select_rules.load([path]), 0.7, first=2, measure="auc")
     assert first_two["densest"]["auc"] == {1: 0.90, 2: 0.85}
+    shares = select_rules.score(select_rules.load([path]), 0.7)  # the kept share is the default measure
+    assert shares["densest"]["kept-share"] == pytest.approx({1: 0.85, 2: 0.75}) and shares["densest"]["found"] == 2
+    assert shares["first"]["missed"] == [2] and shares["objective"]["missed"] == [1]
 
 
 def test_a_line_without_restarts_is_refused(tmp_path):

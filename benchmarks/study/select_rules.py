@@ -1,12 +1,15 @@
 """Which rule, choosing one of a data seed's mask-learner restarts, keeps a learner that found the keypoints?
 
-    python benchmarks/study/select_rules.py RESULTS.jsonl [RESULTS.jsonl ...] [--min-auc 0.7] [--first R]
+    python benchmarks/study/select_rules.py RESULTS.jsonl [RESULTS.jsonl ...] [--measure kept-share] [--min 0.7]
+        [--first R]
 
 Reads the lines that ``benchmarks/study/mask_seeds.py`` prints with ``weights.restarts`` > 1 (one line per
-data seed, each restart's validation objective, answer loss, keep probability and keypoint ROC-AUC) and
-prints, per rule, on how many data seeds the restart it keeps ranks numbers and operators above words at
-ROC-AUC ≥ ``--min-auc``. No rule sees the ROC-AUC; it only scores the choice. ``--first R`` uses each
-seed's first R restarts (what ``weights.restarts: R`` would have run).
+data seed, each restart's validation objective, answer loss, keep probability, keypoint ROC-AUC and kept
+keypoint share) and prints, per rule, on how many data seeds the restart it keeps found the keypoints:
+``--measure kept-share`` (default): the share of numbers and operators among the number/operator and word
+tokens it keeps is ≥ ``--min``; ``--measure auc``: its ROC-AUC of numbers and operators against words is
+≥ ``--min``. No rule sees the measure; it only scores the choice. ``--first R`` uses each seed's first R
+restarts (what ``weights.restarts: R`` would have run).
 
 Rules: ``objective`` (the lowest validation objective: what ``weights.restarts`` keeps), ``answer`` (the
 lowest validation answer loss: the objective without its sparsity term), ``densest`` (the highest
@@ -50,34 +53,44 @@ def load(paths: list[Path]) -> dict[int, list[dict]]:
     return out
 
 
-def score(seeds: dict[int, list[dict]], min_auc: float = 0.7, first: int | None = None) -> dict[str, dict]:
-    """Per rule: the data seeds whose kept restart is at ROC-AUC ≥ ``min_auc``, those below, and each kept AUC."""
+MEASURES = {"kept-share": "kept_keypoint_share", "auc": "keypoint_auc"}
+
+
+def score(seeds: dict[int, list[dict]], min_value: float = 0.7, first: int | None = None,
+          measure: str = "kept-share") -> dict[str, dict]:
+    """Per rule: the data seeds whose kept restart's ``measure`` is ≥ ``min_value``, those below, and each value."""
+    key = MEASURES[measure]
     out: dict[str, dict] = {}
     for name, rule in RULES.items():
-        kept = {seed: rule(restarts[:first] if first else restarts)["keypoint_auc"] for seed, restarts in sorted(seeds.items())}
-        missed = [seed for seed, auc in kept.items() if auc is None or auc < min_auc]  # no AUC: no keypoints ranked
-        out[name] = {"found": len(kept) - len(missed), "n_seeds": len(kept), "missed": missed, "auc": kept}
+        kept = {seed: rule(restarts[:first] if first else restarts).get(key) for seed, restarts in sorted(seeds.items())}
+        missed = [seed for seed, v in kept.items() if v is None or v < min_value]  # None: nothing ranked or kept
+        out[name] = {"found": len(kept) - len(missed), "n_seeds": len(kept), "missed": missed, measure: kept}
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("results", nargs="+", type=Path)
-    parser.add_argument("--min-auc", type=float, default=0.7)
+    parser.add_argument("--measure", choices=sorted(MEASURES), default="kept-share")
+    parser.add_argument("--min", type=float, default=0.7, help="the value of the measure that counts as found")
     parser.add_argument("--first", type=int, default=None, help="use each seed's first R restarts")
     parser.add_argument("--json", type=Path, help="write the scores here as JSON")
     args = parser.parse_args()
     seeds = load(args.results)
     n_restarts = sorted({len(r) for r in seeds.values()})
     learners = [r for restarts in seeds.values() for r in (restarts[:args.first] if args.first else restarts)]
-    failed = sum(r["keypoint_auc"] is None or r["keypoint_auc"] < args.min_auc for r in learners)
+    key = MEASURES[args.measure]
+    missing = [seed for seed, restarts in seeds.items() if any(key not in r for r in restarts)]
+    if missing:
+        raise SystemExit(f"--measure {args.measure}: the restarts of seeds {missing} do not record {key}")
+    failed = sum(r[key] is None or r[key] < args.min for r in learners)
     print(f"{len(seeds)} data seeds, {n_restarts} restarts each"
           + (f" (the first {args.first} used)" if args.first else "")
-          + f"; {failed} of {len(learners)} learners below ROC-AUC {args.min_auc}")
-    scores = score(seeds, args.min_auc, args.first)
+          + f"; {failed} of {len(learners)} learners with {args.measure} below {args.min}")
+    scores = score(seeds, args.min, args.first, args.measure)
     for name, s in scores.items():
         missed = ", ".join(str(x) for x in s["missed"]) or "none"
-        print(f"{name:>9}: {s['found']} of {s['n_seeds']} seeds at ROC-AUC >= {args.min_auc} (missed: {missed})")
+        print(f"{name:>9}: {s['found']} of {s['n_seeds']} seeds with {args.measure} >= {args.min} (missed: {missed})")
     if args.json:
         args.json.write_text(json.dumps(scores, indent=1) + "\n")
 

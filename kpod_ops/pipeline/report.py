@@ -116,6 +116,10 @@ def markdown(report: dict[str, Any], plots: Sequence[str]) -> str:
             found = "rank them above words" if rank["auc"] >= KEYPOINT_AUC else "do **not** rank them above words"
             lines.append(f"- keypoints (numbers and operators vs words): ROC-AUC {rank['auc']:.2f}, mean weight "
                          f"{rank['mean_keypoint']:.2f} vs {rank['mean_word']:.2f}: the weights {found}")
+            if rank.get("kept_keypoint_share") is not None:
+                lines.append(f"- of the number/operator and word tokens kept (w > 0.5), "
+                             f"{100 * rank['kept_keypoint_share']:.0f} % are numbers and operators "
+                             f"({100 * rank['keypoint_share']:.0f} % of all of them)")
         if w.get("restarts"):
             tried = "; ".join(f"seed {x['seed']}: objective {x['val_objective']:.4f}"
                               + (f", ROC-AUC {x['keypoint_auc']:.2f}" if x.get("keypoint_auc") is not None else "")

@@ -323,7 +323,8 @@ def _weights_stage(config: DistillConfig, method: dict[str, Any], student, tok, 
         restarts = []
         for run in learned.restarts:  # what each restart found; the kept one is ``chosen``
             rank = keypoint_ranking(run.pop("weights"), tokenized, tok)
-            restarts.append({**{k: v for k, v in run.items() if k != "history"}, "keypoint_auc": rank["auc"] if rank else None})
+            restarts.append({**{k: v for k, v in run.items() if k != "history"}, "keypoint_auc": rank["auc"] if rank else None,
+                             "kept_keypoint_share": rank["kept_keypoint_share"] if rank else None})
             say(f"[weights] restart seed {run['seed']}: validation objective {run['val_objective']:.4f}"
                 + (f", numbers and operators vs words ROC-AUC {rank['auc']:.2f}" if rank else "")
                 + (f", degenerate ({run['degenerate']})" if run["degenerate"] else "") + (" (kept)" if run["chosen"] else ""))

@@ -14,6 +14,7 @@ from ..data.tokenized import TokenizedExample
 from ..errors import bad_input
 from .degenerate import degeneracy, finite_weights
 
+KEPT = 0.5  # a token whose weight is above this is kept (``kept_ratio``, ``kept_keypoint_share``)
 
 def renormalize_mean_one(weights: Mapping[str, np.ndarray], *, allow_degenerate: bool = False) -> dict[str, np.ndarray]:
     """Scale each sequence's weights to mean 1 (a documented deviation from the paper's raw w).
@@ -80,7 +81,7 @@ def weight_stats(
     tokenizer: object | None = None,
     top_k: int = 10,
     min_count: int = 1,
-    threshold: float = 0.5,
+    threshold: float = KEPT,
 ) -> WeightStats:
     """Statistics over every weight; with ``examples`` also the top/bottom token types by mean weight.
 
@@ -136,8 +137,11 @@ def keypoint_ranking(weights: Mapping[str, np.ndarray], examples: Sequence[Token
     """How well the weights of arithmetic rationales rank numbers and operators above words.
 
     ``auc``: the ROC-AUC (the chance that a random number/operator token outweighs a random word
-    token, ties counting half); 0.5 is no ranking, 1 a perfect one. Also the mean weight of each
-    class and their sizes. ``None`` when the rationales have no tokens of one of the classes (not
+    token, ties counting half); 0.5 is no ranking, 1 a perfect one. Where most weights sit near 0, the
+    AUC is decided by how those near-zero weights happen to be ordered, so it can differ a lot between
+    weights that keep the same tokens; ``kept_keypoint_share`` does not: the share of numbers/operators
+    among the number/operator and word tokens kept (w > 0.5; ``None`` if none is kept), to compare with
+    ``keypoint_share``, their share among all such tokens. Also the mean weight of each class and their sizes. ``None`` when the rationales have no tokens of one of the classes (not
     arithmetic). A spread-only check cannot see weights that are confident about the wrong tokens.
     """
     decode = tokenizer.decode
@@ -157,5 +161,8 @@ def keypoint_ranking(weights: Mapping[str, np.ndarray], examples: Sequence[Token
     below = np.searchsorted(ws, k, side="left")  # words strictly below each keypoint weight
     ties = np.searchsorted(ws, k, side="right") - below
     auc = float((below + 0.5 * ties).sum() / (k.size * ws.size))
-    return {"auc": auc, "mean_keypoint": float(k.mean()), "mean_word": float(ws.mean()),
+    kept_key, kept_word = int((k > KEPT).sum()), int((ws > KEPT).sum())
+    kept_share = kept_key / (kept_key + kept_word) if kept_key + kept_word else None
+    return {"auc": auc, "kept_keypoint_share": kept_share, "keypoint_share": k.size / (k.size + ws.size),
+            "mean_keypoint": float(k.mean()), "mean_word": float(ws.mean()),
             "n_keypoint": int(k.size), "n_word": int(ws.size)}
