@@ -146,6 +146,23 @@ def test_optimizer_state_round_trips_through_safetensors_and_json():
             assert torch.equal(value, b["state"][k][key])
 
 
+def test_a_checkpoint_saves_over_the_old_one_a_killed_run_left_behind(tmp_path):
+    import json
+
+    from kpod_ops.pipeline.train import _save_checkpoint, latest_checkpoint
+
+    model = _student()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    _save_checkpoint(tmp_path, model, opt, {"step": 1})
+    # killed after the swap of its second save, before the old checkpoint was removed: both are on disk
+    (tmp_path / "checkpoint.old").mkdir()
+    (tmp_path / "checkpoint.old" / "state.json").write_text('{"step": 0}')
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint"
+    _save_checkpoint(tmp_path, model, opt, {"step": 2})  # the resumed run's next save
+    assert not (tmp_path / "checkpoint.old").exists()
+    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text()) == {"step": 2}
+
+
 def test_batched_left_padded_generation_equals_one_prompt_at_a_time():
     tok, model = _tok(), _student(3)
     examples = load_builtin("arith-cot", "test", n=6, seed=0)

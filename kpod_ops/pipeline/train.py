@@ -124,6 +124,8 @@ def _save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, position: 
         save_tensors(new / "average.safetensors", average)
     write_json(new / "state.json", position)
     if cur.exists():
+        if old.exists():  # left by a run killed after its last swap, before it removed the old one
+            shutil.rmtree(old)
         os.replace(cur, old)
     os.replace(new, cur)
     if old.exists():
