@@ -101,6 +101,7 @@ def test_jobs_give_the_same_runs_as_one_after_another_and_a_rerun_reuses_them(tm
     kpod = tmp_path / "par" / "seed5" / "kpod"  # the report says whether the weights rank numbers above words
     assert json.loads((kpod / "report.json").read_text())["weights"]["keypoint_ranking"]["n_keypoint"] > 0
     assert "numbers and operators vs words): ROC-AUC" in (kpod / "report.md").read_text()
+    assert "(w > 0.5), " in (kpod / "report.md").read_text()  # the kept keypoint share, read first
     (tmp_path / "par" / "seed6" / "standard" / "report.json").unlink()  # one run unfinished
     capsys.readouterr()
     assert main(["compare", *common, "--out", str(tmp_path / "par"), "--jobs", "2"]) == 0
