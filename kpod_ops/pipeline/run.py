@@ -49,6 +49,10 @@ from .weights import learn_weights, learner_config, weights_for_loss
 Say = Callable[[str], None]
 
 
+def _pct(share: float | None) -> str:
+    """A share as a whole percentage, "none kept" for None."""
+    return "none kept" if share is None else f"{100 * share:.0f} %"
+
 def _device() -> torch.device:
     """The GPU when there is one (this process's, under torchrun), else the CPU."""
     return distributed.device()
@@ -326,7 +330,7 @@ def _weights_stage(config: DistillConfig, method: dict[str, Any], student, tok, 
             restarts.append({**{k: v for k, v in run.items() if k != "history"}, "keypoint_auc": rank["auc"] if rank else None,
                              "kept_keypoint_share": rank["kept_keypoint_share"] if rank else None})
             say(f"[weights] restart seed {run['seed']}: validation objective {run['val_objective']:.4f}"
-                + (f", numbers and operators vs words ROC-AUC {rank['auc']:.2f}" if rank else "")
+                + (f", kept keypoint share {_pct(rank['kept_keypoint_share'])}, ROC-AUC {rank['auc']:.2f}" if rank else "")
                 + (f", degenerate ({run['degenerate']})" if run["degenerate"] else "") + (" (kept)" if run["chosen"] else ""))
         if restarts:
             write_json(folder / "restarts.json", [{**r, "history": run["history"]} for r, run in zip(restarts, learned.restarts)])
@@ -338,8 +342,9 @@ def _weights_stage(config: DistillConfig, method: dict[str, Any], student, tok, 
         _weight_pictures(folder, learned.weights, tokenized, tok)
         ranking = keypoint_ranking(learned.weights, tokenized, tok)
         if ranking is not None:
-            say(f"[weights] numbers and operators vs words: ROC-AUC {ranking['auc']:.2f} (mean weight "
-                f"{ranking['mean_keypoint']:.2f} vs {ranking['mean_word']:.2f})")
+            say(f"[weights] numbers and operators among the kept number/operator and word tokens: "
+                f"{_pct(ranking['kept_keypoint_share'])} (of all of them: {_pct(ranking['keypoint_share'])}); "
+                f"ROC-AUC {ranking['auc']:.2f}, mean weight {ranking['mean_keypoint']:.2f} vs {ranking['mean_word']:.2f}")
         return {"degenerate": learned.degenerate, "mean": stats.mean, "std": stats.std, "kept_ratio": stats.kept_ratio,
                 "top_tokens": stats.top_tokens[:10], "bottom_tokens": stats.bottom_tokens[:10], "keypoint_ranking": ranking,
                 **({"restarts": restarts} if restarts else {})}
