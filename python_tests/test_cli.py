@@ -196,7 +196,7 @@ def test_mask_learner_restarts_are_reported_and_the_kept_one_is_used(inputs, tmp
     restarts = report["weights"]["restarts"]
     assert [r["seed"] for r in restarts] == [0, 100_003] and sum(r["chosen"] for r in restarts) == 1
     assert all({"val_objective", "keypoint_auc", "kept_keypoint_share", "degenerate"} <= set(r) for r in restarts)
-    assert "mask learner restarts (the lowest validation objective kept)" in (out / "report.md").read_text()
+    assert "mask learner restarts (chosen: the lowest validation objective" in (out / "report.md").read_text()
     assert len(json.loads((out / "weights" / "restarts.json").read_text())) == 2  # each restart's history
 
 

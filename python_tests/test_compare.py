@@ -101,7 +101,7 @@ def test_jobs_give_the_same_runs_as_one_after_another_and_a_rerun_reuses_them(tm
     kpod = tmp_path / "par" / "seed5" / "kpod"  # the report says whether the weights rank numbers above words
     assert json.loads((kpod / "report.json").read_text())["weights"]["keypoint_ranking"]["n_keypoint"] > 0
     assert "numbers and operators vs words): ROC-AUC" in (kpod / "report.md").read_text()
-    assert "(w > 0.5), " in (kpod / "report.md").read_text()  # the kept keypoint share, read first
+    assert "- keypoints: " in (kpod / "report.md").read_text()  # the kept keypoint share, read first
     (tmp_path / "par" / "seed6" / "standard" / "report.json").unlink()  # one run unfinished
     capsys.readouterr()
     assert main(["compare", *common, "--out", str(tmp_path / "par"), "--jobs", "2"]) == 0
@@ -111,6 +111,8 @@ def test_jobs_give_the_same_runs_as_one_after_another_and_a_rerun_reuses_them(tm
     summary = json.loads((tmp_path / "par" / "compare.json").read_text())
     assert summary["seeds"] == [5, 6] and set(summary["rows"][0]["accuracies"]) == {"5", "6"}
     assert summary["threads_per_run"] == 1  # --jobs 2 without --threads: one thread per run, recorded as such
+    assert main(["compare", *common, "--out", str(tmp_path / "par"), "--jobs", "2"]) == 0  # every run reused
+    assert json.loads((tmp_path / "par" / "compare.json").read_text())["threads_per_run"] is None
     assert summary["rows"] == json.loads((tmp_path / "seq" / "compare.json").read_text())["rows"]
     assert "not paired" not in said and summary["unpaired_seeds"] == {}
     assert json.loads((kpod / "report.json").read_text())["shared_fingerprints"]["warmup"] is not None

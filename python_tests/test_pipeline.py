@@ -326,11 +326,39 @@ def test_keypoint_ranking_scores_numbers_and_operators_against_words():
     assert ranking["keypoint_share"] == pytest.approx(share)
     # the same kept tokens with the near-zero rest ordered the other way: the AUC moves, the kept share does not
     rng = np.random.default_rng(0)
-    low = {i: np.where(r == "keypoint", 0.9 * (rng.random(len(r)) < 0.3), 0.0) + 0.01 * (r == "word")
-           for i, r in role.items()}
-    high = {i: np.where(r == "keypoint", 0.9 * (rng.random(len(r)) < 0.3), 0.0) for i, r in role.items()}
-    a, b = keypoint_ranking(low, examples, tok), keypoint_ranking(high, examples, tok)
+    kept = {i: np.where(r == "keypoint", 0.9 * (rng.random(len(r)) < 0.3), 0.0) for i, r in role.items()}
+    low = {i: kept[i] + 0.01 * (r == "word") for i, r in role.items()}
+    a, b = keypoint_ranking(low, examples, tok), keypoint_ranking(kept, examples, tok)
     assert a["auc"] < b["auc"] - 0.2 and a["kept_keypoint_share"] == b["kept_keypoint_share"] == 1.0
+    # a mixed case counted by hand: every keypoint, every other word and every "other" token kept
+    mixed = {}
+    for i, r in role.items():
+        word_rank = np.cumsum(r == "word")
+        mixed[i] = ((r == "keypoint") | (r == "other") | ((r == "word") & (word_rank % 2 == 1))).astype(np.float32)
+    n_key = sum(int((r == "keypoint").sum()) for r in role.values())
+    n_word_kept = sum(int(((r == "word") & (np.cumsum(r == "word") % 2 == 1)).sum()) for r in role.values())
+    m = keypoint_ranking(mixed, examples, tok)
+    assert (m["n_kept_keypoint"], m["n_kept_word"]) == (n_key, n_word_kept)  # "other" tokens are not counted
+    assert m["kept_keypoint_share"] == pytest.approx(n_key / (n_key + n_word_kept))
+
+
+def test_the_report_says_what_the_weights_keep_and_when_they_keep_nothing():
+    from kpod_ops.pipeline.report import markdown
+
+    def report(share, n_key, n_word):
+        rank = {"auc": 0.4, "mean_keypoint": 0.3, "mean_word": 0.02, "kept_keypoint_share": share,
+                "keypoint_share": 0.45, "n_kept_keypoint": n_key, "n_kept_word": n_word}
+        return markdown({"preset": "quick", "method": "kpod", "seed": 1, "test_accuracy": 0.5, "n_test": 10,
+                         "n_correct": 5, "timings": {}, "total_seconds": 1.0, "method_settings": {},
+                         "machine": {"cpu": "x", "cores": 2}, "weights": {"degenerate": None, "in_loss": "floor 0.5", "keypoint_ranking": rank,
+                         "restarts": [{"seed": 1, "val_objective": 0.5, "kept_keypoint_share": share, "keypoint_auc": 0.4,
+                                       "degenerate": None, "chosen": True}]}}, [])
+
+    text = report(0.9, 900, 100)
+    assert "90 % of the 1,000 number/operator and word tokens the weights keep (w > 0.5) are numbers and operators" in text
+    assert "a base rate of 45 %" in text and "kept keypoint share 90 % **chosen**" in text.replace(", ROC-AUC 0.40", "")
+    none = report(None, 0, 0)
+    assert "the weights keep no number/operator or word token" in none and "kept keypoint share none (no weight > 0.5)" in none
 
 
 def test_weights_for_loss_fix_the_keypoint_contrast_and_check_the_learned_weights():

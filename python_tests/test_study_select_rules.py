@@ -1,4 +1,4 @@
-"""benchmarks/study/select_rules.py: which restart each rule keeps, scored by the keypoint ROC-AUC it never sees."""
+"""benchmarks/study/select_rules.py: which restart each rule keeps, scored by a measure no rule sees."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ SEEDS = {
 }
 
 
-def test_each_rule_keeps_its_restart_and_is_scored_by_the_auc(tmp_path):
+def test_each_rule_keeps_its_restart_and_is_scored_by_a_measure_it_never_sees(tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text("[WARNING] a library's log line on stdout\n"
                     + "".join(json.dumps({"seed": s, "restarts": r}) + "\n" for s, r in SEEDS.items()))
@@ -43,8 +43,11 @@ def test_each_rule_keeps_its_restart_and_is_scored_by_the_auc(tmp_path):
     assert shares["first"]["missed"] == [2] and shares["objective"]["missed"] == [1]
 
 
-def test_a_line_without_restarts_is_refused(tmp_path):
+def test_a_line_without_restarts_or_their_fields_is_refused(tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text(json.dumps({"seed": 5, "auc": 0.9}) + "\n")
     with pytest.raises(ValueError, match="seed 5 has no restarts"):
+        select_rules.load([path])
+    path.write_text(json.dumps({"seed": 6, "restarts": [{"val_objective": 1.0, "degenerate": None}]}) + "\n")
+    with pytest.raises(ValueError, match="seed 6's restarts lack \\['val_answer_loss', 'val_kept'\\]"):
         select_rules.load([path])

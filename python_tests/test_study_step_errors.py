@@ -21,6 +21,8 @@ def test_a_step_is_right_when_its_equation_is_the_gold_one_at_that_place():
     assert step_marks("11 - 7 = 4, then 4 - 2 = 2.") == [True, True]
     assert step_marks("11 - 2 = 9, then 9 - 2 = 7.") == [False, False]
     assert step_marks("11 - 7 = 4 and then nothing") == [True, False]  # a missing step is wrong
+    assert step_errors.step_marks("5 x 3 = 15", "5 * 3 = 15") == [True]  # the same operator written another way
+    assert step_errors.step_marks("32 / 4 = 8.5", "32 / 4 = 8") == [False]  # a decimal result is not cut off
 
 
 def step_marks(generation: str) -> list[bool]:

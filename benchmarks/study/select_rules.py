@@ -49,6 +49,10 @@ def load(paths: list[Path]) -> dict[int, list[dict]]:
             restarts = record.get("restarts")
             if not restarts:
                 raise ValueError(f"{path}:{n}: seed {record.get('seed')} has no restarts (run with weights.restarts > 1)")
+            needed = {"val_objective", "val_answer_loss", "val_kept", "degenerate"}
+            lacking = sorted({k for r in restarts for k in needed - set(r)})
+            if lacking:
+                raise ValueError(f"{path}:{n}: seed {record.get('seed')}'s restarts lack {lacking}")
             out[int(record["seed"])] = restarts
     return out
 
@@ -76,6 +80,8 @@ def main() -> None:
     parser.add_argument("--first", type=int, default=None, help="use each seed's first R restarts")
     parser.add_argument("--json", type=Path, help="write the scores here as JSON")
     args = parser.parse_args()
+    if args.first is not None and args.first < 1:
+        parser.error(f"--first: expected an integer >= 1, got {args.first}")
     seeds = load(args.results)
     n_restarts = sorted({len(r) for r in seeds.values()})
     learners = [r for restarts in seeds.values() for r in (restarts[:args.first] if args.first else restarts)]
@@ -84,7 +90,7 @@ def main() -> None:
     if missing:
         raise SystemExit(f"--measure {args.measure}: the restarts of seeds {missing} do not record {key}")
     failed = sum(r[key] is None or r[key] < args.min for r in learners)
-    print(f"{len(seeds)} data seeds, {n_restarts} restarts each"
+    print(f"{len(seeds)} data seeds, {'/'.join(map(str, n_restarts))} restarts each"
           + (f" (the first {args.first} used)" if args.first else "")
           + f"; {failed} of {len(learners)} learners with {args.measure} below {args.min}")
     scores = score(seeds, args.min, args.first, args.measure)

@@ -19,12 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
-EQUATION = re.compile(r"(\d+)\s*([-+*/×÷x])\s*(\d+)\s*=\s*(\d+)")
+EQUATION = re.compile(r"(\d+)\s*([-+*/×÷x])\s*(\d+)\s*=\s*(\d+)(?!\d|\.\d)")  # "8.5" is not "8"; "8." ends a sentence
+OPERATOR = {"×": "*", "x": "*", "÷": "/"}
+
+
+def _equations(text: str) -> list[tuple[str, str, str, str]]:
+    return [(a, OPERATOR.get(op, op), b, c) for a, op, b, c in EQUATION.findall(text)]
 
 
 def step_marks(generation: str, rationale: str) -> list[bool]:
     """For each equation of the gold ``rationale``: is the generation's equation at that place the same?"""
-    gold, made = EQUATION.findall(rationale), EQUATION.findall(generation)
+    gold, made = _equations(rationale), _equations(generation)
     return [i < len(made) and made[i] == g for i, g in enumerate(gold)]
 
 
@@ -41,8 +46,9 @@ def run_summary(run: Path) -> dict:
         rationale, n_ops = gold[record["id"]]
         marks = step_marks(record["generation"], rationale)
         by_length[n_ops].append(bool(record["correct"]))
-        per_step.append(float(np.mean(marks)) if marks else 0.0)
-        first_wrong[next((i for i, ok in enumerate(marks) if not ok), None)] += 1
+        if marks:  # a gold rationale without an equation has no steps to score
+            per_step.append(float(np.mean(marks)))
+            first_wrong[next((i for i, ok in enumerate(marks) if not ok), None)] += 1
     return {"accuracy_by_ops": {n: float(np.mean(v)) for n, v in by_length.items()},
             "step_correct": float(np.mean(per_step)), "first_wrong": first_wrong, "n": len(per_step)}
 

@@ -226,7 +226,9 @@ def compare(config: DistillConfig, methods: Sequence[str], seeds: int | str | Se
     if not distributed.is_main():
         return rows
     text = format_table(rows)
-    if threads is None:  # what the runs this call started used: one thread each side by side, else torch's default
+    if not todo:  # every run reused: each report's machine.torch_threads says what it used
+        threads = None
+    elif threads is None:  # what the runs this call started used: one thread each side by side, else torch's default
         import torch
 
         threads = 1 if jobs > 1 else torch.get_num_threads()

@@ -88,6 +88,21 @@ def plot_accuracy(rows: Sequence[tuple[str, float]], path: Path, title: str = "h
     return path
 
 
+def share_text(share: float | None) -> str:
+    """A kept keypoint share as a percentage, or why there is none."""
+    return "none (no weight > 0.5)" if share is None else f"{100 * share:.0f} %"
+
+
+def kept_share_text(rank: dict) -> str:
+    """What the weights keep, in words: the share of numbers/operators among the kept tokens, against the base rate."""
+    base = f"a base rate of {100 * rank['keypoint_share']:.0f} % (what keeping tokens at random gives)"
+    if rank["kept_keypoint_share"] is None:
+        return f"the weights keep no number/operator or word token (none above 0.5); {base}"
+    n = rank.get("n_kept_keypoint", 0) + rank.get("n_kept_word", 0)
+    return (f"{100 * rank['kept_keypoint_share']:.0f} % of the {n:,} number/operator and word tokens the weights keep "
+            f"(w > 0.5) are numbers and operators, against {base}")
+
+
 def _fmt_seconds(s: float) -> str:
     return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
 
@@ -110,21 +125,18 @@ def markdown(report: dict[str, Any], plots: Sequence[str]) -> str:
         lines.append(f"- token weights: {verdict}; in the loss: {w['in_loss']}")
         rank = w.get("keypoint_ranking")
         if rank:
-            if rank.get("kept_keypoint_share") is not None:
-                lines.append(f"- keypoints: of the number/operator and word tokens the weights keep (w > 0.5), "
-                             f"{100 * rank['kept_keypoint_share']:.0f} % are numbers and operators, against "
-                             f"{100 * rank['keypoint_share']:.0f} % of all of them (keeping tokens blindly)")
+            if "kept_keypoint_share" in rank:  # reports written before it lack it
+                lines.append(f"- keypoints: {kept_share_text(rank)}")
             lines.append(f"- keypoints (numbers and operators vs words): ROC-AUC {rank['auc']:.2f}, mean weight "
-                         f"{rank['mean_keypoint']:.2f} vs {rank['mean_word']:.2f} (where the weights keep few tokens, "
-                         "the order of their near-zero weights decides the AUC: read the kept share)")
+                         f"{rank['mean_keypoint']:.2f} vs {rank['mean_word']:.2f} (where few tokens are kept, the "
+                         "order of the near-zero weights decides the AUC: read the kept share)")
         if w.get("restarts"):
             tried = "; ".join(f"seed {x['seed']}: objective {x['val_objective']:.4f}"
-                              + (f", kept keypoint share {100 * x['kept_keypoint_share']:.0f} %"
-                                 if x.get("kept_keypoint_share") is not None else "")
+                              + (f", kept keypoint share {share_text(x['kept_keypoint_share'])}" if "kept_keypoint_share" in x else "")
                               + (f", ROC-AUC {x['keypoint_auc']:.2f}" if x.get("keypoint_auc") is not None else "")
-                              + (" (degenerate)" if x.get("degenerate") else "") + (" **kept**" if x.get("chosen") else "")
+                              + (" (degenerate)" if x.get("degenerate") else "") + (" **chosen**" if x.get("chosen") else "")
                               for x in w["restarts"])
-            lines.append(f"- mask learner restarts (the lowest validation objective kept): {tried}")
+            lines.append(f"- mask learner restarts (chosen: the lowest validation objective among non-degenerate ones): {tried}")
     data = r.get("data") or {}
     if data.get("read") and data["read"]["n_disagreements"]:
         read = data["read"]

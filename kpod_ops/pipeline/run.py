@@ -39,7 +39,7 @@ from .config import DistillConfig, method_settings, resolve_method, stage_hash
 from .curriculum import build_schedule, cluster, schedule_from_json, schedule_to_json, score_difficulties
 from .data import Splits, describe_data, make_splits, read_splits, write_splits
 from .evaluate import EvalResult, evaluate
-from .report import machine, plot_accuracy, plot_loss, versions, write_report
+from .report import kept_share_text, machine, plot_accuracy, plot_loss, share_text, versions, write_report
 from .store import Stage, read_json, write_json
 from .student import add_lora, load_student_dir, new_student, plain_model, save_student
 from .train import TrainSettings, train
@@ -48,10 +48,6 @@ from .weights import learn_weights, learner_config, weights_for_loss
 
 Say = Callable[[str], None]
 
-
-def _pct(share: float | None) -> str:
-    """A share as a whole percentage, "none kept" for None."""
-    return "none kept" if share is None else f"{100 * share:.0f} %"
 
 def _device() -> torch.device:
     """The GPU when there is one (this process's, under torchrun), else the CPU."""
@@ -330,7 +326,7 @@ def _weights_stage(config: DistillConfig, method: dict[str, Any], student, tok, 
             restarts.append({**{k: v for k, v in run.items() if k != "history"}, "keypoint_auc": rank["auc"] if rank else None,
                              "kept_keypoint_share": rank["kept_keypoint_share"] if rank else None})
             say(f"[weights] restart seed {run['seed']}: validation objective {run['val_objective']:.4f}"
-                + (f", kept keypoint share {_pct(rank['kept_keypoint_share'])}, ROC-AUC {rank['auc']:.2f}" if rank else "")
+                + (f", kept keypoint share {share_text(rank['kept_keypoint_share'])}, ROC-AUC {rank['auc']:.2f}" if rank else "")
                 + (f", degenerate ({run['degenerate']})" if run["degenerate"] else "") + (" (kept)" if run["chosen"] else ""))
         if restarts:
             write_json(folder / "restarts.json", [{**r, "history": run["history"]} for r, run in zip(restarts, learned.restarts)])
@@ -342,9 +338,8 @@ def _weights_stage(config: DistillConfig, method: dict[str, Any], student, tok, 
         _weight_pictures(folder, learned.weights, tokenized, tok)
         ranking = keypoint_ranking(learned.weights, tokenized, tok)
         if ranking is not None:
-            say(f"[weights] numbers and operators among the kept number/operator and word tokens: "
-                f"{_pct(ranking['kept_keypoint_share'])} (of all of them: {_pct(ranking['keypoint_share'])}); "
-                f"ROC-AUC {ranking['auc']:.2f}, mean weight {ranking['mean_keypoint']:.2f} vs {ranking['mean_word']:.2f}")
+            say(f"[weights] keypoints: {kept_share_text(ranking)}; ROC-AUC {ranking['auc']:.2f}, "
+                f"mean weight {ranking['mean_keypoint']:.2f} vs {ranking['mean_word']:.2f}")
         return {"degenerate": learned.degenerate, "mean": stats.mean, "std": stats.std, "kept_ratio": stats.kept_ratio,
                 "top_tokens": stats.top_tokens[:10], "bottom_tokens": stats.bottom_tokens[:10], "keypoint_ranking": ranking,
                 **({"restarts": restarts} if restarts else {})}

@@ -16,6 +16,7 @@ from .degenerate import degeneracy, finite_weights
 
 KEPT = 0.5  # a token whose weight is above this is kept (``kept_ratio``, ``kept_keypoint_share``)
 
+
 def renormalize_mean_one(weights: Mapping[str, np.ndarray], *, allow_degenerate: bool = False) -> dict[str, np.ndarray]:
     """Scale each sequence's weights to mean 1 (a documented deviation from the paper's raw w).
 
@@ -140,8 +141,9 @@ def keypoint_ranking(weights: Mapping[str, np.ndarray], examples: Sequence[Token
     token, ties counting half); 0.5 is no ranking, 1 a perfect one. Where most weights sit near 0, the
     AUC is decided by how those near-zero weights happen to be ordered, so it can differ a lot between
     weights that keep the same tokens; ``kept_keypoint_share`` does not: the share of numbers/operators
-    among the number/operator and word tokens kept (w > 0.5; ``None`` if none is kept), to compare with
-    ``keypoint_share``, their share among all such tokens. Also the mean weight of each class and their sizes. ``None`` when the rationales have no tokens of one of the classes (not
+    among the number/operator and word tokens kept (w > 0.5; ``None`` if none is kept; ``n_kept_keypoint``
+    and ``n_kept_word`` count them), to compare with ``keypoint_share``, their share among all such tokens
+    (what keeping tokens at random gives). Also the mean weight of each class and their sizes. ``None`` when the rationales have no tokens of one of the classes (not
     arithmetic). A spread-only check cannot see weights that are confident about the wrong tokens.
     """
     decode = tokenizer.decode
@@ -164,5 +166,6 @@ def keypoint_ranking(weights: Mapping[str, np.ndarray], examples: Sequence[Token
     kept_key, kept_word = int((k > KEPT).sum()), int((ws > KEPT).sum())
     kept_share = kept_key / (kept_key + kept_word) if kept_key + kept_word else None
     return {"auc": auc, "kept_keypoint_share": kept_share, "keypoint_share": k.size / (k.size + ws.size),
+            "n_kept_keypoint": kept_key, "n_kept_word": kept_word,
             "mean_keypoint": float(k.mean()), "mean_word": float(ws.mean()),
             "n_keypoint": int(k.size), "n_word": int(ws.size)}
