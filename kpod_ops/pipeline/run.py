@@ -320,9 +320,11 @@ def _weights_stage(config: DistillConfig, method: dict[str, Any], student, tok, 
         learned = learn_weights(student, tokenized[: w.n_examples], val_tok[:200] or None, tokenized,
                                 learner_config(dict(w.learner), config.seed), restarts=w.restarts,
                                 allow_degenerate=config.allow_degenerate, progress=progress)
-        restarts = []
+        restarts, ranking = [], None
         for run in learned.restarts:  # what each restart found; the kept one is ``chosen``
             rank = keypoint_ranking(run.pop("weights"), tokenized, tok)
+            if run["chosen"]:  # its weights are learned.weights: ranked once
+                ranking = rank
             restarts.append({**{k: v for k, v in run.items() if k != "history"}, "keypoint_auc": rank["auc"] if rank else None,
                              "kept_keypoint_share": rank["kept_keypoint_share"] if rank else None})
             say(f"[weights] restart seed {run['seed']}: validation objective {run['val_objective']:.4f}"
@@ -336,7 +338,8 @@ def _weights_stage(config: DistillConfig, method: dict[str, Any], student, tok, 
         stats = weight_stats(learned.weights, tokenized, tokenizer=tok)
         write_json(folder / "history.json", learned.history)
         _weight_pictures(folder, learned.weights, tokenized, tok)
-        ranking = keypoint_ranking(learned.weights, tokenized, tok)
+        if not restarts:
+            ranking = keypoint_ranking(learned.weights, tokenized, tok)
         if ranking is not None:
             say(f"[weights] keypoints: {kept_share_text(ranking)}; ROC-AUC {ranking['auc']:.2f}, "
                 f"mean weight {ranking['mean_keypoint']:.2f} vs {ranking['mean_word']:.2f}")
