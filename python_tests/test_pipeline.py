@@ -163,6 +163,32 @@ def test_a_checkpoint_saves_over_the_old_one_a_killed_run_left_behind(tmp_path):
     assert json.loads((tmp_path / "checkpoint" / "state.json").read_text()) == {"step": 2}
 
 
+def test_a_complete_new_checkpoint_a_kill_left_between_the_renames_is_resumed_from(tmp_path):
+    import json
+    import os
+
+    from kpod_ops.pipeline.train import _save_checkpoint, latest_checkpoint
+
+    model = _student()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    _save_checkpoint(tmp_path, model, opt, {"step": 1})
+    _save_checkpoint(tmp_path, model, opt, {"step": 2})
+    # killed between the two renames of the third save: the old one moved aside, the new one complete
+    os.replace(tmp_path / "checkpoint", tmp_path / "checkpoint.old")
+    (tmp_path / "checkpoint.old").rename(tmp_path / "keep")
+    _save_checkpoint(tmp_path, model, opt, {"step": 3})
+    os.replace(tmp_path / "checkpoint", tmp_path / "checkpoint.new")
+    (tmp_path / "keep").rename(tmp_path / "checkpoint.old")
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint.new"
+    assert json.loads((tmp_path / "checkpoint.new" / "state.json").read_text()) == {"step": 3}
+    # an unfinished new one (no state.json: it is written last) is passed over
+    (tmp_path / "checkpoint.new" / "state.json").unlink()
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint.old"
+    _save_checkpoint(tmp_path, model, opt, {"step": 4})  # the resumed run's next save
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text()) == {"step": 4}
+
+
 def test_batched_left_padded_generation_equals_one_prompt_at_a_time():
     tok, model = _tok(), _student(3)
     examples = load_builtin("arith-cot", "test", n=6, seed=0)

@@ -133,7 +133,9 @@ def _save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, position: 
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
-    for name in (CHECKPOINT, CHECKPOINT + ".old"):
+    """The newest complete checkpoint in ``folder`` (``state.json`` is written last, atomically): one a kill left
+    as ``checkpoint.new`` before or between the swap's two renames, else ``checkpoint``, else ``checkpoint.old``."""
+    for name in (CHECKPOINT + ".new", CHECKPOINT, CHECKPOINT + ".old"):
         if (folder / name / "state.json").is_file():
             return folder / name
     return None
