@@ -160,7 +160,8 @@ def test_summary_plots_and_jump_log(tmp_path, caplog):
     assert questions > 0 and f"{questions} questions" in caplog.text
     text = s.summary()
     assert "D(t)" in text and "realised" in text and f"jump: {questions} questions, {steps} steps" in text
-    assert len(text.splitlines()) == 5 + s.n_stages + 1 + 1
+    assert len(text.splitlines()) == 5 + s.n_stages + 1 + 1 + 1  # header, stages 0..T, the jump, the legend
+    assert text.splitlines()[-1].startswith("eligible: ")
     paths = s.save_plots(tmp_path / "plots")
     assert [p.name for p in paths] == ["budget.png", "given_steps.png"]
     for p in paths:

@@ -373,18 +373,23 @@ def test_the_report_says_what_the_weights_keep_and_when_they_keep_nothing():
 
     def report(share, n_key, n_word):
         rank = {"auc": 0.4, "mean_keypoint": 0.3, "mean_word": 0.02, "kept_keypoint_share": share,
-                "keypoint_share": 0.45, "n_kept_keypoint": n_key, "n_kept_word": n_word}
+                "keypoint_share": 0.45, "n_kept_keypoint": n_key, "n_kept_word": n_word, "n_keypoint": 1200, "n_word": 1467}
         return markdown({"preset": "quick", "method": "kpod", "seed": 1, "test_accuracy": 0.5, "n_test": 10,
                          "n_correct": 5, "timings": {}, "total_seconds": 1.0, "method_settings": {},
-                         "machine": {"cpu": "x", "cores": 2}, "weights": {"degenerate": None, "in_loss": "floor 0.5", "keypoint_ranking": rank,
+                         "versions": {"kpod_ops": "0.1", "torch": "2.13.0"},
+                         "machine": {"cpu": "x", "cores": 2, "torch_threads": 1, "cpu_kernels": "avx2"},
+                         "weights": {"degenerate": None, "in_loss": "floor 0.5", "keypoint_ranking": rank,
                          "restarts": [{"seed": 1, "val_objective": 0.5, "kept_keypoint_share": share, "keypoint_auc": 0.4,
                                        "degenerate": None, "chosen": True}]}}, [])
 
     text = report(0.9, 900, 100)
-    assert "90 % of the 1,000 number/operator and word tokens the weights keep (w > 0.5) are numbers and operators" in text
-    assert "a base rate of 45 %" in text and "kept keypoint share 90 % **chosen**" in text.replace(", ROC-AUC 0.40", "")
+    assert ("the weights keep (w > 0.5) 900 of 1,200 number/operator tokens and 100 of 1,467 word tokens: 90 % of what "
+            "they keep are numbers and operators, against 45 % if tokens were kept at random") in text
+    assert "kept keypoint share 90 % **chosen**" in text.replace(", ROC-AUC 0.40", "")
+    assert "on x (2 cores, 1 torch thread, CPU kernels: avx2)." in text and "Versions: kpod_ops 0.1, torch 2.13.0." in text
     none = report(None, 0, 0)
-    assert "the weights keep no number/operator or word token" in none and "kept keypoint share none (no weight > 0.5)" in none
+    assert "the weights keep (w > 0.5) no number, operator or word token" in none
+    assert "kept keypoint share none (no weight > 0.5)" in none
 
 
 def test_weights_for_loss_fix_the_keypoint_contrast_and_check_the_learned_weights():

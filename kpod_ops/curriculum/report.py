@@ -36,6 +36,8 @@ def summary_text(schedule: ProgressiveSchedule) -> str:
     questions, steps = schedule.jump()
     lines.append(f"stage {c['n_stages'] + 1}..{c['n_epochs']}: c = 0 for every question"
                  + (f" (jump: {questions} questions, {steps} steps were still given at T)" if questions else ""))
+    lines.append("eligible: questions still given a step before the stage; selected: moves of Δs steps made in it "
+                 "(stage 0 runs its rounds over the same questions, so it can move a question more than once)")
     return "\n".join(lines)
 
 

@@ -13,7 +13,7 @@ from .store import write_json
 
 
 def machine() -> dict[str, Any]:
-    """CPU model, cores, memory, OS, torch threads and the GPU if any."""
+    """CPU model, cores, memory, OS, torch threads, the fused CPU kernels' variant (None without them), the GPU if any."""
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -29,8 +29,10 @@ def machine() -> dict[str, Any]:
     except (OSError, ValueError, IndexError):
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    from .._extension import cpu_capability
+
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": memory, "os": f"{platform.system()} {platform.release()}",
-            "torch_threads": torch.get_num_threads(), "gpu": gpu}
+            "torch_threads": torch.get_num_threads(), "cpu_kernels": cpu_capability(), "gpu": gpu}
 
 
 def versions() -> dict[str, str]:
@@ -94,13 +96,17 @@ def share_text(share: float | None) -> str:
 
 
 def kept_share_text(rank: dict) -> str:
-    """What the weights keep, in words: the share of numbers/operators among the kept tokens, against the base rate."""
-    base = f"a base rate of {100 * rank['keypoint_share']:.0f} % (what keeping tokens at random gives)"
+    """What the weights keep, in words: how many numbers/operators and words, their share among the kept, the base rate."""
+    base = f"{100 * rank['keypoint_share']:.0f} % if tokens were kept at random"
     if rank["kept_keypoint_share"] is None:
-        return f"the weights keep no number/operator or word token (none above 0.5); {base}"
-    n = rank.get("n_kept_keypoint", 0) + rank.get("n_kept_word", 0)
-    return (f"{100 * rank['kept_keypoint_share']:.0f} % of the {n:,} number/operator and word tokens the weights keep "
-            f"(w > 0.5) are numbers and operators, against {base}")
+        return f"the weights keep (w > 0.5) no number, operator or word token; {base}"
+
+    def of(kept: int, total: int | None) -> str:
+        return f"{kept:,} of {total:,}" if total is not None else f"{kept:,}"
+
+    return (f"the weights keep (w > 0.5) {of(rank.get('n_kept_keypoint', 0), rank.get('n_keypoint'))} number/operator "
+            f"tokens and {of(rank.get('n_kept_word', 0), rank.get('n_word'))} word tokens: "
+            f"{100 * rank['kept_keypoint_share']:.0f} % of what they keep are numbers and operators, against {base}")
 
 
 def _fmt_seconds(s: float) -> str:
@@ -128,8 +134,8 @@ def markdown(report: dict[str, Any], plots: Sequence[str]) -> str:
             if "kept_keypoint_share" in rank:  # reports written before it lack it
                 lines.append(f"- keypoints: {kept_share_text(rank)}")
             lines.append(f"- keypoints (numbers and operators vs words): ROC-AUC {rank['auc']:.2f}, mean weight "
-                         f"{rank['mean_keypoint']:.2f} vs {rank['mean_word']:.2f} (where few tokens are kept, the "
-                         "order of the near-zero weights decides the AUC: read the kept share)")
+                         f"{rank['mean_keypoint']:.2f} vs {rank['mean_word']:.2f} (the AUC also orders the weights near 0, "
+                         "which the loss hardly tells apart: where few tokens are kept, read the line above)")
         if w.get("restarts"):
             tried = "; ".join(f"seed {x['seed']}: objective {x['val_objective']:.4f}"
                               + (f", kept keypoint share {share_text(x['kept_keypoint_share'])}" if "kept_keypoint_share" in x else "")
@@ -150,8 +156,14 @@ def markdown(report: dict[str, Any], plots: Sequence[str]) -> str:
     lines += ["", "| stage | seconds | reused |", "|---|---:|---|"]
     for name, t in r["timings"].items():
         lines.append(f"| {name} | {t['seconds']:.1f} | {'yes' if t['reused'] else 'no'} |")
-    lines += ["", f"Total: {_fmt_seconds(r['total_seconds'])} on {r['machine']['cpu']} ({r['machine']['cores']} cores"
-              + (f", {r['machine']['gpu']}" if r["machine"].get("gpu") else "") + ").", ""]
+    m = r["machine"]
+    lines += ["", f"Total: {_fmt_seconds(r['total_seconds'])} on {m['cpu']} ({m['cores']} cores"
+              + (f", {m['torch_threads']} torch thread{'s' if m['torch_threads'] != 1 else ''}" if m.get("torch_threads") else "")
+              + (f", CPU kernels: {m['cpu_kernels']}" if m.get("cpu_kernels") else "")
+              + (f", {m['gpu']}" if m.get("gpu") else "") + ")."]
+    if r.get("versions"):
+        lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".")
+    lines.append("")
     lines += [f"![{Path(p).stem}]({p})" for p in plots]
     lines += ["", "Method settings: `" + ", ".join(f"{k}={v}" for k, v in r["method_settings"].items()) + "`", ""]
     return "\n".join(lines)

@@ -304,7 +304,7 @@ def train(
                     result.resumed_at_step = result.steps
                     say(f"[train] resuming from the checkpoint at optimiser step {result.steps} of {total}")
     linear, why = resolve_fused_linear(model, s.fused_linear)
-    say(f"[train] loss from the hidden states (fused linear, no logits): {why}" if linear
+    say(f"[train] fused linear loss: {why}" if linear
         else f"[train] loss from the logits: {why}")
     if world > 1:
         say(f"[train] data-parallel ({'FSDP2, the student sharded' if fsdp else 'DDP'}) over {world} processes: "
