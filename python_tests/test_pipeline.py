@@ -387,9 +387,15 @@ def test_the_report_says_what_the_weights_keep_and_when_they_keep_nothing():
             "they keep are numbers and operators, against 45 % if tokens were kept at random") in text
     assert "kept keypoint share 90 % **chosen**" in text.replace(", ROC-AUC 0.40", "")
     assert "on x (2 cores, 1 torch thread, CPU kernels: avx2)." in text and "Versions: kpod_ops 0.1, torch 2.13.0." in text
+    assert "**warning**" not in text
     none = report(None, 0, 0)
     assert "the weights keep (w > 0.5) no number, operator or word token" in none
     assert "kept keypoint share none (no weight > 0.5)" in none
+    assert "- keypoints, **warning**: the weights keep no number, operator or word token, below the 70 %" in none
+    words = report(0.33, 330, 670)  # a learner that kept mostly words
+    assert ("- keypoints, **warning**: the weights keep 33 % numbers and operators among their number/operator and word "
+            "tokens, below the 70 %") in words and "45 % if kept at random" in words and "another --seed" in words
+    assert "**warning**" not in report(0.7, 700, 300)
 
 
 def test_weights_for_loss_fix_the_keypoint_contrast_and_check_the_learned_weights():

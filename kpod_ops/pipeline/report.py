@@ -109,6 +109,26 @@ def kept_share_text(rank: dict) -> str:
             f"{100 * rank['kept_keypoint_share']:.0f} % of what they keep are numbers and operators, against {base}")
 
 
+# a kept keypoint share below this: the weights keep mostly words (learners that found the numbers and operators of
+# the built-in arithmetic data keep 0.7 or more of them; docs/results.md, "Choosing among restarts")
+KEYPOINTS_FOUND = 0.7
+
+
+def keypoint_warning(rank: dict | None) -> str | None:
+    """Why the weights do not favour the keypoints, where their kept keypoint share says so; else None."""
+    if not rank or "kept_keypoint_share" not in rank:
+        return None
+    share = rank["kept_keypoint_share"]
+    if share is not None and share >= KEYPOINTS_FOUND:
+        return None
+    what = "keep no number, operator or word token" if share is None else (
+        f"keep {100 * share:.0f} % numbers and operators among their number/operator and word tokens")
+    return (f"the weights {what}, below the {100 * KEYPOINTS_FOUND:.0f} % that learners which found the keypoints of "
+            f"arithmetic rationales keep ({100 * rank['keypoint_share']:.0f} % if kept at random): they favour other tokens. "
+            "Which tokens a learner keeps depends on its seed; another --seed, or weights.learner settings, "
+            "trains another (see the mask learner's docs)")
+
+
 def _fmt_seconds(s: float) -> str:
     return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
 
@@ -133,6 +153,8 @@ def markdown(report: dict[str, Any], plots: Sequence[str]) -> str:
         if rank:
             if "kept_keypoint_share" in rank:  # reports written before it lack it
                 lines.append(f"- keypoints: {kept_share_text(rank)}")
+            if keypoint_warning(rank):
+                lines.append(f"- keypoints, **warning**: {keypoint_warning(rank)}")
             lines.append(f"- keypoints (numbers and operators vs words): ROC-AUC {rank['auc']:.2f}, mean weight "
                          f"{rank['mean_keypoint']:.2f} vs {rank['mean_word']:.2f} (the AUC also orders the weights near 0, "
                          "which the loss hardly tells apart: where few tokens are kept, read the line above)")

@@ -39,7 +39,7 @@ from .config import DistillConfig, method_settings, resolve_method, stage_hash
 from .curriculum import build_schedule, cluster, schedule_from_json, schedule_to_json, score_difficulties
 from .data import Splits, describe_data, make_splits, read_splits, write_splits
 from .evaluate import EvalResult, evaluate
-from .report import kept_share_text, machine, plot_accuracy, plot_loss, share_text, versions, write_report
+from .report import kept_share_text, keypoint_warning, machine, plot_accuracy, plot_loss, share_text, versions, write_report
 from .store import Stage, read_json, write_json
 from .student import add_lora, load_student_dir, new_student, plain_model, save_student
 from .train import TrainSettings, train
@@ -343,6 +343,8 @@ def _weights_stage(config: DistillConfig, method: dict[str, Any], student, tok, 
         if ranking is not None:
             say(f"[weights] keypoints: {kept_share_text(ranking)}; ROC-AUC {ranking['auc']:.2f}, "
                 f"mean weight {ranking['mean_keypoint']:.2f} vs {ranking['mean_word']:.2f}")
+            if keypoint_warning(ranking):
+                say(f"[weights] WARNING: {keypoint_warning(ranking)}")
         return {"degenerate": learned.degenerate, "mean": stats.mean, "std": stats.std, "kept_ratio": stats.kept_ratio,
                 "top_tokens": stats.top_tokens[:10], "bottom_tokens": stats.bottom_tokens[:10], "keypoint_ranking": ranking,
                 **({"restarts": restarts} if restarts else {})}
