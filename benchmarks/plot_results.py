@@ -169,8 +169,11 @@ def _machine_line(rows: list[dict]) -> str:
 
 
 def plot_loss(rows: list[dict], out: Path) -> Path:
-    """Time of each method relative to eager, per (V, dtype, allocator), latest run of each."""
-    rows = latest(rows, lambda r: (r["N"], r["V"], r["dtype"], r["allocator"]))
+    """Time of each method relative to eager, per (V, dtype, allocator), latest run of each that timed eager
+    (a run of chosen modes alone, e.g. the per-instruction-set comparison, has nothing to divide by)."""
+    run = lambda r: r.get("run_id", r["date"])  # noqa: E731
+    with_eager = {run(r) for r in rows if r["mode"] == "eager"}
+    rows = latest([r for r in rows if run(r) in with_eager], lambda r: (r["N"], r["V"], r["dtype"], r["allocator"]))
     configs = sorted({(r["V"], r["dtype"], r["allocator"]) for r in rows})
     modes = [m for m in ("eager", "compile", "fused", "inplace", "fused30") if any(r["mode"] == m for r in rows)]
     fig, (ax,) = _axes(1, f"fused loss, forward + backward, N = {rows[0]['N']} ({_machine_line(rows)})", width=11.0)

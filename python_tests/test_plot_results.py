@@ -53,6 +53,17 @@ def test_append_converts_and_the_plots_show_the_latest_run(tmp_path):
     assert png.name == "bench_loss.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_loss_plot_passes_over_a_later_run_that_did_not_time_eager(tmp_path):
+    pytest.importorskip("matplotlib")
+    full = plot_results.records("loss", _loss_run(0.5), date="2026-01-01T00:00:00Z", commit="a" * 40)
+    variants = {"machine": MACHINE, "rows": [{"N": 64, "V": 100, "dtype": "fp32", "allocator": "default", "mode": "fused",
+                                              "time_s": 0.4, "cpu_capability": "avx2"}]}  # --modes fused alone
+    plot_results.append("loss", full, tmp_path)
+    plot_results.append("loss", plot_results.records("loss", variants, date="2026-02-01T00:00:00Z", commit="b" * 40), tmp_path)
+    (png,) = plot_results.plot_all(tmp_path, tmp_path / "plots")
+    assert png.name == "bench_loss.png"
+
+
 def test_the_command_appends_a_scripts_output_with_the_commit(tmp_path):
     run = tmp_path / "bench_weighting_run.json"
     run.write_text(json.dumps({"machine": "AMD EPYC, 2 cores, 23.5 GiB, Linux 6, Python 3.11.7, torch 2.13.0+cpu (2 threads)",
