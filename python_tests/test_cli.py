@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -198,6 +199,13 @@ def test_mask_learner_restarts_are_reported_and_the_kept_one_is_used(inputs, tmp
     assert all({"val_objective", "keypoint_auc", "kept_keypoint_share", "degenerate"} <= set(r) for r in restarts)
     assert "mask learner restarts (chosen: the lowest validation objective" in (out / "report.md").read_text()
     assert len(json.loads((out / "weights" / "restarts.json").read_text())) == 2  # each restart's history
+    from kpod_ops.weighting import load_token_weights
+
+    chosen = next(r for r in restarts if r["chosen"])  # every restart's weights are kept, the chosen one's as used
+    kept = load_token_weights(out / "weights" / chosen["weights_file"])
+    used = load_token_weights(out / "weights" / "token_weights.npz")
+    assert kept.keys() == used.keys() and all(np.array_equal(kept[k], used[k]) for k in used)
+    assert all((out / "weights" / r["weights_file"]).is_file() for r in restarts)
 
 
 def test_help_lists_every_option_with_its_default(capsys):

@@ -51,3 +51,23 @@ def test_a_line_without_restarts_or_their_fields_is_refused(tmp_path):
     path.write_text(json.dumps({"seed": 6, "restarts": [{"val_objective": 1.0, "degenerate": None}]}) + "\n")
     with pytest.raises(ValueError, match="seed 6's restarts lack \\['val_answer_loss', 'val_kept'\\]"):
         select_rules.load([path])
+
+
+def test_the_mean_rule_scores_the_mean_of_the_restarts_used_and_appears_only_where_every_seed_has_it(tmp_path, capsys):
+    means = {1: {"2": {"kept_keypoint_share": 0.65, "auc": 0.9}, "3": {"kept_keypoint_share": 0.8, "auc": 0.95}},
+             2: {"2": {"kept_keypoint_share": 0.72, "auc": 0.6}, "3": {"kept_keypoint_share": 0.9, "auc": 0.88}}}
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps({"seed": s, "restarts": r, "mean_of_restarts": means[s]}) + "\n" for s, r in SEEDS.items()))
+    assert select_rules.load_means([path]) == means
+    assert select_rules.score_mean(means, 3)["found"] == 2
+    two = select_rules.score_mean(means, 2)
+    assert two["missed"] == [1] and two["kept-share"] == {1: 0.65, 2: 0.72}
+    assert select_rules.score_mean(means, 2, measure="auc")["missed"] == [2]
+    out = tmp_path / "scores.json"
+    sys.argv = ["select_rules.py", str(path), "--first", "2", "--json", str(out)]
+    select_rules.main()
+    assert json.loads(out.read_text())["mean"]["missed"] == [1] and "mean: 1 of 2 seeds" in capsys.readouterr().out
+    path.write_text("".join(json.dumps({"seed": s, "restarts": r}) + "\n" for s, r in SEEDS.items()))  # no means kept
+    sys.argv = ["select_rules.py", str(path), "--json", str(out)]
+    select_rules.main()
+    assert "mean" not in json.loads(out.read_text())

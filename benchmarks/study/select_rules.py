@@ -15,6 +15,8 @@ Rules: ``objective`` (the lowest validation objective: what ``weights.restarts``
 lowest validation answer loss: the objective without its sparsity term), ``densest`` (the highest
 validation keep probability), ``first`` (restart 0 alone: ``weights.restarts: 1``). As
 ``weights.restarts`` does, a rule chooses among the restarts whose weights are not degenerate where there are any.
+Where every seed's line has ``mean_of_restarts`` (mask_seeds.py with each restart's weights kept), also ``mean``:
+the mean of the restarts' weights (all of them, or the first R), which combines the learners instead of choosing.
 """
 
 from __future__ import annotations
@@ -58,6 +60,28 @@ def load(paths: list[Path]) -> dict[int, list[dict]]:
 
 
 MEASURES = {"kept-share": "kept_keypoint_share", "auc": "keypoint_auc"}
+# the same measures in the ranking of a mean of restarts' weights (mask_seeds.py's ``mean_of_restarts``)
+MEAN_MEASURES = {"kept-share": "kept_keypoint_share", "auc": "auc"}
+
+
+def load_means(paths: list[Path]) -> dict[int, dict]:
+    """``{data seed: mean_of_restarts}`` for the lines that carry it (a later line for a seed replaces an earlier one)."""
+    out: dict[int, dict] = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            if line.lstrip().startswith("{"):
+                record = json.loads(line)
+                if record.get("mean_of_restarts"):
+                    out[int(record["seed"])] = record["mean_of_restarts"]
+    return out
+
+
+def score_mean(means: dict[int, dict], n_restarts: int, min_value: float = 0.7, measure: str = "kept-share") -> dict:
+    """The ``mean`` rule: the mean of each seed's first ``n_restarts`` restarts' weights, scored as the rules are."""
+    key = MEAN_MEASURES[measure]
+    kept = {seed: (m.get(str(n_restarts)) or {}).get(key) for seed, m in sorted(means.items())}
+    missed = [seed for seed, v in kept.items() if v is None or v < min_value]
+    return {"found": len(kept) - len(missed), "n_seeds": len(kept), "missed": missed, measure: kept}
 
 
 def score(seeds: dict[int, list[dict]], min_value: float = 0.7, first: int | None = None,
@@ -94,6 +118,10 @@ def main() -> None:
           + (f" (the first {args.first} used)" if args.first else "")
           + f"; {failed} of {len(learners)} learners with {args.measure} below {args.min}")
     scores = score(seeds, args.min, args.first, args.measure)
+    means = load_means(args.results)
+    n_mean = args.first or max(n_restarts)
+    if n_mean > 1 and means and set(means) == set(seeds) and all(str(n_mean) in m for m in means.values()):
+        scores["mean"] = score_mean(means, n_mean, args.min, args.measure)
     for name, s in scores.items():
         missed = ", ".join(str(x) for x in s["missed"]) or "none"
         print(f"{name:>9}: {s['found']} of {s['n_seeds']} seeds with {args.measure} >= {args.min} (missed: {missed})")

@@ -5,7 +5,7 @@ folder shared by the methods of one seed)::
 
     DIR/data/{train,val,test}.jsonl     the splits (test fixed by the preset or the data file)
     shared/warmup/model/                the warmed-up student (Hugging Face format)
-    shared/weights/                     token weights (.npz), their statistics, pictures
+    shared/weights/                     token weights (.npz), their statistics, pictures; each restart's weights in restarts/
     shared/difficulty-<norm>/           per-step difficulties (JSON)
     shared/clusters/                    question clusters (JSON)
     shared/eval-before/                 the warmed-up student's test accuracy and generations
@@ -322,7 +322,12 @@ def _weights_stage(config: DistillConfig, method: dict[str, Any], student, tok, 
                                 allow_degenerate=config.allow_degenerate, progress=progress)
         restarts, ranking = [], None
         for run in learned.restarts:  # what each restart found; the kept one is ``chosen``
-            rank = keypoint_ranking(run.pop("weights"), tokenized, tok)
+            weights = run.pop("weights")
+            # every restart's weights kept beside the chosen ones, so that other ways to choose or combine them can be
+            # studied without training the learners again
+            save_token_weights(folder / "restarts" / f"seed{run['seed']}.npz", weights, tokenized, tokenizer=tok)
+            run["weights_file"] = f"restarts/seed{run['seed']}.npz"
+            rank = keypoint_ranking(weights, tokenized, tok)
             if run["chosen"]:  # its weights are learned.weights: ranked once
                 ranking = rank
             restarts.append({**{k: v for k, v in run.items() if k != "history"}, "keypoint_auc": rank["auc"] if rank else None,
