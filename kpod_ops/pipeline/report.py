@@ -153,8 +153,8 @@ def markdown(report: dict[str, Any], plots: Sequence[str]) -> str:
         if rank:
             if "kept_keypoint_share" in rank:  # reports written before it lack it
                 lines.append(f"- keypoints: {kept_share_text(rank)}")
-            if keypoint_warning(rank):
-                lines.append(f"- keypoints, **warning**: {keypoint_warning(rank)}")
+            if warning := keypoint_warning(rank):
+                lines.append(f"- keypoints, **warning**: {warning}")
             lines.append(f"- keypoints (numbers and operators vs words): ROC-AUC {rank['auc']:.2f}, mean weight "
                          f"{rank['mean_keypoint']:.2f} vs {rank['mean_word']:.2f} (the AUC also orders the weights near 0, "
                          "which the loss hardly tells apart: where few tokens are kept, read the line above)")

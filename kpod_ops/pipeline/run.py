@@ -5,7 +5,7 @@ folder shared by the methods of one seed)::
 
     DIR/data/{train,val,test}.jsonl     the splits (test fixed by the preset or the data file)
     shared/warmup/model/                the warmed-up student (Hugging Face format)
-    shared/weights/                     token weights (.npz), their statistics, pictures; each restart's weights in restarts/
+    shared/weights/                     token weights (.npz), their statistics, pictures; the other restarts' weights in restarts/
     shared/difficulty-<norm>/           per-step difficulties (JSON)
     shared/clusters/                    question clusters (JSON)
     shared/eval-before/                 the warmed-up student's test accuracy and generations
@@ -323,10 +323,11 @@ def _weights_stage(config: DistillConfig, method: dict[str, Any], student, tok, 
         restarts, ranking = [], None
         for run in learned.restarts:  # what each restart found; the kept one is ``chosen``
             weights = run.pop("weights")
-            # every restart's weights kept beside the chosen ones, so that other ways to choose or combine them can be
-            # studied without training the learners again
-            save_token_weights(folder / "restarts" / f"seed{run['seed']}.npz", weights, tokenized, tokenizer=tok)
-            run["weights_file"] = f"restarts/seed{run['seed']}.npz"
+            # every restart's weights kept, so that other ways to choose or combine them can be studied without training
+            # the learners again; the chosen one's are token_weights.npz, written below
+            run["weights_file"] = "token_weights.npz" if run["chosen"] else f"restarts/seed{run['seed']}.npz"
+            if not run["chosen"]:
+                save_token_weights(folder / run["weights_file"], weights, tokenized, tokenizer=tok)
             rank = keypoint_ranking(weights, tokenized, tok)
             if run["chosen"]:  # its weights are learned.weights: ranked once
                 ranking = rank
@@ -348,8 +349,8 @@ def _weights_stage(config: DistillConfig, method: dict[str, Any], student, tok, 
         if ranking is not None:
             say(f"[weights] keypoints: {kept_share_text(ranking)}; ROC-AUC {ranking['auc']:.2f}, "
                 f"mean weight {ranking['mean_keypoint']:.2f} vs {ranking['mean_word']:.2f}")
-            if keypoint_warning(ranking):
-                say(f"[weights] WARNING: {keypoint_warning(ranking)}")
+            if warning := keypoint_warning(ranking):
+                say(f"[weights] WARNING: {warning}")
         return {"degenerate": learned.degenerate, "mean": stats.mean, "std": stats.std, "kept_ratio": stats.kept_ratio,
                 "top_tokens": stats.top_tokens[:10], "bottom_tokens": stats.bottom_tokens[:10], "keypoint_ranking": ranking,
                 **({"restarts": restarts} if restarts else {})}
