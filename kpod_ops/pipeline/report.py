@@ -124,7 +124,7 @@ def keypoint_warning(rank: dict | None) -> str | None:
     what = "keep no number, operator or word token" if share is None else (
         f"keep {100 * share:.0f} % numbers and operators among their number/operator and word tokens")
     return (f"the weights {what}, below the {100 * KEYPOINTS_FOUND:.0f} % that learners which found the keypoints kept "
-            f"on the built-in arithmetic data ({100 * rank['keypoint_share']:.0f} % if kept at random): they favour other tokens. "
+            f"on the built-in arithmetic data ({100 * rank['keypoint_share']:.0f} % if kept at random): they may have missed the keypoints. "
             "Which tokens a learner keeps depends on its seed; another --seed, or weights.learner settings, "
             "trains another (see the mask learner's docs)")
 
