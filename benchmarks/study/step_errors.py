@@ -1,5 +1,5 @@
-"""Where two arms of a study differ inside the chains: accuracy by chain length, per-step correctness and the
-first wrong step, paired over seeds, from each run's test generations (``arith-cot`` data).
+"""Where two arms of a study differ inside the chains: accuracy by chain length, per-step correctness, the
+first wrong step and what is wrong in it, paired over seeds, from each run's test generations (``arith-cot`` data).
 
     python benchmarks/study/step_errors.py STUDY_OUT [--methods kpod,standard] [--json OUT.json]
 
@@ -33,24 +33,55 @@ def step_marks(generation: str, rationale: str) -> list[bool]:
     return [i < len(made) and made[i] == g for i, g in enumerate(gold)]
 
 
+ERROR_KINDS = ("missing", "carried", "operation", "number in question", "number not in question", "arithmetic")
+
+
+def first_error_kind(generation: str, rationale: str, question: str) -> str | None:
+    """What is wrong in the generation's first wrong equation, ``None`` when every gold step is right.
+
+    Checked in this order: ``missing`` (fewer equations than the gold rationale), ``carried`` (the left operand is
+    not the gold one: the start or the previous result carried wrong), ``operation`` (another operator),
+    ``number in question`` / ``number not in question`` (the right operand is another number of the question, a
+    distractor or another step's, or a number the question does not have: miscopied), ``arithmetic`` (operands and
+    operator right, the result wrong)."""
+    gold, made = _equations(rationale), _equations(generation)
+    for i, g in enumerate(gold):
+        if i >= len(made):
+            return "missing"
+        m = made[i]
+        if m == g:
+            continue
+        if m[0] != g[0]:
+            return "carried"
+        if m[1] != g[1]:
+            return "operation"
+        if m[2] != g[2]:
+            return "number in question" if m[2] in re.findall(r"\d+", question) else "number not in question"
+        return "arithmetic"
+    return None
+
+
 def run_summary(run: Path) -> dict:
-    """One run: accuracy by number of operations, mean per-step correctness, counts of the first wrong step."""
+    """One run: accuracy by number of operations, mean per-step correctness, counts of the first wrong step and
+    of what is wrong in it."""
     gold = {}
     for line in (run / "data" / "test.jsonl").read_text().splitlines():
         record = json.loads(line)
-        gold[record["id"]] = (record["rationale"], len(record["metadata"]["operations"]))
+        gold[record["id"]] = (record["rationale"], len(record["metadata"]["operations"]), record["question"])
     by_length: dict[int, list[bool]] = defaultdict(list)
-    per_step, first_wrong = [], Counter()
+    per_step, first_wrong, error_kinds = [], Counter(), Counter()
     for line in (run / "eval" / "generations.jsonl").read_text().splitlines():
         record = json.loads(line)
-        rationale, n_ops = gold[record["id"]]
+        rationale, n_ops, question = gold[record["id"]]
         marks = step_marks(record["generation"], rationale)
         by_length[n_ops].append(bool(record["correct"]))
         if marks:  # a gold rationale without an equation has no steps to score
             per_step.append(float(np.mean(marks)))
             first_wrong[next((i for i, ok in enumerate(marks) if not ok), None)] += 1
+            error_kinds[first_error_kind(record["generation"], rationale, question)] += 1
     return {"accuracy_by_ops": {n: float(np.mean(v)) for n, v in by_length.items()},
-            "step_correct": float(np.mean(per_step)), "first_wrong": first_wrong, "n": len(per_step)}
+            "step_correct": float(np.mean(per_step)), "first_wrong": first_wrong, "error_kinds": error_kinds,
+            "n": len(per_step)}
 
 
 def main() -> None:
@@ -79,8 +110,15 @@ def main() -> None:
         total = sum(counts.values())
         cells = ", ".join(f"step {i + 1}: {100 * counts[i] / total:.1f} %" for i in sorted(k for k in counts if k is not None))
         print(f"  {m}: first wrong step (share of all answers) {cells}; every step right {100 * counts[None] / total:.1f} %")
+    print("  what is wrong in the first wrong step (share of all answers):")
+    for kind in ERROR_KINDS:
+        share = {m: [100 * runs[m][s]["error_kinds"][kind] / runs[m][s]["n"] for s in seeds] for m in (a, b)}
+        d = np.subtract(share[a], share[b])
+        print(f"    {kind}: {a} {np.mean(share[a]):.1f} %, {b} {np.mean(share[b]):.1f} %, difference {np.mean(d):+.1f}"
+              f" [{np.std(d, ddof=1):.1f}], {a} more on {int(np.sum(d > 0))} of {len(d)} seeds")
     if args.json:
-        args.json.write_text(json.dumps({m: {str(s): {**r, "first_wrong": {str(k): v for k, v in r["first_wrong"].items()}}
+        args.json.write_text(json.dumps({m: {str(s): {**r, "first_wrong": {str(k): v for k, v in r["first_wrong"].items()},
+                                                      "error_kinds": {str(k): v for k, v in r["error_kinds"].items()}}
                                              for s, r in runs[m].items()} for m in runs}, indent=1) + "\n")
 
 
