@@ -396,3 +396,17 @@ def test_teach_says_how_its_output_fares_with_the_builtin_tokenizer():
     names = [CoTExample(f"q{i}", f"{n} has 4 apples.", f"{n} eats 1, so 4 - 1 = 3.", "3") for i, n in enumerate(NAMES)]
     figures, advice = builtin_vocabulary(names)
     assert {w for w, _ in figures["top"]} == {*NAMES, "eats"} and "--student DIR" in advice
+
+
+@pytest.mark.slow  # a whole kpod distill run
+def test_the_data_is_described_before_the_warm_up(inputs, tmp_path, capsys):
+    folder, data, _ = inputs
+    config = tmp_path / "warm.json"
+    config.write_text(json.dumps({**TINY, "warmup": {"enabled": True, "n_texts": 8, "epochs": 1, "batch_size": 4}}))
+    capsys.readouterr()
+    assert main(["distill", "--data", str(data), "--config", str(config), "--out", str(tmp_path / "run"),
+                 "--allow-degenerate"]) == 0
+    said = capsys.readouterr().out
+    # a vocabulary warning must not wait for the warm-up's minutes
+    assert "[data] built-in tokenizer" in said and "[warmup]" in said
+    assert said.index("[data] built-in tokenizer") < said.index("[warmup]")

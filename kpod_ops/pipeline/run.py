@@ -271,9 +271,16 @@ def _prepare(config: DistillConfig, method: dict[str, Any], splits: Splits, out:
     if config.preset == "smollm2-gsm" and _device().type == "cpu":
         say("[smollm2-gsm] no GPU: this preset runs on CPU too, but expect several hours on a few cores "
             "(mask learner, LoRA training and 1,000 greedy generations of SmolLM2-135M); the quick preset takes minutes")
+    # what the data looks like is said before the warm-up's minutes: the only tokenizer it needs is the tiny student's,
+    # which is built in (no other student is checked against a vocabulary)
+    if config.student.kind == "tiny":
+        from ..models import tiny_tokenizer
+
+        data_info = describe_data(splits, tiny_tokenizer(), config.to_dict(), say)
+    else:
+        data_info = describe_data(splits, None, config.to_dict(), say)
     student, tok = _student_and_warmup(config, shared, hashes, progress, say, timings)
     student.to(_device())
-    data_info = describe_data(splits, tok, config.to_dict(), say)
     tokenized, val_tok = _tokenize(config, splits, tok, say)
     before = _eval_stage(Stage(shared, "eval-before", hashes["eval-before"], say), student, tok, splits.test, config, progress,
                          say, timings)
