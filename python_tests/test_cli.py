@@ -400,7 +400,7 @@ def test_teach_says_how_its_output_fares_with_the_builtin_tokenizer():
 
 @pytest.mark.slow  # a whole kpod distill run
 def test_the_data_is_described_before_the_warm_up(inputs, tmp_path, capsys):
-    folder, data, _ = inputs
+    _, data, _ = inputs
     config = tmp_path / "warm.json"
     config.write_text(json.dumps({**TINY, "warmup": {"enabled": True, "n_texts": 8, "epochs": 1, "batch_size": 4}}))
     capsys.readouterr()

@@ -30,13 +30,13 @@ CUE_WORDS = frozenset(w.lower() for w in (*PLACES, *WEATHER, *FRIENDS))
 def raise_cue_words(weights: np.ndarray, token_ids: np.ndarray, decode) -> tuple[np.ndarray, dict]:
     """``weights`` with every token whose text (``decode([id])``, stripped, lower-cased) is a cue word set to 1."""
     pieces = {int(t): decode([int(t)]).strip().lower() for t in np.unique(token_ids)}
-    cue = np.array([pieces[int(t)] in CUE_WORDS for t in token_ids], dtype=bool)
+    cue_ids = [t for t, piece in pieces.items() if piece in CUE_WORDS]
+    cue = np.isin(token_ids, cue_ids)
     out = np.asarray(weights, np.float32).copy()
     before = float(out[cue].mean()) if cue.any() else None
     out[cue] = 1.0
     return out, {"cue_words": sorted(CUE_WORDS), "cue_tokens": int(cue.sum()), "rationale_tokens": int(cue.size),
-                 "cue_tokens_mean_weight_before": before,
-                 "words_found": sorted({pieces[int(t)] for t in np.unique(token_ids[cue])})}
+                 "cue_tokens_mean_weight_before": before, "words_found": sorted({pieces[t] for t in cue_ids})}
 
 
 def rewrite(src: Path, dst: Path) -> dict:

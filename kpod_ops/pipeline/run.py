@@ -33,6 +33,7 @@ import torch
 from ..curriculum import ProgressiveSchedule
 from ..data.tokenize import tokenize_examples
 from ..errors import KPODInputError
+from ..models import tiny_tokenizer
 from ..weighting import keypoint_ranking, load_token_weights, save_token_weights, weight_stats
 from . import distributed
 from .config import DistillConfig, method_settings, resolve_method, stage_hash
@@ -273,12 +274,7 @@ def _prepare(config: DistillConfig, method: dict[str, Any], splits: Splits, out:
             "(mask learner, LoRA training and 1,000 greedy generations of SmolLM2-135M); the quick preset takes minutes")
     # what the data looks like is said before the warm-up's minutes: the only tokenizer it needs is the tiny student's,
     # which is built in (no other student is checked against a vocabulary)
-    if config.student.kind == "tiny":
-        from ..models import tiny_tokenizer
-
-        data_info = describe_data(splits, tiny_tokenizer(), config.to_dict(), say)
-    else:
-        data_info = describe_data(splits, None, config.to_dict(), say)
+    data_info = describe_data(splits, tiny_tokenizer() if config.student.kind == "tiny" else None, config.to_dict(), say)
     student, tok = _student_and_warmup(config, shared, hashes, progress, say, timings)
     student.to(_device())
     tokenized, val_tok = _tokenize(config, splits, tok, say)
