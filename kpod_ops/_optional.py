@@ -41,9 +41,11 @@ def require(module: str, *, extra: str, feature: str | None = None) -> ModuleTyp
             raise  # the package is there but one of its own dependencies is broken: show that error
         dist = _DISTRIBUTIONS.get(top, top)
         what = f"{feature} needs" if feature else "this needs"
-        also = "" if extra == "all" else '  (or pip install "kpod_ops[all]")'
+        also = "" if extra == "all" else ' (or "kpod_ops[all]")'
         raise MissingOptionalDependency(
             f"{what} the optional package {dist!r}, which is not installed. "
-            f'Install it with: pip install "kpod_ops[{extra}]"{also}',
+            f'Install it with: pip install --no-build-isolation "kpod_ops[{extra}]"{also} '
+            f'(from a checkout of kpod_ops: ".[{extra}]" instead of "kpod_ops[{extra}]"), or the package alone: '
+            f"pip install {dist}",
             name=top,
         ) from exc
