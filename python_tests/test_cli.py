@@ -78,6 +78,17 @@ def test_distill_writes_report_student_and_test_split(finished_run, inputs):
     assert (finished_run / "plots" / "loss.png").is_file()
 
 
+@pytest.mark.slow  # a whole kpod distill run, about 40 s
+def test_the_smoke_preset_runs_every_stage_on_the_built_in_data(tmp_path):
+    out = tmp_path / "smoke"
+    assert main(["distill", "--preset", "smoke", "--out", str(out), "--threads", "1", "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["preset"] == "smoke" and report["n_test"] == 100 and report["optimizer_steps"] == 150
+    assert report["weights"]["degenerate"] is None  # it trains on learned weights, without --allow-degenerate
+    for stage in ("data", "warmup", "weights", "schedule", "train", "eval"):
+        assert (out / stage).is_dir(), stage
+
+
 @pytest.mark.slow  # a whole kpod distill run
 def test_eval_reproduces_the_reports_accuracy(finished_run, tmp_path, capsys):
     out = tmp_path / "metrics.json"

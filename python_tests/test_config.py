@@ -63,6 +63,34 @@ EXPECTED = {
         "c58379fb604597af1ebac6cc2f5a55e8232c2f390205612f1b55f0e1048b30c8",
         {"data": "01751062431e5045", "warmup": "385b39e09c82bc0e", "eval-before": "0057fbac8cbddc8c", "weights": "aa28cc63d9e28bac", "difficulty-softmax": "b01a6f3459177035", "clusters": "fd5beb27656fbeb9", "schedule": "435ea1b9152e89df", "train": "74417da3946498fb", "eval": "a5a8f2b75263022f", "eval-val": "e53fac39e349552f"},
     ),
+    ("smoke", "kpod"): (
+        "4dd458f1da1b4112ed50ebafbb41e9776163244b7a86aecd1f977a7a8ca51745",
+        {"data": "ae91fec3df857f1d", "warmup": "6f36bf9c23dbf63b", "eval-before": "1fc381074e61fd19", "weights": "bd7512fc87ff63d8", "difficulty-softmax": "aa9254c6d7c87375", "clusters": "678f83ff53b840c9", "schedule": "97424502d4bdaf4d", "train": "4650e143ba046a9b", "eval": "c14e6d171dc4098e", "eval-val": "d454aeb83f53a59e"},
+    ),
+    ("smoke", "standard"): (
+        "1cbf242b1ad5e6c0c254bfe0eb536350ed5d5a8db4d3054cfa47262b92185ae5",
+        {"data": "ae91fec3df857f1d", "warmup": "6f36bf9c23dbf63b", "eval-before": "1fc381074e61fd19", "weights": "", "train": "4e3b5b1006e32d1e", "eval": "5f240c24738515c8", "eval-val": "e6247920ec0bd47e"},
+    ),
+    ("smoke", "no-weights"): (
+        "37c5891a2e8889ab29be80025451f067153d5c21ea1b7aabe0143d49e733ccef",
+        {"data": "ae91fec3df857f1d", "warmup": "6f36bf9c23dbf63b", "eval-before": "1fc381074e61fd19", "weights": "bd7512fc87ff63d8", "difficulty-softmax": "aa9254c6d7c87375", "clusters": "678f83ff53b840c9", "schedule": "97424502d4bdaf4d", "train": "4b86c3a5147ef1ed", "eval": "d68afee3b9456f58", "eval-val": "11e9e11f0de075c7"},
+    ),
+    ("smoke", "no-sig-dif"): (
+        "291f4ea897ffdfcc0a2e6e73d5cb9aec20b2290adefde4f54170e3ce5054bb32",
+        {"data": "ae91fec3df857f1d", "warmup": "6f36bf9c23dbf63b", "eval-before": "1fc381074e61fd19", "weights": "bd7512fc87ff63d8", "difficulty-uniform": "aa9254c6d7c87375", "clusters": "678f83ff53b840c9", "schedule": "97424502d4bdaf4d", "train": "de59d392a02d610c", "eval": "11530b9586980127", "eval-val": "fcde7d6578af2961"},
+    ),
+    ("smoke", "no-progressive"): (
+        "562ed7c7966e3700376dd35d0d815a7333ebb54b350dca091a9885b1b977c104",
+        {"data": "ae91fec3df857f1d", "warmup": "6f36bf9c23dbf63b", "eval-before": "1fc381074e61fd19", "weights": "bd7512fc87ff63d8", "train": "7cd0d8c07ed3525f", "eval": "c6b6a07354fff8c5", "eval-val": "667748ffa316f225"},
+    ),
+    ("smoke", "no-diversity"): (
+        "3037a31e1aac3b159ff567490240aeb936627e74797890513be9878af42c28d3",
+        {"data": "ae91fec3df857f1d", "warmup": "6f36bf9c23dbf63b", "eval-before": "1fc381074e61fd19", "weights": "bd7512fc87ff63d8", "difficulty-softmax": "aa9254c6d7c87375", "clusters": "678f83ff53b840c9", "schedule": "010e11e07055fb0e", "train": "4dbfd326980b4271", "eval": "f67ce866eb51237c", "eval-val": "2182572aab8031e6"},
+    ),
+    ("smoke", "paper"): (
+        "09f9db2f06539f09ead47ce38f79a47f2b090776b39b3b06ea383cd190bc8740",
+        {"data": "ae91fec3df857f1d", "warmup": "6f36bf9c23dbf63b", "eval-before": "1fc381074e61fd19", "weights": "bd7512fc87ff63d8", "difficulty-softmax": "aa9254c6d7c87375", "clusters": "678f83ff53b840c9", "schedule": "f7f4dd5efaaacf04", "train": "66837df4841177c1", "eval": "3f012a073facd7fe", "eval-val": "a42db59a07e7c7c7"},
+    ),
     ("smollm2-gsm", "kpod"): (
         "ca2b2a0facbd3828045585226673f90cbf431013ced1511f64721667166ead36",
         {"data": "69ae465d61d41679", "warmup": "e3501d625f5e430a", "eval-before": "0f438a2625b4a034", "weights": "4b59437153898644", "difficulty-softmax": "e1e3d6d2163147ee", "clusters": "3c2e3165aefacaaa", "schedule": "f8d3e9d22df5f8b2", "train": "9ea5ca8a054d70cc", "eval": "e42c569199dbb401", "eval-val": "fca74909669564f6"},
