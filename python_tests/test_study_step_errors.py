@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import sys
 from pathlib import Path
@@ -61,6 +62,13 @@ def test_a_run_summary_counts_accuracy_by_length_and_the_first_wrong_step(tmp_pa
     assert summary["step_correct"] == pytest.approx((0.5 + 1.0) / 2)
     assert summary["first_wrong"] == {1: 1, None: 1} and summary["n"] == 2
     assert summary["error_kinds"] == {"number not in question": 1, None: 1}  # 4 - 3: the question has no 3
+    for name in ("data/test.jsonl", "eval/generations.jsonl"):  # the repository keeps them gzipped
+        path = tmp_path / name
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+        path.unlink()
+    assert step_errors.has_generations(tmp_path) and step_errors.run_summary(tmp_path) == summary
+    (tmp_path / "eval" / "generations.jsonl.gz").unlink()
+    assert not step_errors.has_generations(tmp_path)
 
 
 def test_epoch_means_average_each_epochs_steps_in_order():

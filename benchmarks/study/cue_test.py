@@ -7,7 +7,7 @@ elsewhere in the question, and the test accuracy, of ``kpod`` with the cue weigh
 
 ``BASE_OUT`` is the ``kpod compare --methods kpod,standard`` folder, ``CUE_OUT`` the ``--methods kpod`` folder that
 trained on the cue weights; a seed counts when all three runs have test generations (``step_errors.py`` reads
-them the same way).
+them, or their gzipped copies, the same way).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-from step_errors import run_summary
+from step_errors import has_generations, run_summary
 
 from kpod_ops.pipeline.stats import paired_summary
 
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the per-seed endpoints and the reading here")
     args = parser.parse_args()
     seeds = sorted(int(p.name[4:]) for p in args.base.glob("seed*")
-                   if all((r / "eval" / "generations.jsonl").exists() for r in arm_runs(args.base, args.cue, int(p.name[4:])).values()))
+                   if all(has_generations(r) for r in arm_runs(args.base, args.cue, int(p.name[4:])).values()))
     if not seeds:
         raise SystemExit(f"{args.base} / {args.cue}: no seed with test generations of all of {', '.join(ARMS)}")
     per_seed = {s: seed_endpoints(arm_runs(args.base, args.cue, s)) for s in seeds}

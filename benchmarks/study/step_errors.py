@@ -5,13 +5,15 @@ first wrong step and what is wrong in it, paired over seeds, from each run's tes
 
 A generated step counts as correct when its equation (``a op b = c``, the i-th in the generation) is the gold
 rationale's i-th equation. Reads ``seed<N>/<method>/eval/generations.jsonl`` and the gold rationales and
-metadata of ``seed<N>/<method>/data/test.jsonl``, which ``kpod compare`` keeps in each run folder; the
-repository's copies of the study folders leave both out (their size), and keep this script's ``--json``.
+metadata of ``seed<N>/<method>/data/test.jsonl``, which ``kpod compare`` keeps in each run folder (or their
+gzipped copies, ``….jsonl.gz``, which the repository keeps for the later studies; the earlier study folders leave
+both out, and keep this script's ``--json``).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import re
 from collections import Counter, defaultdict
@@ -61,16 +63,30 @@ def first_error_kind(generation: str, rationale: str, question: str) -> str | No
     return None
 
 
+def _lines(path: Path) -> list[str]:
+    """A JSONL file's lines, or those of its gzipped copy (``path.gz``, as the repository keeps generations)."""
+    if path.exists():
+        return path.read_text().splitlines()
+    gz = path.with_name(path.name + ".gz")
+    if gz.exists():
+        return gzip.decompress(gz.read_bytes()).decode().splitlines()
+    raise FileNotFoundError(f"{path}: not found, nor {gz.name}")
+
+
+def has_generations(run: Path) -> bool:
+    return any((run / "eval" / name).exists() for name in ("generations.jsonl", "generations.jsonl.gz"))
+
+
 def run_summary(run: Path) -> dict:
     """One run: accuracy by number of operations, mean per-step correctness, counts of the first wrong step and
     of what is wrong in it."""
     gold = {}
-    for line in (run / "data" / "test.jsonl").read_text().splitlines():
+    for line in _lines(run / "data" / "test.jsonl"):
         record = json.loads(line)
         gold[record["id"]] = (record["rationale"], len(record["metadata"]["operations"]), record["question"])
     by_length: dict[int, list[bool]] = defaultdict(list)
     per_step, first_wrong, error_kinds = [], Counter(), Counter()
-    for line in (run / "eval" / "generations.jsonl").read_text().splitlines():
+    for line in _lines(run / "eval" / "generations.jsonl"):
         record = json.loads(line)
         rationale, n_ops, question = gold[record["id"]]
         marks = step_marks(record["generation"], rationale)
@@ -92,7 +108,7 @@ def main() -> None:
     args = parser.parse_args()
     a, b = args.methods.split(",")
     seeds = sorted(int(p.name[4:]) for p in args.folder.glob("seed*")
-                   if all((p / m / "eval" / "generations.jsonl").exists() for m in (a, b)))
+                   if all(has_generations(p / m) for m in (a, b)))
     if not seeds:
         raise SystemExit(f"{args.folder}: no seed with test generations of both {a} and {b}")
     runs = {m: {s: run_summary(args.folder / f"seed{s}" / m) for s in seeds} for m in (a, b)}
