@@ -63,18 +63,22 @@ def first_error_kind(generation: str, rationale: str, question: str) -> str | No
     return None
 
 
+def _stored(path: Path) -> Path | None:
+    """``path``, or its gzipped copy (``path.gz``, as the repository keeps generations), whichever exists."""
+    return next((p for p in (path, path.with_name(path.name + ".gz")) if p.exists()), None)
+
+
 def _lines(path: Path) -> list[str]:
-    """A JSONL file's lines, or those of its gzipped copy (``path.gz``, as the repository keeps generations)."""
-    if path.exists():
-        return path.read_text().splitlines()
-    gz = path.with_name(path.name + ".gz")
-    if gz.exists():
-        return gzip.decompress(gz.read_bytes()).decode().splitlines()
-    raise FileNotFoundError(f"{path}: not found, nor {gz.name}")
+    """A JSONL file's lines, read from ``path`` or its gzipped copy."""
+    found = _stored(path)
+    if found is None:
+        raise FileNotFoundError(f"{path}: not found, nor {path.name}.gz")
+    data = found.read_bytes()
+    return (gzip.decompress(data) if found.suffix == ".gz" else data).decode().splitlines()
 
 
 def has_generations(run: Path) -> bool:
-    return any((run / "eval" / name).exists() for name in ("generations.jsonl", "generations.jsonl.gz"))
+    return _stored(run / "eval" / "generations.jsonl") is not None
 
 
 def run_summary(run: Path) -> dict:
